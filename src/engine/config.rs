@@ -1,0 +1,76 @@
+//! The engine's configurable bounds, with safe defaults and a check that they are coherent.
+
+use crate::limits::{HOLD_MS_MAX, SHARDS_MAX};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// SKUs are spread over this many independently locked shards.
+    pub shards: usize,
+    /// The TTL a reserve or extend may ask for.
+    pub ttl_ms_min: u64,
+    pub ttl_ms_max: u64,
+    /// How far past its creation a reservation may be extended: `expires_at <= created_at + hold_ms_max`.
+    pub hold_ms_max: u64,
+    /// How long an idempotency key is remembered after the reserve that used it.
+    pub idempotency_window_ms: u64,
+    /// How many idempotency keys are remembered at once; a reserve with a new key fails when full.
+    pub idempotency_keys_max: usize,
+    /// How long a committed, released or expired reservation can still be read (and re-committed or
+    /// re-released idempotently) after it ended.
+    pub ended_retention_ms: u64,
+    /// Active reservations one shard may hold; a reserve beyond it fails with `ShardFull`.
+    pub active_per_shard_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            shards: cores.min(SHARDS_MAX),
+            ttl_ms_min: 1_000,
+            ttl_ms_max: 60 * 60 * 1000,
+            hold_ms_max: 2 * 60 * 60 * 1000,
+            idempotency_window_ms: 24 * 60 * 60 * 1000,
+            idempotency_keys_max: 4_000_000,
+            ended_retention_ms: 24 * 60 * 60 * 1000,
+            active_per_shard_max: 4_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid engine configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |why: String| Err(ConfigError(why));
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return fail(format!("shards must be 1..={SHARDS_MAX}, not {}", self.shards));
+        }
+        if self.ttl_ms_min == 0 || self.ttl_ms_min > self.ttl_ms_max {
+            return fail(format!(
+                "ttl range {}..={} ms is empty or starts at 0",
+                self.ttl_ms_min, self.ttl_ms_max
+            ));
+        }
+        if self.hold_ms_max < self.ttl_ms_max || self.hold_ms_max > HOLD_MS_MAX {
+            return fail(format!(
+                "hold_ms_max {} must be between ttl_ms_max {} and {HOLD_MS_MAX}",
+                self.hold_ms_max, self.ttl_ms_max
+            ));
+        }
+        if self.idempotency_keys_max == 0 || self.active_per_shard_max == 0 {
+            return fail("table bounds must be at least 1".into());
+        }
+        Ok(())
+    }
+}

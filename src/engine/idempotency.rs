@@ -1,0 +1,116 @@
+//! Idempotency keys: the outcome of each successful keyed reserve, remembered for a window.
+//!
+//! Only successful reserves are remembered. A refused reserve changed nothing, so a retry of it is simply
+//! decided again; and keeping refusals would put a write on the sold-out path, which must stay free.
+//! Keys past the window are treated as absent at once and removed lazily, so the remembered set at any
+//! time `now` is a function of the records and `now` alone — replay reproduces it exactly.
+
+use super::ids::{IdempotencyKey, ReservationId};
+use super::types::{ReserveError, Reserved};
+use crate::sync::RwLock;
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Remembered {
+    pub(crate) fingerprint: u128,
+    pub(crate) id: ReservationId,
+    pub(crate) expires_at_ms: u64,
+    pub(crate) created_at_ms: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct KeyShard {
+    entries: HashMap<IdempotencyKey, Remembered, foldhash::fast::RandomState>,
+    /// Keys in the order they were remembered, to drop them when the window passes.
+    by_age: VecDeque<(u64, IdempotencyKey)>,
+}
+
+pub(crate) struct KeyTable {
+    shards: Box<[RwLock<KeyShard>]>,
+    window_ms: u64,
+    per_shard_max: usize,
+}
+
+const KEY_SHARDS_MAX: usize = 64;
+
+impl KeyTable {
+    pub(crate) fn new(window_ms: u64, keys_max: usize) -> Self {
+        let count = keys_max.clamp(1, KEY_SHARDS_MAX);
+        let shards = (0..count).map(|_| RwLock::new(KeyShard::default())).collect();
+        Self { shards, window_ms, per_shard_max: keys_max.div_ceil(count) }
+    }
+
+    pub(crate) fn shard(&self, key: &IdempotencyKey) -> &RwLock<KeyShard> {
+        let hash = xxhash_rust::xxh3::xxh3_64(key.as_str().as_bytes());
+        &self.shards[(hash % self.shards.len() as u64) as usize]
+    }
+
+    /// The remembered outcome for `key`, under a shared lock: the sold-out path's check.
+    pub(crate) fn peek(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: u128,
+        now_ms: u64,
+    ) -> Result<Option<Reserved>, ReserveError> {
+        self.shard(key).read().lookup(key, fingerprint, now_ms, self.window_ms)
+    }
+
+    pub(crate) fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
+    pub(crate) fn per_shard_max(&self) -> usize {
+        self.per_shard_max
+    }
+
+    /// Every remembered key still within the window at `now_ms`.
+    pub(crate) fn live_entries(&self, now_ms: u64) -> Vec<(IdempotencyKey, Remembered)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            let live = shard.entries.iter().filter(|(_, r)| r.created_at_ms + self.window_ms > now_ms);
+            all.extend(live.map(|(k, r)| (k.clone(), *r)));
+        }
+        all
+    }
+}
+
+impl KeyShard {
+    pub(crate) fn lookup(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: u128,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<Option<Reserved>, ReserveError> {
+        match self.entries.get(key) {
+            Some(r) if r.created_at_ms.saturating_add(window_ms) > now_ms => {
+                if r.fingerprint != fingerprint {
+                    return Err(ReserveError::IdempotencyConflict);
+                }
+                Ok(Some(Reserved { id: r.id, expires_at_ms: r.expires_at_ms, replayed: true }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Drops keys past the window, then says whether one more fits.
+    pub(crate) fn has_room(&mut self, now_ms: u64, window_ms: u64, max: usize) -> bool {
+        while let Some((created_at, _)) = self.by_age.front() {
+            if created_at.saturating_add(window_ms) > now_ms {
+                break;
+            }
+            let (_, key) = self.by_age.pop_front().expect("front exists");
+            // The key may have been used again since: drop it only if its current entry is old too.
+            if self.entries.get(&key).is_some_and(|r| r.created_at_ms.saturating_add(window_ms) <= now_ms) {
+                self.entries.remove(&key);
+            }
+        }
+        self.entries.len() < max
+    }
+
+    pub(crate) fn remember(&mut self, key: &IdempotencyKey, entry: Remembered) {
+        self.entries.insert(key.clone(), entry);
+        self.by_age.push_back((entry.created_at_ms, key.clone()));
+    }
+}

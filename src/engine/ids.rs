@@ -1,0 +1,234 @@
+//! Validated names (SKU, sale, user, idempotency key) and reservation ids. A value of these types is
+//! always valid: they are checked once, where bytes from outside become engine values, and again when a
+//! record is read back from the log.
+
+use crate::limits::{
+    IDEMPOTENCY_KEY_BYTES_MAX, REASON_BYTES_MAX, SALE_BYTES_MAX, SKU_BYTES_MAX, USER_BYTES_MAX,
+};
+use std::borrow::Borrow;
+use std::fmt;
+
+/// Why a name was refused: which kind of name, and what was wrong with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameError {
+    pub kind: &'static str,
+    pub problem: NameProblem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameProblem {
+    Empty,
+    TooLong { bytes_max: usize },
+    /// The byte at this offset is not allowed in this kind of name.
+    BadByte { offset: usize },
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problem {
+            NameProblem::Empty => write!(f, "{} must not be empty", self.kind),
+            NameProblem::TooLong { bytes_max } => {
+                write!(f, "{} is longer than {bytes_max} bytes", self.kind)
+            }
+            NameProblem::BadByte { offset } => {
+                write!(f, "{} has a character that is not allowed at byte {offset}", self.kind)
+            }
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// SKU and sale ids go into URL paths and metric labels: a conservative alphabet.
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+}
+
+/// User ids and idempotency keys come from other systems (UUIDs, emails, opaque tokens): any visible ASCII.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_graphic()
+}
+
+fn check(kind: &'static str, s: &str, bytes_max: usize, allowed: fn(u8) -> bool) -> Result<(), NameError> {
+    let problem = if s.is_empty() {
+        NameProblem::Empty
+    } else if s.len() > bytes_max {
+        NameProblem::TooLong { bytes_max }
+    } else if let Some(offset) = s.bytes().position(|b| !allowed(b)) {
+        NameProblem::BadByte { offset }
+    } else {
+        return Ok(());
+    };
+    Err(NameError { kind, problem })
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $allowed:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            pub fn new(s: &str) -> Result<Self, NameError> {
+                check($kind, s, $max, $allowed)?;
+                Ok(Self(s.into()))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        // Hashes as the str it wraps, so maps keyed by it can be searched with a `&str`.
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A sellable item: 1 to 64 bytes of `[A-Za-z0-9._:-]`.
+    SkuId, "sku", SKU_BYTES_MAX, is_id_byte
+);
+name_type!(
+    /// A sale: 1 to 64 bytes of `[A-Za-z0-9._:-]`.
+    SaleId, "sale_id", SALE_BYTES_MAX, is_id_byte
+);
+name_type!(
+    /// A buyer, as the checkout service names them: 1 to 128 bytes of visible ASCII.
+    UserId, "user_id", USER_BYTES_MAX, is_token_byte
+);
+name_type!(
+    /// A client's idempotency key: 1 to 128 bytes of visible ASCII.
+    IdempotencyKey, "idempotency_key", IDEMPOTENCY_KEY_BYTES_MAX, is_token_byte
+);
+
+/// Why stock was adjusted ("restock", "damaged in warehouse 3"): up to 256 bytes, no control characters.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Reason(Box<str>);
+
+impl Reason {
+    pub fn new(s: &str) -> Result<Self, NameError> {
+        if s.len() > REASON_BYTES_MAX {
+            let problem = NameProblem::TooLong { bytes_max: REASON_BYTES_MAX };
+            return Err(NameError { kind: "reason", problem });
+        }
+        if let Some((offset, _)) = s.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(NameError { kind: "reason", problem: NameProblem::BadByte { offset } });
+        }
+        Ok(Self(s.into()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A reservation id: the shard that issued it (high 16 bits) and that shard's sequence number (low 48
+/// bits). Unique for the life of a data directory: replay restores every shard's sequence.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationId(u64);
+
+const SEQ_BITS: u32 = 48;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+const TEXT_PREFIX: &str = "rsv_";
+
+impl ReservationId {
+    pub(crate) fn new(shard: u16, seq: u64) -> Self {
+        assert!(seq > 0 && seq <= SEQ_MASK, "sequence {seq} outside 1..2^48");
+        Self((u64::from(shard) << SEQ_BITS) | seq)
+    }
+    /// The id as stored in the log.
+    pub fn from_raw(raw: u64) -> Option<Self> {
+        (raw & SEQ_MASK != 0).then_some(Self(raw))
+    }
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+    pub(crate) fn shard(self) -> u16 {
+        (self.0 >> SEQ_BITS) as u16
+    }
+    pub(crate) fn seq(self) -> u64 {
+        self.0 & SEQ_MASK
+    }
+    /// Parses the text form `rsv_` + 16 lower-case hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix(TEXT_PREFIX)?;
+        if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        Self::from_raw(u64::from_str_radix(hex, 16).ok()?)
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{TEXT_PREFIX}{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sku_accepts_its_alphabet_and_refuses_the_rest() {
+        assert!(SkuId::new("tee-shirt_L.red:2").is_ok());
+        let e = SkuId::new("").unwrap_err();
+        assert_eq!(e.problem, NameProblem::Empty);
+        let e = SkuId::new(&"a".repeat(SKU_BYTES_MAX + 1)).unwrap_err();
+        assert_eq!(e.problem, NameProblem::TooLong { bytes_max: SKU_BYTES_MAX });
+        assert!(SkuId::new(&"a".repeat(SKU_BYTES_MAX)).is_ok());
+        let e = SkuId::new("ab/c").unwrap_err();
+        assert_eq!(e.problem, NameProblem::BadByte { offset: 2 });
+        assert!(SkuId::new("a\u{7}").is_err());
+        assert!(SkuId::new("é").is_err());
+    }
+
+    #[test]
+    fn user_and_key_take_visible_ascii_only() {
+        assert!(UserId::new("alice@example.com").is_ok());
+        assert!(UserId::new("has space").is_err());
+        assert!(IdempotencyKey::new("550e8400-e29b-41d4-a716-446655440000").is_ok());
+        assert!(IdempotencyKey::new("tab\there").is_err());
+    }
+
+    #[test]
+    fn reason_refuses_control_characters_and_length() {
+        assert!(Reason::new("restock from warehouse 3 — pallet 7").is_ok());
+        assert!(Reason::new("line\nbreak").is_err());
+        assert!(Reason::new(&"x".repeat(REASON_BYTES_MAX + 1)).is_err());
+    }
+
+    #[test]
+    fn reservation_id_round_trips_through_text() {
+        let id = ReservationId::new(3, 42);
+        assert_eq!(id.shard(), 3);
+        assert_eq!(id.seq(), 42);
+        let text = id.to_string();
+        assert_eq!(text, "rsv_000300000000002a");
+        assert_eq!(ReservationId::parse(&text), Some(id));
+        assert_eq!(ReservationId::parse("rsv_000300000000002A"), None);
+        assert_eq!(ReservationId::parse("rsv_0000000000000000"), None);
+        assert_eq!(ReservationId::parse("rsv_12"), None);
+        assert_eq!(ReservationId::parse("000300000000002a"), None);
+    }
+}

@@ -1,0 +1,152 @@
+//! The reservation engine: per-SKU stock and TTL reservations, in memory.
+//!
+//! Pure, synchronous and deterministic: no I/O, no clock (time arrives as `now_ms`), no async. Every
+//! mutation is decided under its locks, handed to a [`RecordSink`] as a [`Record`] while those locks
+//! are held, and applied only if the sink accepted it; [`Engine::apply`] replays records through the
+//! same code. See `ARCHITECTURE.md` for the locking order and why the sink's order is a replay order.
+
+mod catalog;
+mod config;
+mod holders;
+mod idempotency;
+mod ids;
+mod lifecycle;
+mod record;
+mod replay;
+mod reserve;
+mod shard;
+mod state;
+mod stock;
+mod types;
+
+pub use config::{ConfigError, EngineConfig};
+pub use ids::{IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId};
+pub use record::{Record, RecordSink, ReservedRecord, SinkRefused};
+pub use replay::ReplayError;
+pub use state::{EngineState, RememberedKey};
+pub use types::{
+    Item, RequestError, ReservationError, ReservationState, ReservationView, ReserveError,
+    ReserveRequest, Reserved, Stock, StockError,
+};
+
+use crate::sync::Mutex;
+use catalog::Catalog;
+use crossbeam_utils::CachePadded;
+use dashmap::DashMap;
+use holders::Counters;
+use idempotency::KeyTable;
+use shard::{shard_set, Locked, Shard};
+
+pub struct Engine {
+    config: EngineConfig,
+    catalog: Catalog,
+    /// Padded so that two shards' locks never share a cache line.
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    /// Per-user limit of each sale.
+    sales: DashMap<SaleId, u32, foldhash::fast::RandomState>,
+    counters: Counters,
+    keys: KeyTable,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            catalog: Catalog::new(),
+            shards: (0..config.shards).map(|_| CachePadded::new(Mutex::new(Shard::new()))).collect(),
+            sales: DashMap::with_hasher(Default::default()),
+            counters: Counters::new(),
+            keys: KeyTable::new(config.idempotency_window_ms, config.idempotency_keys_max),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A SKU's shard: a fixed hash of its name, so that it does not change between runs.
+    fn shard_of(&self, sku: &str) -> u16 {
+        let hash = xxhash_rust::xxh3::xxh3_64(sku.as_bytes());
+        (hash % self.shards.len() as u64) as u16
+    }
+
+    fn lock(&self, set: &[u16]) -> Locked<'_> {
+        let mut locked = Locked::new();
+        locked.lock_more(&self.shards, set);
+        locked
+    }
+
+    /// Where a reservation is stored: the shard its id names (modulo the shard count, should that have
+    /// changed since it was issued).
+    fn store_of(&self, id: ReservationId) -> u16 {
+        (usize::from(id.shard()) % self.shards.len()) as u16
+    }
+
+    /// Locks a reservation's store shard and every shard of its SKUs, in order. `None` when no such
+    /// reservation is stored.
+    fn lock_reservation(&self, id: ReservationId) -> Option<Locked<'_>> {
+        let store = self.store_of(id);
+        let mut locked = self.lock(&[store]);
+        let lines = &locked.shard(store).reservations.get(&id)?.lines;
+        let set = shard_set(lines.iter().map(|l| self.catalog.cell(l.cell).shard).chain([store]));
+        if set[0] == store {
+            locked.lock_more(&self.shards, &set);
+            return Some(locked);
+        }
+        // A SKU's shard sorts below the store (the shard count changed since the id was issued): start
+        // again in ascending order. Lines never change, so the set is still right.
+        drop(locked);
+        let mut locked = self.lock(&set);
+        locked.shard(store).reservations.contains_key(&id).then_some(locked)
+    }
+
+    /// A SKU's counters, read consistently under its shard's lock.
+    pub fn stock(&self, sku: &str) -> Option<Stock> {
+        let (_, cell) = self.catalog.find(sku)?;
+        let _locked = self.lock(&[cell.shard]);
+        Some(cell.load())
+    }
+
+    /// A sale's per-user limit.
+    pub fn sale_limit(&self, sale: &str) -> Option<u32> {
+        self.sales.get(sale).map(|limit| *limit)
+    }
+
+    /// A reservation as of `now_ms`. An ended one can be read until `ended_retention_ms` after it ended.
+    pub fn reservation(&self, id: ReservationId, now_ms: u64) -> Option<ReservationView> {
+        let store = self.store_of(id);
+        let mut locked = self.lock(&[store]);
+        let r = locked.shard(store).reservations.get(&id)?;
+        if self.forgotten(r, now_ms) {
+            return None;
+        }
+        Some(self.view(id, r))
+    }
+
+    fn forgotten(&self, r: &shard::Reservation, now_ms: u64) -> bool {
+        r.state != ReservationState::Active
+            && r.ended_at_ms.saturating_add(self.config.ended_retention_ms) <= now_ms
+    }
+
+    fn view(&self, id: ReservationId, r: &shard::Reservation) -> ReservationView {
+        let items = r.lines.iter().map(|l| Item { sku: self.catalog.cell(l.cell).sku.clone(), qty: l.qty });
+        ReservationView {
+            id,
+            state: r.state,
+            items: items.collect(),
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            ended_at_ms: (r.state != ReservationState::Active).then_some(r.ended_at_ms),
+            holder: r.holder.as_ref().map(|h| (h.sale.clone(), h.user.clone())),
+        }
+    }
+
+    /// Active reservations, across all shards.
+    pub fn active_reservations(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().active).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,79 @@
+//! The record of one mutation: what was decided, self-contained, in the words of `design.md`. Applying
+//! the records of a run in their order to an empty engine reproduces its state exactly (`Engine::apply`).
+//! Records carry outcomes, not requests: replay never re-runs a decision, so it cannot decide otherwise.
+
+use super::ids::{IdempotencyKey, Reason, ReservationId, SaleId, SkuId, UserId};
+use super::types::Item;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A SKU was created or its stock set.
+    StockSet { sku: SkuId, on_hand: u64, at_ms: u64 },
+    /// Restock (positive) or shrinkage (negative).
+    StockAdjusted { sku: SkuId, delta: i64, reason: Reason, at_ms: u64 },
+    /// A sale's per-user limit was set.
+    SaleLimitSet { sale: SaleId, per_user_max: u32, at_ms: u64 },
+    Reserved(ReservedRecord),
+    /// The deadline moved to `expires_at_ms` (an absolute time, as every deadline in the log).
+    Extended { id: ReservationId, expires_at_ms: u64, at_ms: u64 },
+    Committed { id: ReservationId, at_ms: u64 },
+    Released { id: ReservationId, at_ms: u64 },
+    Expired { id: ReservationId, at_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedRecord {
+    pub id: ReservationId,
+    pub items: Vec<Item>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub user: Option<UserId>,
+    /// Present when the units count against a sale's per-user limit (then `user` is present too).
+    pub sale: Option<SaleId>,
+    /// The key and the request's fingerprint, remembered until the idempotency window passes.
+    pub idempotency: Option<(IdempotencyKey, u128)>,
+}
+
+impl Record {
+    /// The engine time at which the mutation took effect.
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Record::StockSet { at_ms, .. }
+            | Record::StockAdjusted { at_ms, .. }
+            | Record::SaleLimitSet { at_ms, .. }
+            | Record::Extended { at_ms, .. }
+            | Record::Committed { at_ms, .. }
+            | Record::Released { at_ms, .. }
+            | Record::Expired { at_ms, .. } => *at_ms,
+            Record::Reserved(r) => r.created_at_ms,
+        }
+    }
+}
+
+/// Refusal from a sink: the record could not be logged, so the mutation must not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkRefused;
+
+/// Where the engine hands each record, while it still holds the locks that ordered the mutation, and
+/// before the mutation is applied. Appending under those locks is what makes the sink's order a valid
+/// replay order: two records that touch the same SKU, reservation, user counter or idempotency key reach
+/// the sink in the order they took effect. An append must be quick and must not call back into the
+/// engine; if it refuses, the engine changes nothing.
+pub trait RecordSink {
+    fn append(&mut self, record: &Record) -> Result<(), SinkRefused>;
+}
+
+/// No log: an engine used alone (benchmarks, demos).
+impl RecordSink for () {
+    fn append(&mut self, _: &Record) -> Result<(), SinkRefused> {
+        Ok(())
+    }
+}
+
+/// Keeps every record: tests and replay checks.
+impl RecordSink for Vec<Record> {
+    fn append(&mut self, record: &Record) -> Result<(), SinkRefused> {
+        self.push(record.clone());
+        Ok(())
+    }
+}
