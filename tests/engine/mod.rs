@@ -1,0 +1,2 @@
+mod concurrency;
+mod model;
