@@ -3,7 +3,7 @@
 //! Code map:
 //! - [`engine`]: per-SKU stock and TTL reservations in memory. Pure and deterministic: no I/O, no clock.
 //! - [`limits`]: every hard limit, with the assertions that tie them together.
-//! - `sync`: the locks and atomics the engine uses, swapped for loom's under `--cfg loom`.
+//! - `sync`: the locks and atomics the engine uses, swapped for loom's under `--cfg holdfast_loom`.
 
 pub mod engine;
 pub mod limits;

@@ -1,15 +1,20 @@
-//! The engine's synchronisation primitives, in one place so that `--cfg loom` can swap them for loom's
-//! model-checked versions. Everything the engine locks or loads atomically goes through here.
+//! The engine's synchronisation primitives, in one place so that `--cfg holdfast_loom` can swap them for
+//! loom's model-checked versions. Everything the engine locks or loads atomically goes through here.
+//!
+//! The cfg is our own rather than the conventional `loom` (as crossbeam does with `crossbeam_loom`):
+//! under `--cfg loom` some dependencies (boxcar) switch to loom code they cannot build outside their own
+//! test suites. The catalog's append-only vector keeps real atomics in the model; it is written only
+//! while a model sets up, before any thread starts.
 
-#[cfg(not(loom))]
+#[cfg(not(holdfast_loom))]
 pub(crate) use parking_lot::{Mutex, MutexGuard, RwLock};
-#[cfg(not(loom))]
+#[cfg(not(holdfast_loom))]
 pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
 
-#[cfg(loom)]
+#[cfg(holdfast_loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
 
-#[cfg(loom)]
+#[cfg(holdfast_loom)]
 mod loom_locks {
     //! loom's locks return `LockResult`; these wrappers give them parking_lot's shape. Poisoning cannot
     //! happen in a model that does not panic while holding a lock.
@@ -40,5 +45,5 @@ mod loom_locks {
         }
     }
 }
-#[cfg(loom)]
+#[cfg(holdfast_loom)]
 pub(crate) use loom_locks::{Mutex, MutexGuard, RwLock};

@@ -1,4 +1,4 @@
 //! Integration tests, in one binary (one link instead of many).
-#![cfg(not(loom))]
+#![cfg(not(holdfast_loom))]
 
 mod engine;
