@@ -7,9 +7,9 @@
 //! engine's life.
 
 use super::ids::SkuId;
-use super::types::Stock;
+use super::types::{Item, Stock};
 use crate::sync::{AtomicU64, Ordering::Relaxed};
-use dashmap::DashMap;
+use smallvec::SmallVec;
 
 pub(crate) struct SkuCell {
     pub(crate) sku: SkuId,
@@ -41,7 +41,9 @@ impl SkuCell {
     /// must stop the process before it is logged or acknowledged.
     pub(crate) fn store(&self, s: Stock) {
         assert_eq!(
-            s.available.checked_add(s.reserved).and_then(|x| x.checked_add(s.sold)),
+            s.available
+                .checked_add(s.reserved)
+                .and_then(|x| x.checked_add(s.sold)),
             Some(s.on_hand),
             "conservation broken for {}: {s:?}",
             self.sku
@@ -54,20 +56,53 @@ impl SkuCell {
     }
 }
 
+/// A request line resolved to its catalog cell.
+pub(crate) struct Resolved<'e> {
+    pub(crate) index: u32,
+    pub(crate) cell: &'e SkuCell,
+    pub(crate) qty: u32,
+}
+
+pub(crate) type ResolvedLines<'e> = SmallVec<[Resolved<'e>; 4]>;
+
 pub(crate) struct Catalog {
-    /// Name → index into `cells`. Entries are never removed.
-    index: DashMap<SkuId, u32, foldhash::fast::RandomState>,
+    /// Name → index into `cells`. Entries are never removed. Read on every request and written only
+    /// when a SKU is created: papaya's reads take no lock and write no shared cache line, so readers
+    /// on different cores do not slow each other down (a sharded RwLock map's readers do).
+    index: papaya::HashMap<SkuId, u32, foldhash::fast::RandomState>,
     cells: boxcar::Vec<SkuCell>,
 }
 
 impl Catalog {
     pub(crate) fn new() -> Self {
-        Self { index: DashMap::with_hasher(Default::default()), cells: boxcar::Vec::new() }
+        let index = papaya::HashMap::builder()
+            .hasher(Default::default())
+            .build();
+        Self {
+            index,
+            cells: boxcar::Vec::new(),
+        }
     }
 
     pub(crate) fn find(&self, sku: &str) -> Option<(u32, &SkuCell)> {
-        let index = *self.index.get(sku)?;
+        let index = *self.index.pin().get(sku)?;
         Some((index, self.cell(index)))
+    }
+
+    /// Each item's cell, or the index of the first unknown SKU. One pin of the index for the whole
+    /// request: pinning is the costly part of a lookup where the kernel lacks `membarrier`.
+    pub(crate) fn resolve(&self, items: &[Item]) -> Result<ResolvedLines<'_>, usize> {
+        let index = self.index.pin();
+        let mut lines = ResolvedLines::new();
+        for (i, item) in items.iter().enumerate() {
+            let &cell = index.get(item.sku.as_str()).ok_or(i)?;
+            lines.push(Resolved {
+                index: cell,
+                cell: self.cell(cell),
+                qty: item.qty,
+            });
+        }
+        Ok(lines)
     }
 
     pub(crate) fn cell(&self, index: u32) -> &SkuCell {
@@ -87,7 +122,7 @@ impl Catalog {
             sold: counter(0),
         };
         let index = u32::try_from(self.cells.push(cell)).expect("fewer than 2^32 SKUs");
-        let previous = self.index.insert(sku, index);
+        let previous = self.index.pin().insert(sku, index).copied();
         assert!(previous.is_none(), "SKU created twice");
         (index, self.cell(index))
     }

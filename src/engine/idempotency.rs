@@ -36,8 +36,14 @@ const KEY_SHARDS_MAX: usize = 64;
 impl KeyTable {
     pub(crate) fn new(window_ms: u64, keys_max: usize) -> Self {
         let count = keys_max.clamp(1, KEY_SHARDS_MAX);
-        let shards = (0..count).map(|_| RwLock::new(KeyShard::default())).collect();
-        Self { shards, window_ms, per_shard_max: keys_max.div_ceil(count) }
+        let shards = (0..count)
+            .map(|_| RwLock::new(KeyShard::default()))
+            .collect();
+        Self {
+            shards,
+            window_ms,
+            per_shard_max: keys_max.div_ceil(count),
+        }
     }
 
     pub(crate) fn shard(&self, key: &IdempotencyKey) -> &RwLock<KeyShard> {
@@ -49,10 +55,12 @@ impl KeyTable {
     pub(crate) fn peek(
         &self,
         key: &IdempotencyKey,
-        fingerprint: u128,
+        fingerprint: impl FnOnce() -> u128,
         now_ms: u64,
     ) -> Result<Option<Reserved>, ReserveError> {
-        self.shard(key).read().lookup(key, fingerprint, now_ms, self.window_ms)
+        self.shard(key)
+            .read()
+            .lookup(key, fingerprint, now_ms, self.window_ms)
     }
 
     pub(crate) fn window_ms(&self) -> u64 {
@@ -68,7 +76,10 @@ impl KeyTable {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
-            let live = shard.entries.iter().filter(|(_, r)| r.created_at_ms + self.window_ms > now_ms);
+            let live = shard
+                .entries
+                .iter()
+                .filter(|(_, r)| r.created_at_ms + self.window_ms > now_ms);
             all.extend(live.map(|(k, r)| (k.clone(), *r)));
         }
         all
@@ -76,19 +87,24 @@ impl KeyTable {
 }
 
 impl KeyShard {
+    /// `fingerprint` is computed only when the key is found: most keys on the sold-out path are new.
     pub(crate) fn lookup(
         &self,
         key: &IdempotencyKey,
-        fingerprint: u128,
+        fingerprint: impl FnOnce() -> u128,
         now_ms: u64,
         window_ms: u64,
     ) -> Result<Option<Reserved>, ReserveError> {
         match self.entries.get(key) {
             Some(r) if r.created_at_ms.saturating_add(window_ms) > now_ms => {
-                if r.fingerprint != fingerprint {
+                if r.fingerprint != fingerprint() {
                     return Err(ReserveError::IdempotencyConflict);
                 }
-                Ok(Some(Reserved { id: r.id, expires_at_ms: r.expires_at_ms, replayed: true }))
+                Ok(Some(Reserved {
+                    id: r.id,
+                    expires_at_ms: r.expires_at_ms,
+                    replayed: true,
+                }))
             }
             _ => Ok(None),
         }
@@ -102,7 +118,11 @@ impl KeyShard {
             }
             let (_, key) = self.by_age.pop_front().expect("front exists");
             // The key may have been used again since: drop it only if its current entry is old too.
-            if self.entries.get(&key).is_some_and(|r| r.created_at_ms.saturating_add(window_ms) <= now_ms) {
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|r| r.created_at_ms.saturating_add(window_ms) <= now_ms)
+            {
                 self.entries.remove(&key);
             }
         }

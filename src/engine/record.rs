@@ -8,17 +8,43 @@ use super::types::Item;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// A SKU was created or its stock set.
-    StockSet { sku: SkuId, on_hand: u64, at_ms: u64 },
+    StockSet {
+        sku: SkuId,
+        on_hand: u64,
+        at_ms: u64,
+    },
     /// Restock (positive) or shrinkage (negative).
-    StockAdjusted { sku: SkuId, delta: i64, reason: Reason, at_ms: u64 },
+    StockAdjusted {
+        sku: SkuId,
+        delta: i64,
+        reason: Reason,
+        at_ms: u64,
+    },
     /// A sale's per-user limit was set.
-    SaleLimitSet { sale: SaleId, per_user_max: u32, at_ms: u64 },
+    SaleLimitSet {
+        sale: SaleId,
+        per_user_max: u32,
+        at_ms: u64,
+    },
     Reserved(ReservedRecord),
     /// The deadline moved to `expires_at_ms` (an absolute time, as every deadline in the log).
-    Extended { id: ReservationId, expires_at_ms: u64, at_ms: u64 },
-    Committed { id: ReservationId, at_ms: u64 },
-    Released { id: ReservationId, at_ms: u64 },
-    Expired { id: ReservationId, at_ms: u64 },
+    Extended {
+        id: ReservationId,
+        expires_at_ms: u64,
+        at_ms: u64,
+    },
+    Committed {
+        id: ReservationId,
+        at_ms: u64,
+    },
+    Released {
+        id: ReservationId,
+        at_ms: u64,
+    },
+    Expired {
+        id: ReservationId,
+        at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

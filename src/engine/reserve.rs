@@ -1,29 +1,22 @@
 //! Reserve: units of one or more SKUs, all or nothing, until a deadline.
 
-use super::catalog::SkuCell;
+use super::catalog::{Resolved, ResolvedLines};
 use super::holders::CounterShard;
 use super::idempotency::{KeyShard, Remembered};
 use super::shard::{shard_set, Holder, Line, Locked, Reservation};
-use super::{Engine, Item, Record, RecordSink, RequestError, ReserveError, ReserveRequest, Reserved};
+use super::{
+    Engine, Item, Record, RecordSink, RequestError, ReserveError, ReserveRequest, Reserved,
+};
 use super::{ReservationId, ReservationState, ReservedRecord};
 use crate::limits::{ITEMS_PER_RESERVATION_MAX, QTY_PER_ITEM_MAX};
-use smallvec::SmallVec;
 use std::cmp::Reverse;
-
-/// A request line resolved to its catalog cell.
-pub(super) struct Resolved<'e> {
-    pub(super) index: u32,
-    pub(super) cell: &'e SkuCell,
-    pub(super) qty: u32,
-}
-
-pub(super) type ResolvedLines<'e> = SmallVec<[Resolved<'e>; 4]>;
 
 /// The first line the SKU cannot cover right now, as the error to return.
 fn first_short(lines: &[Resolved<'_>]) -> Option<ReserveError> {
     lines.iter().enumerate().find_map(|(item, l)| {
         let available = l.cell.available_now();
-        (available < u64::from(l.qty)).then_some(ReserveError::InsufficientStock { item, available })
+        (available < u64::from(l.qty))
+            .then_some(ReserveError::InsufficientStock { item, available })
     })
 }
 
@@ -42,24 +35,41 @@ impl Engine {
         sink: &mut impl RecordSink,
     ) -> Result<Reserved, ReserveError> {
         self.check_reserve(req).map_err(ReserveError::Invalid)?;
-        let lines = self.resolve(&req.items).map_err(|item| ReserveError::UnknownSku { item })?;
-        let key = req.idempotency_key.as_ref().map(|key| (key, req.fingerprint()));
+        let lines = self
+            .resolve(&req.items)
+            .map_err(|item| ReserveError::UnknownSku { item })?;
 
         // Sold out: answered from one relaxed load per SKU and, for a keyed request, a shared lock on
         // its key — no exclusive lock. Insufficient at the load means insufficient at that instant, and
         // a key absent after it was absent at it (keys are only added), so the answer is linearizable.
         if let Some(short) = first_short(&lines) {
-            if let Some((key, fingerprint)) = key {
-                if let Some(hit) = self.keys.peek(key, fingerprint, now_ms)? {
+            if let Some(key) = &req.idempotency_key {
+                if let Some(hit) = self.keys.peek(key, || req.fingerprint(), now_ms)? {
                     return Ok(hit);
                 }
             }
             return Err(short);
         }
 
+        // What the record needs from the request is copied before any lock is taken, to keep the
+        // critical section short; only the id is filled in under the locks.
+        let key = req
+            .idempotency_key
+            .as_ref()
+            .map(|key| (key, req.fingerprint()));
+        let mut record = ReservedRecord {
+            id: ReservationId::new(0, 1),
+            items: req.items.clone(),
+            created_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(req.ttl_ms),
+            user: req.user.clone(),
+            sale: req.sale.clone(),
+            idempotency: key.map(|(key, fingerprint)| (key.clone(), fingerprint)),
+        };
+
         let mut key_shard = key.map(|(key, _)| self.keys.shard(key).write());
         if let (Some(shard), Some((key, fingerprint))) = (&key_shard, key) {
-            if let Some(hit) = shard.lookup(key, fingerprint, now_ms, self.keys.window_ms())? {
+            if let Some(hit) = shard.lookup(key, || fingerprint, now_ms, self.keys.window_ms())? {
                 return Ok(hit);
             }
         }
@@ -74,8 +84,13 @@ impl Engine {
         }
         let mut counters = None;
         if let Some(sale) = &req.sale {
-            let limit = self.sale_limit(sale.as_str()).ok_or(ReserveError::UnknownSale)?;
-            let user = req.user.as_ref().expect("check_reserve: a sale comes with a user");
+            let limit = self
+                .sale_limit(sale.as_str())
+                .ok_or(ReserveError::UnknownSale)?;
+            let user = req
+                .user
+                .as_ref()
+                .expect("check_reserve: a sale comes with a user");
             let shard = self.counters.lock(user);
             let held = shard.held(sale, user);
             if held + units(&req.items) > u64::from(limit) {
@@ -89,20 +104,24 @@ impl Engine {
             }
         }
 
-        let record = ReservedRecord {
-            id: ReservationId::new(home, locked.shard(home).next_seq),
-            items: req.items.clone(),
-            created_at_ms: now_ms,
-            expires_at_ms: now_ms.saturating_add(req.ttl_ms),
-            user: req.user.clone(),
-            sale: req.sale.clone(),
-            idempotency: key.map(|(key, fingerprint)| (key.clone(), fingerprint)),
+        record.id = ReservationId::new(home, locked.shard(home).next_seq);
+        let reserved = Reserved {
+            id: record.id,
+            expires_at_ms: record.expires_at_ms,
+            replayed: false,
         };
-        let reserved = Reserved { id: record.id, expires_at_ms: record.expires_at_ms, replayed: false };
         let record = Record::Reserved(record);
         sink.append(&record).map_err(|_| ReserveError::LogRefused)?;
-        let Record::Reserved(record) = &record else { unreachable!("built as Reserved above") };
-        self.apply_reserved(&mut locked, &lines, counters.as_deref_mut(), key_shard.as_deref_mut(), record);
+        let Record::Reserved(record) = &record else {
+            unreachable!("built as Reserved above")
+        };
+        self.apply_reserved(
+            &mut locked,
+            &lines,
+            counters.as_deref_mut(),
+            key_shard.as_deref_mut(),
+            record,
+        );
         Ok(reserved)
     }
 
@@ -111,16 +130,24 @@ impl Engine {
             return Err(RequestError::NoItems);
         }
         if req.items.len() > ITEMS_PER_RESERVATION_MAX {
-            return Err(RequestError::TooManyItems { max: ITEMS_PER_RESERVATION_MAX });
+            return Err(RequestError::TooManyItems {
+                max: ITEMS_PER_RESERVATION_MAX,
+            });
         }
         for (item, line) in req.items.iter().enumerate() {
             if line.qty == 0 {
                 return Err(RequestError::ZeroQuantity { item });
             }
             if line.qty > QTY_PER_ITEM_MAX {
-                return Err(RequestError::QuantityTooLarge { item, max: QTY_PER_ITEM_MAX });
+                return Err(RequestError::QuantityTooLarge {
+                    item,
+                    max: QTY_PER_ITEM_MAX,
+                });
             }
-            if req.items[..item].iter().any(|earlier| earlier.sku == line.sku) {
+            if req.items[..item]
+                .iter()
+                .any(|earlier| earlier.sku == line.sku)
+            {
                 return Err(RequestError::DuplicateSku { item });
             }
         }
@@ -139,13 +166,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Each item's cell, or the index of the first unknown SKU.
     pub(super) fn resolve(&self, items: &[Item]) -> Result<ResolvedLines<'_>, usize> {
-        let resolve = |(i, item): (usize, &Item)| {
-            let (index, cell) = self.catalog.find(item.sku.as_str()).ok_or(i)?;
-            Ok(Resolved { index, cell, qty: item.qty })
-        };
-        items.iter().enumerate().map(resolve).collect()
+        self.catalog.resolve(items)
     }
 
     /// Applies a decided reserve. The caller holds the key shard (if keyed), every SKU shard of `lines`
@@ -162,13 +184,19 @@ impl Engine {
         for line in lines {
             debug_assert!(locked.holds(line.cell.shard));
             let mut stock = line.cell.load();
-            stock.available = stock.available.checked_sub(u64::from(line.qty)).expect("checked available");
+            stock.available = stock
+                .available
+                .checked_sub(u64::from(line.qty))
+                .expect("checked available");
             stock.reserved += u64::from(line.qty);
             line.cell.store(stock);
         }
         let holder = r.sale.as_ref().map(|sale| {
             let user = r.user.clone().expect("a sale comes with a user");
-            Box::new(Holder { sale: sale.clone(), user })
+            Box::new(Holder {
+                sale: sale.clone(),
+                user,
+            })
         });
         if let (Some(counters), Some(h)) = (counters, &holder) {
             counters.add(&h.sale, &h.user, units(&r.items));
@@ -185,7 +213,13 @@ impl Engine {
         let store = self.store_of(r.id);
         let shard = locked.shard(store);
         let reservation = Reservation {
-            lines: lines.iter().map(|l| Line { cell: l.index, qty: l.qty }).collect(),
+            lines: lines
+                .iter()
+                .map(|l| Line {
+                    cell: l.index,
+                    qty: l.qty,
+                })
+                .collect(),
             created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
             ended_at_ms: 0,

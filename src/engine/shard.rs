@@ -65,11 +65,18 @@ pub(crate) struct Shard {
 
 impl Shard {
     pub(crate) fn new() -> Self {
-        Self { next_seq: 1, ..Self::default() }
+        Self {
+            next_seq: 1,
+            ..Self::default()
+        }
     }
 
     /// Pops up to `max` deadlines that are due at `now_ms` and still current.
-    pub(crate) fn pop_due(&mut self, now_ms: u64, max: usize) -> SmallVec<[(u64, ReservationId); 32]> {
+    pub(crate) fn pop_due(
+        &mut self,
+        now_ms: u64,
+        max: usize,
+    ) -> SmallVec<[(u64, ReservationId); 32]> {
         let mut due = SmallVec::new();
         while due.len() < max {
             match self.deadlines.peek() {
@@ -95,7 +102,8 @@ impl Shard {
             }
             self.ended.pop_front();
             let gone = self.reservations.get(&id).is_some_and(|r| {
-                r.state != ReservationState::Active && r.ended_at_ms.saturating_add(retention_ms) <= now_ms
+                r.state != ReservationState::Active
+                    && r.ended_at_ms.saturating_add(retention_ms) <= now_ms
             });
             if gone {
                 self.reservations.swap_remove(&id);
@@ -109,8 +117,10 @@ pub(crate) type ShardSet = SmallVec<[u16; 4]>;
 
 pub(crate) fn shard_set(shards: impl IntoIterator<Item = u16>) -> ShardSet {
     let mut set: ShardSet = shards.into_iter().collect();
-    set.sort_unstable();
-    set.dedup();
+    if set.len() > 1 {
+        set.sort_unstable();
+        set.dedup();
+    }
     set
 }
 
@@ -121,7 +131,11 @@ pub(crate) struct Locked<'e> {
 
 impl<'e> Locked<'e> {
     /// Locks `set` (ascending) after the locks already in `self`, which must all be lower.
-    pub(crate) fn lock_more(&mut self, shards: &'e [crossbeam_utils::CachePadded<Mutex<Shard>>], set: &[u16]) {
+    pub(crate) fn lock_more(
+        &mut self,
+        shards: &'e [crossbeam_utils::CachePadded<Mutex<Shard>>],
+        set: &[u16],
+    ) {
         for &index in set {
             if self.holds(index) {
                 continue;
@@ -133,7 +147,9 @@ impl<'e> Locked<'e> {
     }
 
     pub(crate) fn new() -> Self {
-        Self { guards: SmallVec::new() }
+        Self {
+            guards: SmallVec::new(),
+        }
     }
 
     pub(crate) fn holds(&self, index: u16) -> bool {

@@ -38,8 +38,18 @@ impl ReserveRequest {
             h.update(&item.qty.to_le_bytes());
         }
         h.update(&self.ttl_ms.to_le_bytes());
-        field(&mut h, self.user.as_ref().map_or(&[][..], |u| u.as_str().as_bytes()));
-        field(&mut h, self.sale.as_ref().map_or(&[][..], |s| s.as_str().as_bytes()));
+        field(
+            &mut h,
+            self.user
+                .as_ref()
+                .map_or(&[][..], |u| u.as_str().as_bytes()),
+        );
+        field(
+            &mut h,
+            self.sale
+                .as_ref()
+                .map_or(&[][..], |s| s.as_str().as_bytes()),
+        );
         h.digest128()
     }
 }
@@ -57,12 +67,24 @@ pub struct Reserved {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestError {
     NoItems,
-    TooManyItems { max: usize },
-    ZeroQuantity { item: usize },
-    QuantityTooLarge { item: usize, max: u32 },
+    TooManyItems {
+        max: usize,
+    },
+    ZeroQuantity {
+        item: usize,
+    },
+    QuantityTooLarge {
+        item: usize,
+        max: u32,
+    },
     /// The same SKU appears twice; `item` is the second one.
-    DuplicateSku { item: usize },
-    TtlOutOfRange { min: u64, max: u64 },
+    DuplicateSku {
+        item: usize,
+    },
+    TtlOutOfRange {
+        min: u64,
+        max: u64,
+    },
     /// A per-user limit needs a user: `sale` was given without `user`.
     SaleWithoutUser,
     Name(NameError),
@@ -74,11 +96,19 @@ pub enum RequestError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReserveError {
     Invalid(RequestError),
-    UnknownSku { item: usize },
+    UnknownSku {
+        item: usize,
+    },
     UnknownSale,
-    InsufficientStock { item: usize, available: u64 },
+    InsufficientStock {
+        item: usize,
+        available: u64,
+    },
     /// Units already held or bought by this user in this sale, plus this request, exceed the limit.
-    LimitExceeded { limit: u32, held: u64 },
+    LimitExceeded {
+        limit: u32,
+        held: u64,
+    },
     /// The idempotency key was used for a different request.
     IdempotencyConflict,
     /// Too many idempotency keys are remembered; retry later or without a key.
@@ -106,7 +136,9 @@ pub enum ReservationError {
 pub enum StockError {
     UnknownSku,
     /// `on_hand` may not fall below what is reserved plus sold.
-    BelowHeld { held: u64 },
+    BelowHeld {
+        held: u64,
+    },
     Invalid(RequestError),
     LogRefused,
 }

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit, property, concurrency and integration tests, then the loom
+# models (in their own target directory, so they do not evict the main build). Usage: ops/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test (release: the concurrency and property tests want optimised code)"
+cargo test --release --workspace
+
+echo "== loom models (RUSTFLAGS=--cfg holdfast_loom)"
+RUSTFLAGS="--cfg holdfast_loom" cargo test --release --test loom --target-dir target-loom
