@@ -21,13 +21,7 @@ fn sku(s: &str) -> SkuId {
 
 fn request(items: &[&str], ttl_ms: u64) -> ReserveRequest {
     ReserveRequest {
-        items: items
-            .iter()
-            .map(|s| Item {
-                sku: sku(s),
-                qty: 1,
-            })
-            .collect(),
+        items: items.iter().map(|s| Item { sku: sku(s), qty: 1 }).collect(),
         ttl_ms,
         user: None,
         sale: None,
@@ -38,12 +32,7 @@ fn request(items: &[&str], ttl_ms: u64) -> ReserveRequest {
 /// A benchmark engine: ended reservations forgotten after 1 ms of engine time, so that long runs stay
 /// bounded in memory (the expiry tick, called as the server would, does the forgetting).
 fn engine(shards: usize) -> Engine {
-    Engine::new(EngineConfig {
-        shards,
-        ended_retention_ms: 1,
-        ..EngineConfig::default()
-    })
-    .expect("config")
+    Engine::new(EngineConfig { shards, ended_retention_ms: 1, ..EngineConfig::default() }).expect("config")
 }
 
 /// Runs `per_thread` on `threads` threads at once; returns the slowest thread's time for `iters` ops.
@@ -61,11 +50,7 @@ fn on_threads(threads: usize, iters: u64, per_thread: impl Fn(usize, u64) + Sync
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bench thread"))
-            .max()
-            .expect("threads")
+        handles.into_iter().map(|h| h.join().expect("bench thread")).max().expect("threads")
     })
 }
 
@@ -76,8 +61,7 @@ fn hot_sku_reserve_commit(c: &mut Criterion) {
         group.bench_function(format!("reserve_commit/{threads}_threads"), |b| {
             b.iter_custom(|iters| {
                 let e = engine(2);
-                e.set_stock(&sku("hot"), holdfast::limits::ON_HAND_MAX, T0, &mut ())
-                    .expect("stock");
+                e.set_stock(&sku("hot"), holdfast::limits::ON_HAND_MAX, T0, &mut ()).expect("stock");
                 let req = request(&["hot"], 1_000);
                 on_threads(threads, iters, |_, iters| {
                     for i in 0..iters {
@@ -101,10 +85,7 @@ fn spread_reserve(c: &mut Criterion) {
     const SKUS: usize = 100_000;
     const BATCH: u64 = 100_000;
     let names: Vec<String> = (0..SKUS).map(|i| format!("sku-{i:06}")).collect();
-    let reqs: Vec<ReserveRequest> = names
-        .iter()
-        .map(|n| request(&[n.as_str()], 60_000))
-        .collect();
+    let reqs: Vec<ReserveRequest> = names.iter().map(|n| request(&[n.as_str()], 60_000)).collect();
     let mut group = c.benchmark_group("spread");
     group.throughput(Throughput::Elements(1));
     for threads in [1, 2] {
@@ -145,31 +126,21 @@ fn sold_out(c: &mut Criterion) {
     let e = engine(2);
     e.set_stock(&sku("gone"), 0, T0, &mut ()).expect("stock");
     let req = request(&["gone"], 1_000);
-    let keyed = ReserveRequest {
-        idempotency_key: Some(IdempotencyKey::new("k-1").expect("valid")),
-        ..req.clone()
-    };
+    let keyed =
+        ReserveRequest { idempotency_key: Some(IdempotencyKey::new("k-1").expect("valid")), ..req.clone() };
     for threads in [1, 2] {
         group.bench_function(format!("reject/{threads}_threads"), |b| {
             b.iter_custom(|iters| {
                 on_threads(threads, iters, |_, iters| {
                     for _ in 0..iters {
-                        black_box(
-                            e.reserve(black_box(&req), T0, &mut ())
-                                .expect_err("sold out"),
-                        );
+                        black_box(e.reserve(black_box(&req), T0, &mut ()).expect_err("sold out"));
                     }
                 })
             })
         });
     }
     group.bench_function("reject_with_idempotency_key/1_threads", |b| {
-        b.iter(|| {
-            black_box(
-                e.reserve(black_box(&keyed), T0, &mut ())
-                    .expect_err("sold out"),
-            )
-        })
+        b.iter(|| black_box(e.reserve(black_box(&keyed), T0, &mut ()).expect_err("sold out")))
     });
     group.finish();
 }
@@ -205,18 +176,11 @@ fn with_live_reservations(live: usize, shards: usize) -> Engine {
     for n in &names {
         e.set_stock(&sku(n), 1 << 30, T0, &mut ()).expect("stock");
     }
-    let soon: Vec<ReserveRequest> = names
-        .iter()
-        .map(|n| request(&[n.as_str()], 1_000))
-        .collect();
-    let late: Vec<ReserveRequest> = names
-        .iter()
-        .map(|n| request(&[n.as_str()], 3_600_000))
-        .collect();
+    let soon: Vec<ReserveRequest> = names.iter().map(|n| request(&[n.as_str()], 1_000)).collect();
+    let late: Vec<ReserveRequest> = names.iter().map(|n| request(&[n.as_str()], 3_600_000)).collect();
     for i in 0..live {
         let reqs = if i % 10 == 0 { &soon } else { &late };
-        e.reserve(&reqs[i % reqs.len()], T0, &mut ())
-            .expect("reserve");
+        e.reserve(&reqs[i % reqs.len()], T0, &mut ()).expect("reserve");
     }
     e
 }
@@ -241,11 +205,7 @@ fn expire(c: &mut Criterion) {
 
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
-    let pages: u64 = status
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("statm rss");
+    let pages: u64 = status.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("statm rss");
     pages * 4096
 }
 
@@ -265,25 +225,13 @@ fn memory_per_reservation() {
     let _ = (before, black_box(base), black_box(e));
 }
 
-criterion_group!(
-    benches,
-    hot_sku_reserve_commit,
-    spread_reserve,
-    sold_out,
-    multi_sku,
-    expire
-);
+criterion_group!(benches, hot_sku_reserve_commit, spread_reserve, sold_out, multi_sku, expire);
 
 fn main() {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if filter.is_empty() || filter.iter().any(|f| "memory".contains(f.as_str())) {
         memory_per_reservation();
     }
     benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
+    criterion::Criterion::default().configure_from_args().final_summary();
 }

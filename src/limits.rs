@@ -25,8 +25,7 @@ pub const PER_USER_UNITS_MAX: u32 = 1_000_000;
 
 // How the limits relate: a whole reservation's units must fit a u32, and the largest possible reservation
 // must not be able to exceed what one SKU can hold.
-const _: () =
-    assert!((ITEMS_PER_RESERVATION_MAX as u64) * (QTY_PER_ITEM_MAX as u64) <= u32::MAX as u64);
+const _: () = assert!((ITEMS_PER_RESERVATION_MAX as u64) * (QTY_PER_ITEM_MAX as u64) <= u32::MAX as u64);
 const _: () = assert!((QTY_PER_ITEM_MAX as u64) < ON_HAND_MAX);
 const _: () = assert!(ON_HAND_MAX < (i64::MAX as u64) / 4);
 const _: () = assert!(SHARDS_MAX <= 1 << 16);

@@ -2,9 +2,7 @@
 //! is not built yet; until it is, this binary runs a simulated flash sale against the engine and checks
 //! its invariants, so a newcomer can see what the engine promises.
 
-use holdfast::engine::{
-    Engine, EngineConfig, Item, ReserveError, ReserveRequest, SaleId, SkuId, UserId,
-};
+use holdfast::engine::{Engine, EngineConfig, Item, ReserveError, ReserveRequest, SaleId, SkuId, UserId};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -25,17 +23,12 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        users: 100_000,
-        units: 1_000,
-        threads: 4,
-    };
+    let mut args = Args { users: 100_000, units: 1_000, threads: 4 };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| -> Result<u64, String> {
             let v = it.next().ok_or(format!("{name} needs a value"))?;
-            v.parse()
-                .map_err(|_| format!("{name}: not a whole number: {v}"))
+            v.parse().map_err(|_| format!("{name}: not a whole number: {v}"))
         };
         match arg.as_str() {
             "demo" => {}
@@ -75,19 +68,11 @@ fn run(args: &Args) -> Result<(), String> {
     let sku = SkuId::new("limited-sneaker").map_err(|e| e.to_string())?;
     let sale = SaleId::new("noon-drop").map_err(|e| e.to_string())?;
     let t0 = 1_800_000_000_000u64;
-    engine
-        .set_stock(&sku, args.units, t0, &mut ())
-        .map_err(|e| format!("{e:?}"))?;
-    engine
-        .set_sale_limit(&sale, 1, t0, &mut ())
-        .map_err(|e| format!("{e:?}"))?;
+    engine.set_stock(&sku, args.units, t0, &mut ()).map_err(|e| format!("{e:?}"))?;
+    engine.set_sale_limit(&sale, 1, t0, &mut ()).map_err(|e| format!("{e:?}"))?;
 
-    let (won, sold_out, committed, released) = (
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-    );
+    let (won, sold_out, committed, released) =
+        (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let started = Instant::now();
     std::thread::scope(|s| {
         for t in 0..args.threads as u64 {
@@ -96,10 +81,7 @@ fn run(args: &Args) -> Result<(), String> {
             s.spawn(move || {
                 for user in (t..args.users).step_by(args.threads) {
                     let req = ReserveRequest {
-                        items: vec![Item {
-                            sku: sku.clone(),
-                            qty: 1,
-                        }],
+                        items: vec![Item { sku: sku.clone(), qty: 1 }],
                         ttl_ms: 60_000,
                         user: Some(UserId::new(&format!("user-{user}")).expect("valid user id")),
                         sale: Some(sale.clone()),
@@ -111,15 +93,11 @@ fn run(args: &Args) -> Result<(), String> {
                             // Seven in ten pay, two change their minds, one walks away.
                             match user % 10 {
                                 0..=6 => {
-                                    engine
-                                        .commit(r.id, t0 + 2, &mut ())
-                                        .expect("a fresh hold commits");
+                                    engine.commit(r.id, t0 + 2, &mut ()).expect("a fresh hold commits");
                                     committed.fetch_add(1, Relaxed);
                                 }
                                 7 | 8 => {
-                                    engine
-                                        .release(r.id, t0 + 2, &mut ())
-                                        .expect("a fresh hold releases");
+                                    engine.release(r.id, t0 + 2, &mut ()).expect("a fresh hold releases");
                                     released.fetch_add(1, Relaxed);
                                 }
                                 _ => {}
@@ -157,21 +135,12 @@ fn run(args: &Args) -> Result<(), String> {
         stock.on_hand, stock.available, stock.reserved, stock.sold
     );
     let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
-    check(
-        stock.available + stock.reserved + stock.sold == stock.on_hand,
-        "conservation",
-    )?;
-    check(
-        stock.sold == committed.load(Relaxed),
-        "units sold equal acknowledged commits",
-    )?;
+    check(stock.available + stock.reserved + stock.sold == stock.on_hand, "conservation")?;
+    check(stock.sold == committed.load(Relaxed), "units sold equal acknowledged commits")?;
     check(stock.sold <= args.units, "no oversell")?;
     check(stock.reserved == 0, "every hold ended")?;
     // Released units went back on sale while the demo ran, so holds can exceed the units.
-    check(
-        won.load(Relaxed) >= args.units.min(args.users),
-        "every unit was offered",
-    )?;
+    check(won.load(Relaxed) >= args.units.min(args.users), "every unit was offered")?;
     engine.check_consistency()?;
     println!("invariants hold: no oversell, every unit accounted for");
     Ok(())

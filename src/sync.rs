@@ -27,9 +27,7 @@ mod loom_locks {
             Self(loom::sync::Mutex::new(value))
         }
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            self.0
-                .lock()
-                .expect("a loom model never panics while holding a lock")
+            self.0.lock().expect("a loom model never panics while holding a lock")
         }
     }
 
@@ -40,14 +38,10 @@ mod loom_locks {
             Self(loom::sync::RwLock::new(value))
         }
         pub(crate) fn read(&self) -> loom::sync::RwLockReadGuard<'_, T> {
-            self.0
-                .read()
-                .expect("a loom model never panics while holding a lock")
+            self.0.read().expect("a loom model never panics while holding a lock")
         }
         pub(crate) fn write(&self) -> loom::sync::RwLockWriteGuard<'_, T> {
-            self.0
-                .write()
-                .expect("a loom model never panics while holding a lock")
+            self.0.write().expect("a loom model never panics while holding a lock")
         }
     }
 }

@@ -10,30 +10,15 @@ const T0: u64 = 1_000_000;
 const TTL: u64 = 10_000;
 
 fn engine(units: u64) -> Arc<Engine> {
-    let config = EngineConfig {
-        shards: 1,
-        idempotency_keys_max: 1,
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig { shards: 1, idempotency_keys_max: 1, ..EngineConfig::default() };
     let engine = Engine::new(config).expect("config");
-    engine
-        .set_stock(&SkuId::new("a").expect("valid"), units, T0, &mut ())
-        .expect("stock");
+    engine.set_stock(&SkuId::new("a").expect("valid"), units, T0, &mut ()).expect("stock");
     Arc::new(engine)
 }
 
 fn one_unit() -> ReserveRequest {
-    let items = vec![Item {
-        sku: SkuId::new("a").expect("valid"),
-        qty: 1,
-    }];
-    ReserveRequest {
-        items,
-        ttl_ms: TTL,
-        user: None,
-        sale: None,
-        idempotency_key: None,
-    }
+    let items = vec![Item { sku: SkuId::new("a").expect("valid"), qty: 1 }];
+    ReserveRequest { items, ttl_ms: TTL, user: None, sale: None, idempotency_key: None }
 }
 
 fn stock(e: &Engine) -> (u64, u64, u64) {

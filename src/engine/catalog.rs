@@ -41,9 +41,7 @@ impl SkuCell {
     /// must stop the process before it is logged or acknowledged.
     pub(crate) fn store(&self, s: Stock) {
         assert_eq!(
-            s.available
-                .checked_add(s.reserved)
-                .and_then(|x| x.checked_add(s.sold)),
+            s.available.checked_add(s.reserved).and_then(|x| x.checked_add(s.sold)),
             Some(s.on_hand),
             "conservation broken for {}: {s:?}",
             self.sku
@@ -75,13 +73,8 @@ pub(crate) struct Catalog {
 
 impl Catalog {
     pub(crate) fn new() -> Self {
-        let index = papaya::HashMap::builder()
-            .hasher(Default::default())
-            .build();
-        Self {
-            index,
-            cells: boxcar::Vec::new(),
-        }
+        let index = papaya::HashMap::builder().hasher(Default::default()).build();
+        Self { index, cells: boxcar::Vec::new() }
     }
 
     pub(crate) fn find(&self, sku: &str) -> Option<(u32, &SkuCell)> {
@@ -90,17 +83,13 @@ impl Catalog {
     }
 
     /// Each item's cell, or the index of the first unknown SKU. One pin of the index for the whole
-    /// request: pinning is the costly part of a lookup where the kernel lacks `membarrier`.
+    /// request.
     pub(crate) fn resolve(&self, items: &[Item]) -> Result<ResolvedLines<'_>, usize> {
         let index = self.index.pin();
         let mut lines = ResolvedLines::new();
         for (i, item) in items.iter().enumerate() {
             let &cell = index.get(item.sku.as_str()).ok_or(i)?;
-            lines.push(Resolved {
-                index: cell,
-                cell: self.cell(cell),
-                qty: item.qty,
-            });
+            lines.push(Resolved { index: cell, cell: self.cell(cell), qty: item.qty });
         }
         Ok(lines)
     }

@@ -54,10 +54,7 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |why: String| Err(ConfigError(why));
         if self.shards == 0 || self.shards > SHARDS_MAX {
-            return fail(format!(
-                "shards must be 1..={SHARDS_MAX}, not {}",
-                self.shards
-            ));
+            return fail(format!("shards must be 1..={SHARDS_MAX}, not {}", self.shards));
         }
         if self.ttl_ms_min == 0 || self.ttl_ms_min > self.ttl_ms_max {
             return fail(format!(

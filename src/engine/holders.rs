@@ -19,11 +19,7 @@ const COUNTER_SHARDS: usize = 64;
 
 impl Counters {
     pub(crate) fn new() -> Self {
-        Self {
-            shards: (0..COUNTER_SHARDS)
-                .map(|_| Mutex::new(CounterShard::default()))
-                .collect(),
-        }
+        Self { shards: (0..COUNTER_SHARDS).map(|_| Mutex::new(CounterShard::default())).collect() }
     }
 
     /// The lock over `user`'s counters (all sales). Taken after any shard lock, never before.
@@ -37,11 +33,7 @@ impl Counters {
         for shard in self.shards.iter() {
             let shard = shard.lock();
             for (sale, users) in &shard.0 {
-                all.extend(
-                    users
-                        .iter()
-                        .map(|(user, n)| (sale.clone(), user.clone(), *n)),
-                );
+                all.extend(users.iter().map(|(user, n)| (sale.clone(), user.clone(), *n)));
             }
         }
         all
@@ -50,11 +42,7 @@ impl Counters {
 
 impl CounterShard {
     pub(crate) fn held(&self, sale: &SaleId, user: &UserId) -> u64 {
-        self.0
-            .get(sale)
-            .and_then(|users| users.get(user))
-            .copied()
-            .unwrap_or(0)
+        self.0.get(sale).and_then(|users| users.get(user)).copied().unwrap_or(0)
     }
 
     pub(crate) fn add(&mut self, sale: &SaleId, user: &UserId, units: u64) {
@@ -67,9 +55,7 @@ impl CounterShard {
     pub(crate) fn give_back(&mut self, sale: &SaleId, user: &UserId, units: u64) {
         let users = self.0.get_mut(sale).expect("a holder's sale has a counter");
         let held = users.get_mut(user).expect("a holder has a counter");
-        *held = held
-            .checked_sub(units)
-            .expect("a user never gives back more than they hold");
+        *held = held.checked_sub(units).expect("a user never gives back more than they hold");
         if *held == 0 {
             users.remove(user);
             if users.is_empty() {

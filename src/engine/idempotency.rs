@@ -36,14 +36,8 @@ const KEY_SHARDS_MAX: usize = 64;
 impl KeyTable {
     pub(crate) fn new(window_ms: u64, keys_max: usize) -> Self {
         let count = keys_max.clamp(1, KEY_SHARDS_MAX);
-        let shards = (0..count)
-            .map(|_| RwLock::new(KeyShard::default()))
-            .collect();
-        Self {
-            shards,
-            window_ms,
-            per_shard_max: keys_max.div_ceil(count),
-        }
+        let shards = (0..count).map(|_| RwLock::new(KeyShard::default())).collect();
+        Self { shards, window_ms, per_shard_max: keys_max.div_ceil(count) }
     }
 
     pub(crate) fn shard(&self, key: &IdempotencyKey) -> &RwLock<KeyShard> {
@@ -58,9 +52,7 @@ impl KeyTable {
         fingerprint: impl FnOnce() -> u128,
         now_ms: u64,
     ) -> Result<Option<Reserved>, ReserveError> {
-        self.shard(key)
-            .read()
-            .lookup(key, fingerprint, now_ms, self.window_ms)
+        self.shard(key).read().lookup(key, fingerprint, now_ms, self.window_ms)
     }
 
     pub(crate) fn window_ms(&self) -> u64 {
@@ -76,10 +68,7 @@ impl KeyTable {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
-            let live = shard
-                .entries
-                .iter()
-                .filter(|(_, r)| r.created_at_ms + self.window_ms > now_ms);
+            let live = shard.entries.iter().filter(|(_, r)| r.created_at_ms + self.window_ms > now_ms);
             all.extend(live.map(|(k, r)| (k.clone(), *r)));
         }
         all
@@ -100,11 +89,7 @@ impl KeyShard {
                 if r.fingerprint != fingerprint() {
                     return Err(ReserveError::IdempotencyConflict);
                 }
-                Ok(Some(Reserved {
-                    id: r.id,
-                    expires_at_ms: r.expires_at_ms,
-                    replayed: true,
-                }))
+                Ok(Some(Reserved { id: r.id, expires_at_ms: r.expires_at_ms, replayed: true }))
             }
             _ => Ok(None),
         }
@@ -118,11 +103,7 @@ impl KeyShard {
             }
             let (_, key) = self.by_age.pop_front().expect("front exists");
             // The key may have been used again since: drop it only if its current entry is old too.
-            if self
-                .entries
-                .get(&key)
-                .is_some_and(|r| r.created_at_ms.saturating_add(window_ms) <= now_ms)
-            {
+            if self.entries.get(&key).is_some_and(|r| r.created_at_ms.saturating_add(window_ms) <= now_ms) {
                 self.entries.remove(&key);
             }
         }

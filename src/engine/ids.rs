@@ -35,11 +35,7 @@ impl fmt::Display for NameError {
                 write!(f, "{} is longer than {bytes_max} bytes", self.kind)
             }
             NameProblem::BadByte { offset } => {
-                write!(
-                    f,
-                    "{} has a character that is not allowed at byte {offset}",
-                    self.kind
-                )
+                write!(f, "{} has a character that is not allowed at byte {offset}", self.kind)
             }
         }
     }
@@ -57,12 +53,7 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_graphic()
 }
 
-fn check(
-    kind: &'static str,
-    s: &str,
-    bytes_max: usize,
-    allowed: fn(u8) -> bool,
-) -> Result<(), NameError> {
+fn check(kind: &'static str, s: &str, bytes_max: usize, allowed: fn(u8) -> bool) -> Result<(), NameError> {
     let problem = if s.is_empty() {
         NameProblem::Empty
     } else if s.len() > bytes_max {
@@ -136,19 +127,11 @@ pub struct Reason(Box<str>);
 impl Reason {
     pub fn new(s: &str) -> Result<Self, NameError> {
         if s.len() > REASON_BYTES_MAX {
-            let problem = NameProblem::TooLong {
-                bytes_max: REASON_BYTES_MAX,
-            };
-            return Err(NameError {
-                kind: "reason",
-                problem,
-            });
+            let problem = NameProblem::TooLong { bytes_max: REASON_BYTES_MAX };
+            return Err(NameError { kind: "reason", problem });
         }
         if let Some((offset, _)) = s.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(NameError {
-                kind: "reason",
-                problem: NameProblem::BadByte { offset },
-            });
+            return Err(NameError { kind: "reason", problem: NameProblem::BadByte { offset } });
         }
         Ok(Self(s.into()))
     }
@@ -216,12 +199,7 @@ mod tests {
         let e = SkuId::new("").unwrap_err();
         assert_eq!(e.problem, NameProblem::Empty);
         let e = SkuId::new(&"a".repeat(SKU_BYTES_MAX + 1)).unwrap_err();
-        assert_eq!(
-            e.problem,
-            NameProblem::TooLong {
-                bytes_max: SKU_BYTES_MAX
-            }
-        );
+        assert_eq!(e.problem, NameProblem::TooLong { bytes_max: SKU_BYTES_MAX });
         assert!(SkuId::new(&"a".repeat(SKU_BYTES_MAX)).is_ok());
         let e = SkuId::new("ab/c").unwrap_err();
         assert_eq!(e.problem, NameProblem::BadByte { offset: 2 });

@@ -60,11 +60,7 @@ impl Engine {
     ) -> Result<u64, ReservationError> {
         self.check_ttl(ttl_ms).map_err(ReservationError::Invalid)?;
         let mut locked = self.lock_live(id, now_ms)?;
-        let r = locked
-            .shard(self.store_of(id))
-            .reservations
-            .get(&id)
-            .expect("locked it");
+        let r = locked.shard(self.store_of(id)).reservations.get(&id).expect("locked it");
         if now_ms >= r.expires_at_ms {
             self.log_and_end(&mut locked, id, ReservationState::Expired, now_ms, sink)?;
             return Err(ReservationError::Expired);
@@ -74,13 +70,8 @@ impl Engine {
         if expires_at_ms == r.expires_at_ms {
             return Ok(expires_at_ms);
         }
-        let record = Record::Extended {
-            id,
-            expires_at_ms,
-            at_ms: now_ms,
-        };
-        sink.append(&record)
-            .map_err(|_| ReservationError::LogRefused)?;
+        let record = Record::Extended { id, expires_at_ms, at_ms: now_ms };
+        sink.append(&record).map_err(|_| ReservationError::LogRefused)?;
         self.apply_extended(&mut locked, id, expires_at_ms);
         Ok(expires_at_ms)
     }
@@ -119,14 +110,8 @@ impl Engine {
 
     /// Locks a reservation that can still be read at `now_ms`.
     fn lock_live(&self, id: ReservationId, now_ms: u64) -> Result<Locked<'_>, ReservationError> {
-        let mut locked = self
-            .lock_reservation(id)
-            .ok_or(ReservationError::NotFound)?;
-        let r = locked
-            .shard(self.store_of(id))
-            .reservations
-            .get(&id)
-            .expect("locked it");
+        let mut locked = self.lock_reservation(id).ok_or(ReservationError::NotFound)?;
+        let r = locked.shard(self.store_of(id)).reservations.get(&id).expect("locked it");
         if self.forgotten(r, now_ms) {
             return Err(ReservationError::NotFound);
         }
@@ -147,19 +132,11 @@ impl Engine {
     ) -> Result<Finished, ReservationError> {
         let mut locked = match self.lock_live(id, now_ms) {
             Ok(locked) => locked,
-            Err(ReservationError::Committed) if ending == Ending::Commit => {
-                return Ok(Finished::Already)
-            }
-            Err(ReservationError::Released) if ending == Ending::Release => {
-                return Ok(Finished::Already)
-            }
+            Err(ReservationError::Committed) if ending == Ending::Commit => return Ok(Finished::Already),
+            Err(ReservationError::Released) if ending == Ending::Release => return Ok(Finished::Already),
             Err(e) => return Err(e),
         };
-        let r = locked
-            .shard(self.store_of(id))
-            .reservations
-            .get(&id)
-            .expect("locked it");
+        let r = locked.shard(self.store_of(id)).reservations.get(&id).expect("locked it");
         let due = now_ms >= r.expires_at_ms;
         let to = match (ending, due) {
             (Ending::Expire, false) => return Ok(Finished::NotDue),
@@ -188,8 +165,7 @@ impl Engine {
             ReservationState::Expired => Record::Expired { id, at_ms: now_ms },
             ReservationState::Active => unreachable!("an ending is never Active"),
         };
-        sink.append(&record)
-            .map_err(|_| ReservationError::LogRefused)?;
+        sink.append(&record).map_err(|_| ReservationError::LogRefused)?;
         self.apply_end(locked, id, to, now_ms);
         Ok(())
     }
@@ -203,19 +179,14 @@ impl Engine {
         at_ms: u64,
     ) {
         let shard = locked.shard(self.store_of(id));
-        let r = shard
-            .reservations
-            .get_mut(&id)
-            .expect("the caller found it");
+        let r = shard.reservations.get_mut(&id).expect("the caller found it");
         assert_eq!(r.state, ReservationState::Active, "{id} ended twice");
         r.state = to;
         r.ended_at_ms = at_ms;
         let lines: SmallVec<[Line; 4]> = r.lines.iter().copied().collect();
         if to != ReservationState::Committed {
             if let Some(h) = &r.holder {
-                self.counters
-                    .lock(&h.user)
-                    .give_back(&h.sale, &h.user, r.units());
+                self.counters.lock(&h.user).give_back(&h.sale, &h.user, r.units());
             }
         }
         shard.active -= 1;
@@ -225,10 +196,7 @@ impl Engine {
             debug_assert!(locked.holds(cell.shard));
             let mut stock = cell.load();
             let qty = u64::from(line.qty);
-            stock.reserved = stock
-                .reserved
-                .checked_sub(qty)
-                .expect("a reservation's units are reserved");
+            stock.reserved = stock.reserved.checked_sub(qty).expect("a reservation's units are reserved");
             match to {
                 ReservationState::Committed => stock.sold += qty,
                 _ => stock.available += qty,
@@ -237,17 +205,9 @@ impl Engine {
         }
     }
 
-    pub(super) fn apply_extended(
-        &self,
-        locked: &mut Locked<'_>,
-        id: ReservationId,
-        expires_at_ms: u64,
-    ) {
+    pub(super) fn apply_extended(&self, locked: &mut Locked<'_>, id: ReservationId, expires_at_ms: u64) {
         let shard = locked.shard(self.store_of(id));
-        let r = shard
-            .reservations
-            .get_mut(&id)
-            .expect("the caller found it");
+        let r = shard.reservations.get_mut(&id).expect("the caller found it");
         r.expires_at_ms = expires_at_ms;
         shard.deadlines.push(Reverse((expires_at_ms, id)));
     }

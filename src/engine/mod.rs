@@ -20,15 +20,13 @@ mod stock;
 mod types;
 
 pub use config::{ConfigError, EngineConfig};
-pub use ids::{
-    IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId,
-};
+pub use ids::{IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId};
 pub use record::{Record, RecordSink, ReservedRecord, SinkRefused};
 pub use replay::ReplayError;
 pub use state::{EngineState, RememberedKey};
 pub use types::{
-    Item, RequestError, ReservationError, ReservationState, ReservationView, ReserveError,
-    ReserveRequest, Reserved, Stock, StockError,
+    Item, RequestError, ReservationError, ReservationState, ReservationView, ReserveError, ReserveRequest,
+    Reserved, Stock, StockError,
 };
 
 use crate::sync::Mutex;
@@ -55,9 +53,7 @@ impl Engine {
         config.validate()?;
         Ok(Self {
             catalog: Catalog::new(),
-            shards: (0..config.shards)
-                .map(|_| CachePadded::new(Mutex::new(Shard::new())))
-                .collect(),
+            shards: (0..config.shards).map(|_| CachePadded::new(Mutex::new(Shard::new()))).collect(),
             sales: DashMap::with_hasher(Default::default()),
             counters: Counters::new(),
             keys: KeyTable::new(config.idempotency_window_ms, config.idempotency_keys_max),
@@ -93,12 +89,7 @@ impl Engine {
         let store = self.store_of(id);
         let mut locked = self.lock(&[store]);
         let lines = &locked.shard(store).reservations.get(&id)?.lines;
-        let set = shard_set(
-            lines
-                .iter()
-                .map(|l| self.catalog.cell(l.cell).shard)
-                .chain([store]),
-        );
+        let set = shard_set(lines.iter().map(|l| self.catalog.cell(l.cell).shard).chain([store]));
         if set[0] == store {
             locked.lock_more(&self.shards, &set);
             return Some(locked);
@@ -107,11 +98,7 @@ impl Engine {
         // again in ascending order. Lines never change, so the set is still right.
         drop(locked);
         let mut locked = self.lock(&set);
-        locked
-            .shard(store)
-            .reservations
-            .contains_key(&id)
-            .then_some(locked)
+        locked.shard(store).reservations.contains_key(&id).then_some(locked)
     }
 
     /// A SKU's counters, read consistently under its shard's lock.
@@ -143,10 +130,7 @@ impl Engine {
     }
 
     fn view(&self, id: ReservationId, r: &shard::Reservation) -> ReservationView {
-        let items = r.lines.iter().map(|l| Item {
-            sku: self.catalog.cell(l.cell).sku.clone(),
-            qty: l.qty,
-        });
+        let items = r.lines.iter().map(|l| Item { sku: self.catalog.cell(l.cell).sku.clone(), qty: l.qty });
         ReservationView {
             id,
             state: r.state,

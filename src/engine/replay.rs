@@ -37,9 +37,7 @@ impl Engine {
                 if let Some((_, cell)) = self.catalog.find(sku.as_str()) {
                     let stock = cell.load();
                     if *on_hand < stock.reserved + stock.sold {
-                        return fail(format!(
-                            "stock of {sku} set to {on_hand}, below held {stock:?}"
-                        ));
+                        return fail(format!("stock of {sku} set to {on_hand}, below held {stock:?}"));
                     }
                 }
                 self.apply_stock_set(sku, shard, *on_hand);
@@ -50,45 +48,25 @@ impl Engine {
                 };
                 let _locked = self.lock(&[cell.shard]);
                 let Ok(on_hand) = adjusted(cell.load(), *delta) else {
-                    return fail(format!(
-                        "adjustment {delta} of {sku} does not fit {:?}",
-                        cell.load()
-                    ));
+                    return fail(format!("adjustment {delta} of {sku} does not fit {:?}", cell.load()));
                 };
                 self.apply_stock_set(sku, cell.shard, on_hand);
             }
-            Record::SaleLimitSet {
-                sale, per_user_max, ..
-            } => {
+            Record::SaleLimitSet { sale, per_user_max, .. } => {
                 self.sales.insert(sale.clone(), *per_user_max);
             }
             Record::Reserved(r) => self.replay_reserved(r)?,
-            Record::Extended {
-                id, expires_at_ms, ..
-            } => {
+            Record::Extended { id, expires_at_ms, .. } => {
                 let mut locked = self.replay_lock_active(*id)?;
-                let r = locked
-                    .shard(self.store_of(*id))
-                    .reservations
-                    .get(id)
-                    .expect("locked it");
+                let r = locked.shard(self.store_of(*id)).reservations.get(id).expect("locked it");
                 if *expires_at_ms <= r.expires_at_ms {
-                    return fail(format!(
-                        "{id} extended to {expires_at_ms}, not past {}",
-                        r.expires_at_ms
-                    ));
+                    return fail(format!("{id} extended to {expires_at_ms}, not past {}", r.expires_at_ms));
                 }
                 self.apply_extended(&mut locked, *id, *expires_at_ms);
             }
-            Record::Committed { id, at_ms } => {
-                self.replay_end(*id, ReservationState::Committed, *at_ms)?
-            }
-            Record::Released { id, at_ms } => {
-                self.replay_end(*id, ReservationState::Released, *at_ms)?
-            }
-            Record::Expired { id, at_ms } => {
-                self.replay_end(*id, ReservationState::Expired, *at_ms)?
-            }
+            Record::Committed { id, at_ms } => self.replay_end(*id, ReservationState::Committed, *at_ms)?,
+            Record::Released { id, at_ms } => self.replay_end(*id, ReservationState::Released, *at_ms)?,
+            Record::Expired { id, at_ms } => self.replay_end(*id, ReservationState::Expired, *at_ms)?,
         }
         Ok(())
     }
@@ -101,80 +79,38 @@ impl Engine {
             return fail(format!("{} names an unknown SKU", r.id));
         };
         let store = self.store_of(r.id);
-        let mut keys = r
-            .idempotency
-            .as_ref()
-            .map(|(key, _)| self.keys.shard(key).write());
-        let mut locked = self.lock(&shard_set(
-            lines.iter().map(|l| l.cell.shard).chain([store]),
-        ));
+        let mut keys = r.idempotency.as_ref().map(|(key, _)| self.keys.shard(key).write());
+        let mut locked = self.lock(&shard_set(lines.iter().map(|l| l.cell.shard).chain([store])));
         if locked.shard(store).reservations.contains_key(&r.id) {
             return fail(format!("{} reserved twice", r.id));
         }
-        if let Some(l) = lines
-            .iter()
-            .find(|l| l.cell.available_now() < u64::from(l.qty))
-        {
-            return fail(format!(
-                "{} oversells {}: {:?}",
-                r.id,
-                l.cell.sku,
-                l.cell.load()
-            ));
+        if let Some(l) = lines.iter().find(|l| l.cell.available_now() < u64::from(l.qty)) {
+            return fail(format!("{} oversells {}: {:?}", r.id, l.cell.sku, l.cell.load()));
         }
-        let mut counters = r
-            .user
-            .as_ref()
-            .filter(|_| r.sale.is_some())
-            .map(|u| self.counters.lock(u));
+        let mut counters = r.user.as_ref().filter(|_| r.sale.is_some()).map(|u| self.counters.lock(u));
         debug_assert!(counters.is_none() || units(&r.items) > 0);
-        self.apply_reserved(
-            &mut locked,
-            &lines,
-            counters.as_deref_mut(),
-            keys.as_deref_mut(),
-            r,
-        );
+        self.apply_reserved(&mut locked, &lines, counters.as_deref_mut(), keys.as_deref_mut(), r);
         Ok(())
     }
 
-    fn replay_lock_active(
-        &self,
-        id: ReservationId,
-    ) -> Result<super::shard::Locked<'_>, ReplayError> {
+    fn replay_lock_active(&self, id: ReservationId) -> Result<super::shard::Locked<'_>, ReplayError> {
         let Some(mut locked) = self.lock_reservation(id) else {
             return fail(format!("{id} is not known"));
         };
-        let state = locked
-            .shard(self.store_of(id))
-            .reservations
-            .get(&id)
-            .expect("locked it")
-            .state;
+        let state = locked.shard(self.store_of(id)).reservations.get(&id).expect("locked it").state;
         if state != ReservationState::Active {
             return fail(format!("{id} is {state}, not active"));
         }
         Ok(locked)
     }
 
-    fn replay_end(
-        &self,
-        id: ReservationId,
-        to: ReservationState,
-        at_ms: u64,
-    ) -> Result<(), ReplayError> {
+    fn replay_end(&self, id: ReservationId, to: ReservationState, at_ms: u64) -> Result<(), ReplayError> {
         let mut locked = self.replay_lock_active(id)?;
-        let expires_at_ms = locked
-            .shard(self.store_of(id))
-            .reservations
-            .get(&id)
-            .expect("locked it")
-            .expires_at_ms;
+        let expires_at_ms =
+            locked.shard(self.store_of(id)).reservations.get(&id).expect("locked it").expires_at_ms;
         let due = at_ms >= expires_at_ms;
         if due != (to == ReservationState::Expired) {
-            return fail(format!(
-                "{id} {to} at {at_ms} with deadline {expires_at_ms}"
-            ));
+            return fail(format!("{id} {to} at {at_ms} with deadline {expires_at_ms}"));
         }
         self.apply_end(&mut locked, id, to, at_ms);
         Ok(())

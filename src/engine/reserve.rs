@@ -4,9 +4,7 @@ use super::catalog::{Resolved, ResolvedLines};
 use super::holders::CounterShard;
 use super::idempotency::{KeyShard, Remembered};
 use super::shard::{shard_set, Holder, Line, Locked, Reservation};
-use super::{
-    Engine, Item, Record, RecordSink, RequestError, ReserveError, ReserveRequest, Reserved,
-};
+use super::{Engine, Item, Record, RecordSink, RequestError, ReserveError, ReserveRequest, Reserved};
 use super::{ReservationId, ReservationState, ReservedRecord};
 use crate::limits::{ITEMS_PER_RESERVATION_MAX, QTY_PER_ITEM_MAX};
 use std::cmp::Reverse;
@@ -15,8 +13,7 @@ use std::cmp::Reverse;
 fn first_short(lines: &[Resolved<'_>]) -> Option<ReserveError> {
     lines.iter().enumerate().find_map(|(item, l)| {
         let available = l.cell.available_now();
-        (available < u64::from(l.qty))
-            .then_some(ReserveError::InsufficientStock { item, available })
+        (available < u64::from(l.qty)).then_some(ReserveError::InsufficientStock { item, available })
     })
 }
 
@@ -35,9 +32,7 @@ impl Engine {
         sink: &mut impl RecordSink,
     ) -> Result<Reserved, ReserveError> {
         self.check_reserve(req).map_err(ReserveError::Invalid)?;
-        let lines = self
-            .resolve(&req.items)
-            .map_err(|item| ReserveError::UnknownSku { item })?;
+        let lines = self.resolve(&req.items).map_err(|item| ReserveError::UnknownSku { item })?;
 
         // Sold out: answered from one relaxed load per SKU and, for a keyed request, a shared lock on
         // its key — no exclusive lock. Insufficient at the load means insufficient at that instant, and
@@ -53,10 +48,7 @@ impl Engine {
 
         // What the record needs from the request is copied before any lock is taken, to keep the
         // critical section short; only the id is filled in under the locks.
-        let key = req
-            .idempotency_key
-            .as_ref()
-            .map(|key| (key, req.fingerprint()));
+        let key = req.idempotency_key.as_ref().map(|key| (key, req.fingerprint()));
         let mut record = ReservedRecord {
             id: ReservationId::new(0, 1),
             items: req.items.clone(),
@@ -84,13 +76,8 @@ impl Engine {
         }
         let mut counters = None;
         if let Some(sale) = &req.sale {
-            let limit = self
-                .sale_limit(sale.as_str())
-                .ok_or(ReserveError::UnknownSale)?;
-            let user = req
-                .user
-                .as_ref()
-                .expect("check_reserve: a sale comes with a user");
+            let limit = self.sale_limit(sale.as_str()).ok_or(ReserveError::UnknownSale)?;
+            let user = req.user.as_ref().expect("check_reserve: a sale comes with a user");
             let shard = self.counters.lock(user);
             let held = shard.held(sale, user);
             if held + units(&req.items) > u64::from(limit) {
@@ -105,23 +92,11 @@ impl Engine {
         }
 
         record.id = ReservationId::new(home, locked.shard(home).next_seq);
-        let reserved = Reserved {
-            id: record.id,
-            expires_at_ms: record.expires_at_ms,
-            replayed: false,
-        };
+        let reserved = Reserved { id: record.id, expires_at_ms: record.expires_at_ms, replayed: false };
         let record = Record::Reserved(record);
         sink.append(&record).map_err(|_| ReserveError::LogRefused)?;
-        let Record::Reserved(record) = &record else {
-            unreachable!("built as Reserved above")
-        };
-        self.apply_reserved(
-            &mut locked,
-            &lines,
-            counters.as_deref_mut(),
-            key_shard.as_deref_mut(),
-            record,
-        );
+        let Record::Reserved(record) = &record else { unreachable!("built as Reserved above") };
+        self.apply_reserved(&mut locked, &lines, counters.as_deref_mut(), key_shard.as_deref_mut(), record);
         Ok(reserved)
     }
 
@@ -130,24 +105,16 @@ impl Engine {
             return Err(RequestError::NoItems);
         }
         if req.items.len() > ITEMS_PER_RESERVATION_MAX {
-            return Err(RequestError::TooManyItems {
-                max: ITEMS_PER_RESERVATION_MAX,
-            });
+            return Err(RequestError::TooManyItems { max: ITEMS_PER_RESERVATION_MAX });
         }
         for (item, line) in req.items.iter().enumerate() {
             if line.qty == 0 {
                 return Err(RequestError::ZeroQuantity { item });
             }
             if line.qty > QTY_PER_ITEM_MAX {
-                return Err(RequestError::QuantityTooLarge {
-                    item,
-                    max: QTY_PER_ITEM_MAX,
-                });
+                return Err(RequestError::QuantityTooLarge { item, max: QTY_PER_ITEM_MAX });
             }
-            if req.items[..item]
-                .iter()
-                .any(|earlier| earlier.sku == line.sku)
-            {
+            if req.items[..item].iter().any(|earlier| earlier.sku == line.sku) {
                 return Err(RequestError::DuplicateSku { item });
             }
         }
@@ -184,19 +151,13 @@ impl Engine {
         for line in lines {
             debug_assert!(locked.holds(line.cell.shard));
             let mut stock = line.cell.load();
-            stock.available = stock
-                .available
-                .checked_sub(u64::from(line.qty))
-                .expect("checked available");
+            stock.available = stock.available.checked_sub(u64::from(line.qty)).expect("checked available");
             stock.reserved += u64::from(line.qty);
             line.cell.store(stock);
         }
         let holder = r.sale.as_ref().map(|sale| {
             let user = r.user.clone().expect("a sale comes with a user");
-            Box::new(Holder {
-                sale: sale.clone(),
-                user,
-            })
+            Box::new(Holder { sale: sale.clone(), user })
         });
         if let (Some(counters), Some(h)) = (counters, &holder) {
             counters.add(&h.sale, &h.user, units(&r.items));
@@ -213,13 +174,7 @@ impl Engine {
         let store = self.store_of(r.id);
         let shard = locked.shard(store);
         let reservation = Reservation {
-            lines: lines
-                .iter()
-                .map(|l| Line {
-                    cell: l.index,
-                    qty: l.qty,
-                })
-                .collect(),
+            lines: lines.iter().map(|l| Line { cell: l.index, qty: l.qty }).collect(),
             created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
             ended_at_ms: 0,

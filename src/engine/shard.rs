@@ -65,18 +65,11 @@ pub(crate) struct Shard {
 
 impl Shard {
     pub(crate) fn new() -> Self {
-        Self {
-            next_seq: 1,
-            ..Self::default()
-        }
+        Self { next_seq: 1, ..Self::default() }
     }
 
     /// Pops up to `max` deadlines that are due at `now_ms` and still current.
-    pub(crate) fn pop_due(
-        &mut self,
-        now_ms: u64,
-        max: usize,
-    ) -> SmallVec<[(u64, ReservationId); 32]> {
+    pub(crate) fn pop_due(&mut self, now_ms: u64, max: usize) -> SmallVec<[(u64, ReservationId); 32]> {
         let mut due = SmallVec::new();
         while due.len() < max {
             match self.deadlines.peek() {
@@ -84,9 +77,10 @@ impl Shard {
                 _ => break,
             }
             let Reverse((deadline, id)) = self.deadlines.pop().expect("peeked");
-            let current = self.reservations.get(&id).is_some_and(|r| {
-                r.state == ReservationState::Active && r.expires_at_ms == deadline
-            });
+            let current = self
+                .reservations
+                .get(&id)
+                .is_some_and(|r| r.state == ReservationState::Active && r.expires_at_ms == deadline);
             if current {
                 due.push((deadline, id));
             }
@@ -102,8 +96,7 @@ impl Shard {
             }
             self.ended.pop_front();
             let gone = self.reservations.get(&id).is_some_and(|r| {
-                r.state != ReservationState::Active
-                    && r.ended_at_ms.saturating_add(retention_ms) <= now_ms
+                r.state != ReservationState::Active && r.ended_at_ms.saturating_add(retention_ms) <= now_ms
             });
             if gone {
                 self.reservations.swap_remove(&id);
@@ -147,9 +140,7 @@ impl<'e> Locked<'e> {
     }
 
     pub(crate) fn new() -> Self {
-        Self {
-            guards: SmallVec::new(),
-        }
+        Self { guards: SmallVec::new() }
     }
 
     pub(crate) fn holds(&self, index: u16) -> bool {
@@ -157,11 +148,8 @@ impl<'e> Locked<'e> {
     }
 
     pub(crate) fn shard(&mut self, index: u16) -> &mut Shard {
-        let (_, guard) = self
-            .guards
-            .iter_mut()
-            .find(|(i, _)| *i == index)
-            .expect("the caller locked this shard");
+        let (_, guard) =
+            self.guards.iter_mut().find(|(i, _)| *i == index).expect("the caller locked this shard");
         guard
     }
 }

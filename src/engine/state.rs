@@ -1,9 +1,7 @@
 //! The engine's state as plain, canonically ordered values: what a snapshot holds, and what tests
 //! compare. Two engines that logically agree at `now_ms` export equal states.
 
-use super::{
-    Engine, IdempotencyKey, ReservationId, ReservationState, ReservationView, SaleId, SkuId,
-};
+use super::{Engine, IdempotencyKey, ReservationId, ReservationState, ReservationView, SaleId, SkuId};
 use super::{Stock, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -38,22 +36,13 @@ impl Engine {
             state.skus.push((cell.sku.clone(), cell.load()));
         }
         state.skus.sort_by(|a, b| a.0.cmp(&b.0));
-        state.sales = self
-            .sales
-            .iter()
-            .map(|e| (e.key().clone(), *e.value()))
-            .collect();
+        state.sales = self.sales.iter().map(|e| (e.key().clone(), *e.value())).collect();
         state.sales.sort();
         for shard in self.shards.iter() {
             let shard = shard.lock();
             state.next_seqs.push(shard.next_seq);
-            let readable = shard
-                .reservations
-                .iter()
-                .filter(|(_, r)| !self.forgotten(r, now_ms));
-            state
-                .reservations
-                .extend(readable.map(|(id, r)| self.view(*id, r)));
+            let readable = shard.reservations.iter().filter(|(_, r)| !self.forgotten(r, now_ms));
+            state.reservations.extend(readable.map(|(id, r)| self.view(*id, r)));
         }
         state.reservations.sort_by_key(|r| r.id);
         state.keys = (self.keys.live_entries(now_ms).into_iter())
@@ -78,10 +67,7 @@ impl Engine {
         let mut reserved = std::collections::HashMap::<u32, u64>::new();
         for (index, shard) in self.shards.iter().enumerate() {
             let shard = shard.lock();
-            let active = shard
-                .reservations
-                .values()
-                .filter(|r| r.state == ReservationState::Active);
+            let active = shard.reservations.values().filter(|r| r.state == ReservationState::Active);
             let mut count = 0;
             for r in active {
                 count += 1;
@@ -90,10 +76,7 @@ impl Engine {
                 }
             }
             if count != shard.active {
-                return Err(format!(
-                    "shard {index} counts {} active, holds {count}",
-                    shard.active
-                ));
+                return Err(format!("shard {index} counts {} active, holds {count}", shard.active));
             }
         }
         for (index, cell) in self.catalog.iter().enumerate() {
@@ -104,10 +87,7 @@ impl Engine {
             }
             let expected = reserved.get(&(index as u32)).copied().unwrap_or(0);
             if s.reserved != expected {
-                return Err(format!(
-                    "{} reserved {} but reservations hold {expected}",
-                    cell.sku, s.reserved
-                ));
+                return Err(format!("{} reserved {} but reservations hold {expected}", cell.sku, s.reserved));
             }
         }
         Ok(())

@@ -24,11 +24,7 @@ impl Engine {
                 return Err(StockError::BelowHeld { held });
             }
         }
-        let record = Record::StockSet {
-            sku: sku.clone(),
-            on_hand,
-            at_ms: now_ms,
-        };
+        let record = Record::StockSet { sku: sku.clone(), on_hand, at_ms: now_ms };
         sink.append(&record).map_err(|_| StockError::LogRefused)?;
         Ok(self.apply_stock_set(sku, shard, on_hand))
     }
@@ -42,18 +38,10 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<Stock, StockError> {
-        let (_, cell) = self
-            .catalog
-            .find(sku.as_str())
-            .ok_or(StockError::UnknownSku)?;
+        let (_, cell) = self.catalog.find(sku.as_str()).ok_or(StockError::UnknownSku)?;
         let _locked = self.lock(&[cell.shard]);
         let on_hand = adjusted(cell.load(), delta)?;
-        let record = Record::StockAdjusted {
-            sku: sku.clone(),
-            delta,
-            reason: reason.clone(),
-            at_ms: now_ms,
-        };
+        let record = Record::StockAdjusted { sku: sku.clone(), delta, reason: reason.clone(), at_ms: now_ms };
         sink.append(&record).map_err(|_| StockError::LogRefused)?;
         Ok(self.apply_stock_set(sku, cell.shard, on_hand))
     }
@@ -72,11 +60,7 @@ impl Engine {
         // The entry holds the sale's map shard, so two changes to one sale are logged in the order
         // they take effect.
         let entry = self.sales.entry(sale.clone());
-        let record = Record::SaleLimitSet {
-            sale: sale.clone(),
-            per_user_max,
-            at_ms: now_ms,
-        };
+        let record = Record::SaleLimitSet { sale: sale.clone(), per_user_max, at_ms: now_ms };
         sink.append(&record).map_err(|_| StockError::LogRefused)?;
         entry.insert(per_user_max);
         Ok(())
@@ -107,10 +91,7 @@ pub(super) fn adjusted(stock: Stock, delta: i64) -> Result<u64, StockError> {
         return Err(out_of_range);
     }
     let held = stock.reserved + stock.sold;
-    let on_hand = stock
-        .on_hand
-        .checked_add_signed(delta)
-        .ok_or(StockError::BelowHeld { held })?;
+    let on_hand = stock.on_hand.checked_add_signed(delta).ok_or(StockError::BelowHeld { held })?;
     if on_hand < held {
         return Err(StockError::BelowHeld { held });
     }

@@ -13,32 +13,18 @@ fn sku(s: &str) -> SkuId {
 fn engine_with(config: EngineConfig, stock: &[(&str, u64)]) -> Engine {
     let engine = Engine::new(config).expect("valid config");
     for (name, n) in stock {
-        engine
-            .set_stock(&sku(name), *n, T0, &mut ())
-            .expect("set stock");
+        engine.set_stock(&sku(name), *n, T0, &mut ()).expect("set stock");
     }
     engine
 }
 
 fn engine(stock: &[(&str, u64)]) -> Engine {
-    engine_with(
-        EngineConfig {
-            shards: 4,
-            ..EngineConfig::default()
-        },
-        stock,
-    )
+    engine_with(EngineConfig { shards: 4, ..EngineConfig::default() }, stock)
 }
 
 fn request(items: &[(&str, u32)]) -> ReserveRequest {
     ReserveRequest {
-        items: items
-            .iter()
-            .map(|(s, qty)| Item {
-                sku: sku(s),
-                qty: *qty,
-            })
-            .collect(),
+        items: items.iter().map(|(s, qty)| Item { sku: sku(s), qty: *qty }).collect(),
         ttl_ms: TTL,
         user: None,
         sale: None,
@@ -47,10 +33,7 @@ fn request(items: &[(&str, u32)]) -> ReserveRequest {
 }
 
 fn keyed(items: &[(&str, u32)], key: &str) -> ReserveRequest {
-    ReserveRequest {
-        idempotency_key: Some(IdempotencyKey::new(key).expect("valid key")),
-        ..request(items)
-    }
+    ReserveRequest { idempotency_key: Some(IdempotencyKey::new(key).expect("valid key")), ..request(items) }
 }
 
 fn in_sale(items: &[(&str, u32)], sale: &str, user: &str) -> ReserveRequest {
@@ -79,29 +62,15 @@ fn reserve_takes_units_from_available_into_reserved() {
     assert_eq!(stock(&e, "a"), (10, 7, 3, 0));
     let view = e.reservation(r.id, T0).unwrap();
     assert_eq!(view.state, ReservationState::Active);
-    assert_eq!(
-        view.items,
-        vec![Item {
-            sku: sku("a"),
-            qty: 3
-        }]
-    );
+    assert_eq!(view.items, vec![Item { sku: sku("a"), qty: 3 }]);
 }
 
 #[test]
 fn reserve_rejects_when_sold_out_and_names_the_item() {
     let e = engine(&[("a", 5), ("b", 1)]);
     reserve(&e, &[("b", 1)]);
-    let err = e
-        .reserve(&request(&[("a", 1), ("b", 1)]), T0, &mut ())
-        .unwrap_err();
-    assert_eq!(
-        err,
-        ReserveError::InsufficientStock {
-            item: 1,
-            available: 0
-        }
-    );
+    let err = e.reserve(&request(&[("a", 1), ("b", 1)]), T0, &mut ()).unwrap_err();
+    assert_eq!(err, ReserveError::InsufficientStock { item: 1, available: 0 });
     assert_eq!(stock(&e, "a"), (5, 5, 0, 0), "all or nothing: a untouched");
 }
 
@@ -110,13 +79,7 @@ fn reserve_of_the_last_units_succeeds_and_the_next_fails() {
     let e = engine(&[("a", 2)]);
     reserve(&e, &[("a", 2)]);
     let err = e.reserve(&request(&[("a", 1)]), T0, &mut ()).unwrap_err();
-    assert_eq!(
-        err,
-        ReserveError::InsufficientStock {
-            item: 0,
-            available: 0
-        }
-    );
+    assert_eq!(err, ReserveError::InsufficientStock { item: 0, available: 0 });
 }
 
 #[test]
@@ -145,43 +108,21 @@ fn reserve_refuses_malformed_requests_and_changes_nothing() {
         other => panic!("expected Invalid, got {other:?}"),
     };
     assert_eq!(invalid(request(&[])), RequestError::NoItems);
-    assert_eq!(
-        invalid(request(&[("a", 0)])),
-        RequestError::ZeroQuantity { item: 0 }
-    );
+    assert_eq!(invalid(request(&[("a", 0)])), RequestError::ZeroQuantity { item: 0 });
     assert_eq!(
         invalid(request(&[("a", QTY_PER_ITEM_MAX + 1)])),
-        RequestError::QuantityTooLarge {
-            item: 0,
-            max: QTY_PER_ITEM_MAX
-        }
+        RequestError::QuantityTooLarge { item: 0, max: QTY_PER_ITEM_MAX }
     );
-    assert_eq!(
-        invalid(request(&[("a", 1), ("b", 1), ("a", 1)])),
-        RequestError::DuplicateSku { item: 2 }
-    );
-    let many: Vec<String> = (0..=ITEMS_PER_RESERVATION_MAX)
-        .map(|i| format!("x{i}"))
-        .collect();
+    assert_eq!(invalid(request(&[("a", 1), ("b", 1), ("a", 1)])), RequestError::DuplicateSku { item: 2 });
+    let many: Vec<String> = (0..=ITEMS_PER_RESERVATION_MAX).map(|i| format!("x{i}")).collect();
     let many: Vec<(&str, u32)> = many.iter().map(|n| (n.as_str(), 1)).collect();
-    assert_eq!(
-        invalid(request(&many)),
-        RequestError::TooManyItems {
-            max: ITEMS_PER_RESERVATION_MAX
-        }
-    );
+    assert_eq!(invalid(request(&many)), RequestError::TooManyItems { max: ITEMS_PER_RESERVATION_MAX });
     let (min, max) = (e.config().ttl_ms_min, e.config().ttl_ms_max);
     for ttl_ms in [0, min - 1, max + 1, u64::MAX] {
-        let req = ReserveRequest {
-            ttl_ms,
-            ..request(&[("a", 1)])
-        };
+        let req = ReserveRequest { ttl_ms, ..request(&[("a", 1)]) };
         assert_eq!(invalid(req), RequestError::TtlOutOfRange { min, max });
     }
-    let req = ReserveRequest {
-        sale: Some(SaleId::new("s").unwrap()),
-        ..request(&[("a", 1)])
-    };
+    let req = ReserveRequest { sale: Some(SaleId::new("s").unwrap()), ..request(&[("a", 1)]) };
     assert_eq!(invalid(req), RequestError::SaleWithoutUser);
     assert_eq!(e.export(T0), before);
 }
@@ -189,9 +130,7 @@ fn reserve_refuses_malformed_requests_and_changes_nothing() {
 #[test]
 fn reserve_of_an_unknown_sku_names_it() {
     let e = engine(&[("a", 10)]);
-    let err = e
-        .reserve(&request(&[("a", 1), ("nope", 1)]), T0, &mut ())
-        .unwrap_err();
+    let err = e.reserve(&request(&[("a", 1), ("nope", 1)]), T0, &mut ()).unwrap_err();
     assert_eq!(err, ReserveError::UnknownSku { item: 1 });
     assert_eq!(stock(&e, "a"), (10, 10, 0, 0));
 }
@@ -203,20 +142,10 @@ fn commit_sells_and_is_idempotent() {
     e.commit(id, T0 + 1, &mut ()).unwrap();
     assert_eq!(stock(&e, "a"), (10, 6, 0, 4));
     e.commit(id, T0 + 2, &mut ()).unwrap();
-    assert_eq!(
-        stock(&e, "a"),
-        (10, 6, 0, 4),
-        "a second commit changes nothing"
-    );
-    assert_eq!(
-        e.release(id, T0 + 3, &mut ()),
-        Err(ReservationError::Committed)
-    );
+    assert_eq!(stock(&e, "a"), (10, 6, 0, 4), "a second commit changes nothing");
+    assert_eq!(e.release(id, T0 + 3, &mut ()), Err(ReservationError::Committed));
     let view = e.reservation(id, T0 + 3).unwrap();
-    assert_eq!(
-        (view.state, view.ended_at_ms),
-        (ReservationState::Committed, Some(T0 + 1))
-    );
+    assert_eq!((view.state, view.ended_at_ms), (ReservationState::Committed, Some(T0 + 1)));
 }
 
 #[test]
@@ -226,10 +155,7 @@ fn release_returns_units_and_is_idempotent() {
     e.release(id, T0 + 1, &mut ()).unwrap();
     assert_eq!(stock(&e, "a"), (10, 10, 0, 0));
     e.release(id, T0 + 2, &mut ()).unwrap();
-    assert_eq!(
-        e.commit(id, T0 + 3, &mut ()),
-        Err(ReservationError::Released)
-    );
+    assert_eq!(e.commit(id, T0 + 3, &mut ()), Err(ReservationError::Released));
     assert_eq!(stock(&e, "a"), (10, 10, 0, 0));
 }
 
@@ -238,30 +164,12 @@ fn commit_after_the_deadline_expires_it_and_fails() {
     let e = engine(&[("a", 10)]);
     let id = reserve(&e, &[("a", 4)]);
     let mut log = Vec::new();
-    assert_eq!(
-        e.commit(id, T0 + TTL, &mut log),
-        Err(ReservationError::Expired)
-    );
-    assert_eq!(
-        log,
-        vec![Record::Expired {
-            id,
-            at_ms: T0 + TTL
-        }]
-    );
+    assert_eq!(e.commit(id, T0 + TTL, &mut log), Err(ReservationError::Expired));
+    assert_eq!(log, vec![Record::Expired { id, at_ms: T0 + TTL }]);
     assert_eq!(stock(&e, "a"), (10, 10, 0, 0));
-    assert_eq!(
-        e.reservation(id, T0 + TTL).unwrap().state,
-        ReservationState::Expired
-    );
-    assert_eq!(
-        e.commit(id, T0 + TTL, &mut ()),
-        Err(ReservationError::Expired)
-    );
-    assert_eq!(
-        e.release(id, T0 + TTL, &mut ()),
-        Err(ReservationError::Expired)
-    );
+    assert_eq!(e.reservation(id, T0 + TTL).unwrap().state, ReservationState::Expired);
+    assert_eq!(e.commit(id, T0 + TTL, &mut ()), Err(ReservationError::Expired));
+    assert_eq!(e.release(id, T0 + TTL, &mut ()), Err(ReservationError::Expired));
 }
 
 #[test]
@@ -277,19 +185,12 @@ fn commit_one_millisecond_before_the_deadline_succeeds() {
 fn expire_due_returns_exactly_what_is_due() {
     let e = engine(&[("a", 10)]);
     let first = reserve(&e, &[("a", 1)]);
-    let req = ReserveRequest {
-        ttl_ms: 2 * TTL,
-        ..request(&[("a", 2)])
-    };
+    let req = ReserveRequest { ttl_ms: 2 * TTL, ..request(&[("a", 2)]) };
     let second = e.reserve(&req, T0, &mut ()).unwrap().id;
     assert_eq!(e.expire_due(T0 + TTL - 1, &mut ()), vec![]);
     assert_eq!(e.expire_due(T0 + TTL, &mut ()), vec![first]);
     assert_eq!(stock(&e, "a"), (10, 8, 2, 0));
-    assert_eq!(
-        e.expire_due(T0 + TTL, &mut ()),
-        vec![],
-        "expiring twice does nothing"
-    );
+    assert_eq!(e.expire_due(T0 + TTL, &mut ()), vec![], "expiring twice does nothing");
     assert_eq!(e.expire_due(T0 + 3 * TTL, &mut ()), vec![second]);
     assert_eq!(stock(&e, "a"), (10, 10, 0, 0));
     assert_eq!(e.active_reservations(), 0);
@@ -297,40 +198,21 @@ fn expire_due_returns_exactly_what_is_due() {
 
 #[test]
 fn extend_moves_the_deadline_within_the_hold_maximum() {
-    let config = EngineConfig {
-        shards: 2,
-        ttl_ms_max: TTL,
-        hold_ms_max: 3 * TTL,
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig { shards: 2, ttl_ms_max: TTL, hold_ms_max: 3 * TTL, ..EngineConfig::default() };
     let e = engine_with(config, &[("a", 10)]);
     let id = reserve(&e, &[("a", 1)]);
     let mut log = Vec::new();
-    assert_eq!(
-        e.extend(id, TTL, T0 + TTL / 2, &mut log),
-        Ok(T0 + TTL + TTL / 2)
-    );
-    assert_eq!(
-        e.extend(id, TTL, T0 + 2 * TTL + 1, &mut log),
-        Err(ReservationError::Expired)
-    );
-    let id = e
-        .reserve(&request(&[("a", 1)]), T0 + 10, &mut ())
-        .unwrap()
-        .id;
+    assert_eq!(e.extend(id, TTL, T0 + TTL / 2, &mut log), Ok(T0 + TTL + TTL / 2));
+    assert_eq!(e.extend(id, TTL, T0 + 2 * TTL + 1, &mut log), Err(ReservationError::Expired));
+    let id = e.reserve(&request(&[("a", 1)]), T0 + 10, &mut ()).unwrap().id;
     // Repeated extends stop at created_at + hold_ms_max.
     let mut deadline = 0;
     for step in 1..=5 {
-        deadline = e
-            .extend(id, TTL, T0 + 10 + step * (TTL / 2), &mut ())
-            .unwrap();
+        deadline = e.extend(id, TTL, T0 + 10 + step * (TTL / 2), &mut ()).unwrap();
     }
     assert_eq!(deadline, T0 + 10 + 3 * TTL);
     // A shorter ttl never pulls the deadline in.
-    assert_eq!(
-        e.extend(id, e.config().ttl_ms_min, T0 + 20, &mut ()),
-        Ok(deadline)
-    );
+    assert_eq!(e.extend(id, e.config().ttl_ms_min, T0 + 20, &mut ()), Ok(deadline));
     assert_eq!(e.expire_due(deadline - 1, &mut ()), vec![]);
     assert_eq!(e.expire_due(deadline, &mut ()), vec![id]);
 }
@@ -341,10 +223,7 @@ fn extended_reservation_does_not_expire_at_its_old_deadline() {
     let id = reserve(&e, &[("a", 1)]);
     e.extend(id, 2 * TTL, T0 + 1, &mut ()).unwrap();
     assert_eq!(e.expire_due(T0 + TTL, &mut ()), vec![]);
-    assert_eq!(
-        e.reservation(id, T0 + TTL).unwrap().state,
-        ReservationState::Active
-    );
+    assert_eq!(e.reservation(id, T0 + TTL).unwrap().state, ReservationState::Active);
     assert_eq!(e.expire_due(T0 + 1 + 2 * TTL, &mut ()), vec![id]);
 }
 
@@ -353,56 +232,26 @@ fn extend_refuses_ended_reservations_and_bad_ttls() {
     let e = engine(&[("a", 10)]);
     let id = reserve(&e, &[("a", 1)]);
     let bad = e.extend(id, 0, T0, &mut ());
-    assert!(matches!(
-        bad,
-        Err(ReservationError::Invalid(
-            RequestError::TtlOutOfRange { .. }
-        ))
-    ));
+    assert!(matches!(bad, Err(ReservationError::Invalid(RequestError::TtlOutOfRange { .. }))));
     e.commit(id, T0, &mut ()).unwrap();
-    assert_eq!(
-        e.extend(id, TTL, T0, &mut ()),
-        Err(ReservationError::Committed)
-    );
+    assert_eq!(e.extend(id, TTL, T0, &mut ()), Err(ReservationError::Committed));
     let missing = ReservationId::parse("rsv_00000000000000ff").unwrap();
-    assert_eq!(
-        e.extend(missing, TTL, T0, &mut ()),
-        Err(ReservationError::NotFound)
-    );
-    assert_eq!(
-        e.commit(missing, T0, &mut ()),
-        Err(ReservationError::NotFound)
-    );
-    assert_eq!(
-        e.release(missing, T0, &mut ()),
-        Err(ReservationError::NotFound)
-    );
+    assert_eq!(e.extend(missing, TTL, T0, &mut ()), Err(ReservationError::NotFound));
+    assert_eq!(e.commit(missing, T0, &mut ()), Err(ReservationError::NotFound));
+    assert_eq!(e.release(missing, T0, &mut ()), Err(ReservationError::NotFound));
 }
 
 #[test]
 fn ended_reservations_are_forgotten_after_retention() {
-    let config = EngineConfig {
-        shards: 2,
-        ended_retention_ms: 1_000,
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig { shards: 2, ended_retention_ms: 1_000, ..EngineConfig::default() };
     let e = engine_with(config, &[("a", 10)]);
     let id = reserve(&e, &[("a", 1)]);
     e.commit(id, T0 + 5, &mut ()).unwrap();
     assert!(e.reservation(id, T0 + 1_004).is_some());
-    assert!(
-        e.reservation(id, T0 + 1_005).is_none(),
-        "logically gone at once"
-    );
-    assert_eq!(
-        e.commit(id, T0 + 1_005, &mut ()),
-        Err(ReservationError::NotFound)
-    );
+    assert!(e.reservation(id, T0 + 1_005).is_none(), "logically gone at once");
+    assert_eq!(e.commit(id, T0 + 1_005, &mut ()), Err(ReservationError::NotFound));
     e.expire_due(T0 + 1_005, &mut ());
-    assert!(
-        e.shards.iter().all(|s| s.lock().reservations.is_empty()),
-        "and physically on the next tick"
-    );
+    assert!(e.shards.iter().all(|s| s.lock().reservations.is_empty()), "and physically on the next tick");
     assert_eq!(stock(&e, "a"), (10, 9, 0, 1), "the sale stays sold");
 }
 
@@ -411,55 +260,32 @@ fn idempotent_repeat_returns_the_original_reservation() {
     let e = engine(&[("a", 1)]);
     let first = e.reserve(&keyed(&[("a", 1)], "k1"), T0, &mut ()).unwrap();
     // Sold out now, and still the repeat gets its reservation back (the lock-free path).
-    let again = e
-        .reserve(&keyed(&[("a", 1)], "k1"), T0 + 5, &mut ())
-        .unwrap();
-    assert_eq!(
-        (again.id, again.expires_at_ms, again.replayed),
-        (first.id, first.expires_at_ms, true)
-    );
+    let again = e.reserve(&keyed(&[("a", 1)], "k1"), T0 + 5, &mut ()).unwrap();
+    assert_eq!((again.id, again.expires_at_ms, again.replayed), (first.id, first.expires_at_ms, true));
     assert_eq!(stock(&e, "a"), (1, 0, 1, 0));
     // After a commit, the repeat still answers with the same outcome.
     e.commit(first.id, T0 + 6, &mut ()).unwrap();
-    assert_eq!(
-        e.reserve(&keyed(&[("a", 1)], "k1"), T0 + 7, &mut ())
-            .unwrap()
-            .id,
-        first.id
-    );
+    assert_eq!(e.reserve(&keyed(&[("a", 1)], "k1"), T0 + 7, &mut ()).unwrap().id, first.id);
 }
 
 #[test]
 fn idempotency_key_with_a_different_request_conflicts() {
     let e = engine(&[("a", 10)]);
     e.reserve(&keyed(&[("a", 1)], "k1"), T0, &mut ()).unwrap();
-    let err = e
-        .reserve(&keyed(&[("a", 2)], "k1"), T0, &mut ())
-        .unwrap_err();
+    let err = e.reserve(&keyed(&[("a", 2)], "k1"), T0, &mut ()).unwrap_err();
     assert_eq!(err, ReserveError::IdempotencyConflict);
-    let other_ttl = ReserveRequest {
-        ttl_ms: TTL + 1,
-        ..keyed(&[("a", 1)], "k1")
-    };
-    assert_eq!(
-        e.reserve(&other_ttl, T0, &mut ()),
-        Err(ReserveError::IdempotencyConflict)
-    );
+    let other_ttl = ReserveRequest { ttl_ms: TTL + 1, ..keyed(&[("a", 1)], "k1") };
+    assert_eq!(e.reserve(&other_ttl, T0, &mut ()), Err(ReserveError::IdempotencyConflict));
     assert_eq!(stock(&e, "a"), (10, 9, 1, 0));
 }
 
 #[test]
 fn refused_keyed_reserve_is_not_remembered() {
     let e = engine(&[("a", 0)]);
-    let err = e
-        .reserve(&keyed(&[("a", 1)], "k1"), T0, &mut ())
-        .unwrap_err();
+    let err = e.reserve(&keyed(&[("a", 1)], "k1"), T0, &mut ()).unwrap_err();
     assert!(matches!(err, ReserveError::InsufficientStock { .. }));
     e.set_stock(&sku("a"), 1, T0, &mut ()).unwrap();
-    assert!(
-        e.reserve(&keyed(&[("a", 1)], "k1"), T0, &mut ()).is_ok(),
-        "a refusal changed nothing"
-    );
+    assert!(e.reserve(&keyed(&[("a", 1)], "k1"), T0, &mut ()).is_ok(), "a refusal changed nothing");
 }
 
 #[test]
@@ -477,9 +303,7 @@ fn idempotency_keys_expire_after_the_window_and_the_table_is_bounded() {
         Err(ReserveError::IdempotencyTableFull)
     );
     // Past the window k1 is forgotten: the same key makes a new reservation, and there is room again.
-    let later = e
-        .reserve(&keyed(&[("a", 1)], "k1"), T0 + 1_000, &mut ())
-        .unwrap();
+    let later = e.reserve(&keyed(&[("a", 1)], "k1"), T0 + 1_000, &mut ()).unwrap();
     assert_ne!(later.id, first.id);
     assert!(!later.replayed);
     assert_eq!(stock(&e, "a"), (10, 8, 2, 0));
@@ -490,53 +314,35 @@ fn per_user_limit_counts_held_and_bought_units() {
     let e = engine(&[("a", 100), ("b", 100)]);
     let sale = SaleId::new("noon").unwrap();
     e.set_sale_limit(&sale, 3, T0, &mut ()).unwrap();
-    let first = e
-        .reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0, &mut ())
-        .unwrap()
-        .id;
-    let err = e
-        .reserve(&in_sale(&[("b", 2)], "noon", "u1"), T0, &mut ())
-        .unwrap_err();
+    let first = e.reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0, &mut ()).unwrap().id;
+    let err = e.reserve(&in_sale(&[("b", 2)], "noon", "u1"), T0, &mut ()).unwrap_err();
     assert_eq!(err, ReserveError::LimitExceeded { limit: 3, held: 2 });
-    e.reserve(&in_sale(&[("b", 3)], "noon", "u2"), T0, &mut ())
-        .expect("another user has their own");
+    e.reserve(&in_sale(&[("b", 3)], "noon", "u2"), T0, &mut ()).expect("another user has their own");
     e.commit(first, T0 + 1, &mut ()).unwrap();
     assert_eq!(
         e.reserve(&in_sale(&[("b", 2)], "noon", "u1"), T0 + 2, &mut ()),
         Err(ReserveError::LimitExceeded { limit: 3, held: 2 }),
         "bought units still count"
     );
-    e.reserve(&in_sale(&[("b", 1)], "noon", "u1"), T0 + 2, &mut ())
-        .expect("exactly at the limit");
+    e.reserve(&in_sale(&[("b", 1)], "noon", "u1"), T0 + 2, &mut ()).expect("exactly at the limit");
 }
 
 #[test]
 fn released_and_expired_units_give_the_allowance_back() {
     let e = engine(&[("a", 100)]);
-    e.set_sale_limit(&SaleId::new("noon").unwrap(), 2, T0, &mut ())
-        .unwrap();
-    let r = e
-        .reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0, &mut ())
-        .unwrap()
-        .id;
+    e.set_sale_limit(&SaleId::new("noon").unwrap(), 2, T0, &mut ()).unwrap();
+    let r = e.reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0, &mut ()).unwrap().id;
     e.release(r, T0 + 1, &mut ()).unwrap();
-    let r = e
-        .reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0 + 2, &mut ())
-        .unwrap()
-        .id;
+    let r = e.reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0 + 2, &mut ()).unwrap().id;
     assert_eq!(e.expire_due(T0 + 2 + TTL, &mut ()), vec![r]);
-    e.reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0 + 2 + TTL, &mut ())
-        .expect("allowance is back");
+    e.reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0 + 2 + TTL, &mut ()).expect("allowance is back");
     assert_eq!(e.export(T0).counters.len(), 1);
 }
 
 #[test]
 fn reserve_in_an_unknown_sale_fails() {
     let e = engine(&[("a", 10)]);
-    assert_eq!(
-        e.reserve(&in_sale(&[("a", 1)], "nope", "u1"), T0, &mut ()),
-        Err(ReserveError::UnknownSale)
-    );
+    assert_eq!(e.reserve(&in_sale(&[("a", 1)], "nope", "u1"), T0, &mut ()), Err(ReserveError::UnknownSale));
     assert_eq!(stock(&e, "a"), (10, 10, 0, 0));
 }
 
@@ -556,15 +362,9 @@ fn set_stock_creates_and_resets_but_never_below_held() {
     let id = reserve(&e, &[("a", 4)]);
     e.commit(id, T0, &mut ()).unwrap();
     reserve(&e, &[("a", 3)]);
-    assert_eq!(
-        e.set_stock(&sku("a"), 6, T0, &mut ()),
-        Err(StockError::BelowHeld { held: 7 })
-    );
+    assert_eq!(e.set_stock(&sku("a"), 6, T0, &mut ()), Err(StockError::BelowHeld { held: 7 }));
     assert_eq!(e.set_stock(&sku("a"), 7, T0, &mut ()).unwrap().available, 0);
-    assert_eq!(
-        e.set_stock(&sku("a"), 20, T0, &mut ()).unwrap().available,
-        13
-    );
+    assert_eq!(e.set_stock(&sku("a"), 20, T0, &mut ()).unwrap().available, 13);
     let out = Err(StockError::Invalid(RequestError::StockOutOfRange));
     assert_eq!(e.set_stock(&sku("a"), ON_HAND_MAX + 1, T0, &mut ()), out);
     assert_eq!(stock(&e, "a"), (20, 13, 3, 4));
@@ -575,53 +375,27 @@ fn adjust_restocks_and_shrinks_only_what_is_available() {
     let e = engine(&[("a", 10)]);
     reserve(&e, &[("a", 4)]);
     let why = Reason::new("cycle count").unwrap();
-    assert_eq!(
-        e.adjust_stock(&sku("a"), 5, &why, T0, &mut ())
-            .unwrap()
-            .available,
-        11
-    );
-    assert_eq!(
-        e.adjust_stock(&sku("a"), -11, &why, T0, &mut ())
-            .unwrap()
-            .available,
-        0
-    );
-    assert_eq!(
-        e.adjust_stock(&sku("a"), -1, &why, T0, &mut ()),
-        Err(StockError::BelowHeld { held: 4 })
-    );
+    assert_eq!(e.adjust_stock(&sku("a"), 5, &why, T0, &mut ()).unwrap().available, 11);
+    assert_eq!(e.adjust_stock(&sku("a"), -11, &why, T0, &mut ()).unwrap().available, 0);
+    assert_eq!(e.adjust_stock(&sku("a"), -1, &why, T0, &mut ()), Err(StockError::BelowHeld { held: 4 }));
     assert_eq!(
         e.adjust_stock(&sku("a"), i64::MIN, &why, T0, &mut ()),
         Err(StockError::Invalid(RequestError::StockOutOfRange))
     );
     let out = Err(StockError::Invalid(RequestError::StockOutOfRange));
     assert_eq!(e.adjust_stock(&sku("a"), 0, &why, T0, &mut ()), out);
-    assert_eq!(
-        e.adjust_stock(&sku("a"), ON_HAND_MAX as i64, &why, T0, &mut ()),
-        out
-    );
-    assert_eq!(
-        e.adjust_stock(&sku("zz"), 1, &why, T0, &mut ()),
-        Err(StockError::UnknownSku)
-    );
+    assert_eq!(e.adjust_stock(&sku("a"), ON_HAND_MAX as i64, &why, T0, &mut ()), out);
+    assert_eq!(e.adjust_stock(&sku("zz"), 1, &why, T0, &mut ()), Err(StockError::UnknownSku));
     assert_eq!(stock(&e, "a"), (4, 0, 4, 0));
 }
 
 #[test]
 fn shard_full_refuses_new_reservations() {
-    let config = EngineConfig {
-        shards: 1,
-        active_per_shard_max: 2,
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig { shards: 1, active_per_shard_max: 2, ..EngineConfig::default() };
     let e = engine_with(config, &[("a", 10)]);
     reserve(&e, &[("a", 1)]);
     let id = reserve(&e, &[("a", 1)]);
-    assert_eq!(
-        e.reserve(&request(&[("a", 1)]), T0, &mut ()),
-        Err(ReserveError::ShardFull)
-    );
+    assert_eq!(e.reserve(&request(&[("a", 1)]), T0, &mut ()), Err(ReserveError::ShardFull));
     e.release(id, T0, &mut ()).unwrap();
     reserve(&e, &[("a", 1)]);
 }
@@ -640,40 +414,16 @@ fn a_refused_record_changes_nothing() {
     let id = reserve(&e, &[("a", 1)]);
     let key_req = keyed(&[("a", 1)], "k");
     let before = e.export(T0);
-    assert_eq!(
-        e.reserve(&key_req, T0, &mut Refusing),
-        Err(ReserveError::LogRefused)
-    );
-    assert_eq!(
-        e.commit(id, T0, &mut Refusing),
-        Err(ReservationError::LogRefused)
-    );
-    assert_eq!(
-        e.release(id, T0, &mut Refusing),
-        Err(ReservationError::LogRefused)
-    );
-    assert_eq!(
-        e.extend(id, 2 * TTL, T0, &mut Refusing),
-        Err(ReservationError::LogRefused)
-    );
-    assert_eq!(
-        e.set_stock(&sku("a"), 3, T0, &mut Refusing),
-        Err(StockError::LogRefused)
-    );
-    assert_eq!(
-        e.set_stock(&sku("new"), 3, T0, &mut Refusing),
-        Err(StockError::LogRefused)
-    );
+    assert_eq!(e.reserve(&key_req, T0, &mut Refusing), Err(ReserveError::LogRefused));
+    assert_eq!(e.commit(id, T0, &mut Refusing), Err(ReservationError::LogRefused));
+    assert_eq!(e.release(id, T0, &mut Refusing), Err(ReservationError::LogRefused));
+    assert_eq!(e.extend(id, 2 * TTL, T0, &mut Refusing), Err(ReservationError::LogRefused));
+    assert_eq!(e.set_stock(&sku("a"), 3, T0, &mut Refusing), Err(StockError::LogRefused));
+    assert_eq!(e.set_stock(&sku("new"), 3, T0, &mut Refusing), Err(StockError::LogRefused));
     let why = Reason::default();
-    assert_eq!(
-        e.adjust_stock(&sku("a"), 3, &why, T0, &mut Refusing),
-        Err(StockError::LogRefused)
-    );
+    assert_eq!(e.adjust_stock(&sku("a"), 3, &why, T0, &mut Refusing), Err(StockError::LogRefused));
     let sale = SaleId::new("s").unwrap();
-    assert_eq!(
-        e.set_sale_limit(&sale, 3, T0, &mut Refusing),
-        Err(StockError::LogRefused)
-    );
+    assert_eq!(e.set_sale_limit(&sale, 3, T0, &mut Refusing), Err(StockError::LogRefused));
     assert_eq!(e.expire_due(T0 + TTL, &mut Refusing), vec![]);
     assert_eq!(e.export(T0), before);
     assert!(e.stock("new").is_none());
@@ -688,25 +438,11 @@ fn records_replayed_in_order_reproduce_the_state() {
     let now = T0;
     e.set_stock(&sku("a"), 10, now, &mut log).unwrap();
     e.set_stock(&sku("b"), 5, now, &mut log).unwrap();
-    e.set_sale_limit(&SaleId::new("noon").unwrap(), 4, now, &mut log)
-        .unwrap();
-    let r1 = e
-        .reserve(&keyed(&[("a", 2), ("b", 1)], "k1"), now, &mut log)
-        .unwrap()
-        .id;
-    let r2 = e
-        .reserve(&in_sale(&[("a", 3)], "noon", "u1"), now, &mut log)
-        .unwrap()
-        .id;
+    e.set_sale_limit(&SaleId::new("noon").unwrap(), 4, now, &mut log).unwrap();
+    let r1 = e.reserve(&keyed(&[("a", 2), ("b", 1)], "k1"), now, &mut log).unwrap().id;
+    let r2 = e.reserve(&in_sale(&[("a", 3)], "noon", "u1"), now, &mut log).unwrap().id;
     let r3 = e.reserve(&request(&[("b", 2)]), now, &mut log).unwrap().id;
-    e.adjust_stock(
-        &sku("a"),
-        7,
-        &Reason::new("restock").unwrap(),
-        now + 1,
-        &mut log,
-    )
-    .unwrap();
+    e.adjust_stock(&sku("a"), 7, &Reason::new("restock").unwrap(), now + 1, &mut log).unwrap();
     e.commit(r1, now + 2, &mut log).unwrap();
     e.extend(r3, TTL, now + 3, &mut log).unwrap();
     e.expire_due(now + TTL, &mut log);
@@ -718,10 +454,7 @@ fn records_replayed_in_order_reproduce_the_state() {
     }
     assert_eq!(replayed.export(now + TTL), e.export(now + TTL));
     // And the replayed engine issues fresh ids, not old ones.
-    let next = replayed
-        .reserve(&request(&[("a", 1)]), now + TTL, &mut ())
-        .unwrap()
-        .id;
+    let next = replayed.reserve(&request(&[("a", 1)]), now + TTL, &mut ()).unwrap().id;
     assert!(![r1, r2, r3].contains(&next));
 }
 
@@ -733,11 +466,7 @@ fn replay_refuses_a_record_that_does_not_fit() {
     let oversell = log[0].clone();
     assert!(e.apply(&oversell).is_err(), "the same reservation twice");
     let fresh = engine(&[("a", 0)]);
-    assert!(fresh
-        .apply(&oversell)
-        .unwrap_err()
-        .detail
-        .contains("oversells"));
+    assert!(fresh.apply(&oversell).unwrap_err().detail.contains("oversells"));
     assert!(fresh.apply(&Record::Committed { id, at_ms: T0 }).is_err());
     let early = Record::Expired { id, at_ms: T0 + 1 };
     e.apply(&early).unwrap_err();
@@ -746,13 +475,7 @@ fn replay_refuses_a_record_that_does_not_fit() {
 
 #[test]
 fn replay_with_fewer_shards_still_finds_and_ends_reservations() {
-    let many = engine_with(
-        EngineConfig {
-            shards: 8,
-            ..EngineConfig::default()
-        },
-        &[],
-    );
+    let many = engine_with(EngineConfig { shards: 8, ..EngineConfig::default() }, &[]);
     let mut log = Vec::new();
     let names: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
     for n in &names {
@@ -760,19 +483,9 @@ fn replay_with_fewer_shards_still_finds_and_ends_reservations() {
     }
     let mut ids = Vec::new();
     for pair in names.chunks(2) {
-        ids.push(
-            many.reserve(&request(&[(&pair[1], 1), (&pair[0], 1)]), T0, &mut log)
-                .unwrap()
-                .id,
-        );
+        ids.push(many.reserve(&request(&[(&pair[1], 1), (&pair[0], 1)]), T0, &mut log).unwrap().id);
     }
-    let few = engine_with(
-        EngineConfig {
-            shards: 3,
-            ..EngineConfig::default()
-        },
-        &[],
-    );
+    let few = engine_with(EngineConfig { shards: 3, ..EngineConfig::default() }, &[]);
     for record in &log {
         few.apply(record).unwrap();
     }
@@ -791,9 +504,5 @@ fn replay_with_fewer_shards_still_finds_and_ends_reservations() {
 #[test]
 fn reservation_memory_layout_stays_small() {
     // The per-reservation memory goal (≤ 160 bytes) depends on these staying small.
-    assert!(
-        std::mem::size_of::<shard::Reservation>() <= 64,
-        "{}",
-        std::mem::size_of::<shard::Reservation>()
-    );
+    assert!(std::mem::size_of::<shard::Reservation>() <= 64, "{}", std::mem::size_of::<shard::Reservation>());
 }

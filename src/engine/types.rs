@@ -38,18 +38,8 @@ impl ReserveRequest {
             h.update(&item.qty.to_le_bytes());
         }
         h.update(&self.ttl_ms.to_le_bytes());
-        field(
-            &mut h,
-            self.user
-                .as_ref()
-                .map_or(&[][..], |u| u.as_str().as_bytes()),
-        );
-        field(
-            &mut h,
-            self.sale
-                .as_ref()
-                .map_or(&[][..], |s| s.as_str().as_bytes()),
-        );
+        field(&mut h, self.user.as_ref().map_or(&[][..], |u| u.as_str().as_bytes()));
+        field(&mut h, self.sale.as_ref().map_or(&[][..], |s| s.as_str().as_bytes()));
         h.digest128()
     }
 }

@@ -143,12 +143,7 @@ impl Model {
     }
 
     /// The reservation as `lock_live` sees it: Err for gone or ended.
-    fn live(
-        &self,
-        id: ReservationId,
-        now: u64,
-        cfg: &EngineConfig,
-    ) -> Result<&MRes, ReservationError> {
+    fn live(&self, id: ReservationId, now: u64, cfg: &EngineConfig) -> Result<&MRes, ReservationError> {
         let r = self.res.get(&id).ok_or(ReservationError::NotFound)?;
         if r.state != ReservationState::Active && r.ended + cfg.ended_retention_ms <= now {
             return Err(ReservationError::NotFound);
@@ -181,19 +176,12 @@ impl Model {
             }
         }
         if !(cfg.ttl_ms_min..=cfg.ttl_ms_max).contains(&req.ttl_ms) {
-            return invalid(RequestError::TtlOutOfRange {
-                min: cfg.ttl_ms_min,
-                max: cfg.ttl_ms_max,
-            });
+            return invalid(RequestError::TtlOutOfRange { min: cfg.ttl_ms_min, max: cfg.ttl_ms_max });
         }
         if req.sale.is_some() && req.user.is_none() {
             return invalid(RequestError::SaleWithoutUser);
         }
-        if let Some(i) = req
-            .items
-            .iter()
-            .position(|it| !self.skus.contains_key(it.sku.as_str()))
-        {
+        if let Some(i) = req.items.iter().position(|it| !self.skus.contains_key(it.sku.as_str())) {
             return Err(ReserveError::UnknownSku { item: i });
         }
         if let Some(key) = &req.idempotency_key {
@@ -204,11 +192,7 @@ impl Model {
                     if *orig != unkeyed {
                         return Err(ReserveError::IdempotencyConflict);
                     }
-                    return Ok(Some(Reserved {
-                        id: *id,
-                        expires_at_ms: *expires,
-                        replayed: true,
-                    }));
+                    return Ok(Some(Reserved { id: *id, expires_at_ms: *expires, replayed: true }));
                 }
             }
         }
@@ -219,16 +203,9 @@ impl Model {
             }
         }
         if let Some(sale) = &req.sale {
-            let limit = *self
-                .sales
-                .get(sale.as_str())
-                .ok_or(ReserveError::UnknownSale)?;
+            let limit = *self.sales.get(sale.as_str()).ok_or(ReserveError::UnknownSale)?;
             let user = req.user.as_ref().expect("validated").to_string();
-            let held = self
-                .counters
-                .get(&(sale.to_string(), user))
-                .copied()
-                .unwrap_or(0);
+            let held = self.counters.get(&(sale.to_string(), user)).copied().unwrap_or(0);
             let units: u64 = req.items.iter().map(|i| u64::from(i.qty)).sum();
             if held + units > u64::from(limit) {
                 return Err(ReserveError::LimitExceeded { limit, held });
@@ -243,10 +220,7 @@ impl Model {
             s.available -= u64::from(item.qty);
             s.reserved += u64::from(item.qty);
         }
-        let holder = req
-            .sale
-            .as_ref()
-            .map(|s| (s.to_string(), req.user.as_ref().expect("user").to_string()));
+        let holder = req.sale.as_ref().map(|s| (s.to_string(), req.user.as_ref().expect("user").to_string()));
         if let Some(h) = &holder {
             *self.counters.entry(h.clone()).or_default() +=
                 req.items.iter().map(|i| u64::from(i.qty)).sum::<u64>();
@@ -254,14 +228,9 @@ impl Model {
         if let Some(key) = &req.idempotency_key {
             let mut unkeyed = req.clone();
             unkeyed.idempotency_key = None;
-            self.keys
-                .insert(key.to_string(), (unkeyed, got.id, got.expires_at_ms, now));
+            self.keys.insert(key.to_string(), (unkeyed, got.id, got.expires_at_ms, now));
         }
-        let items = req
-            .items
-            .iter()
-            .map(|i| (i.sku.to_string(), i.qty))
-            .collect();
+        let items = req.items.iter().map(|i| (i.sku.to_string(), i.qty)).collect();
         let r = MRes {
             items,
             created: now,
@@ -270,39 +239,22 @@ impl Model {
             state: ReservationState::Active,
             holder,
         };
-        assert!(
-            self.res.insert(got.id, r).is_none(),
-            "engine issued {} twice",
-            got.id
-        );
+        assert!(self.res.insert(got.id, r).is_none(), "engine issued {} twice", got.id);
     }
 }
 
 fn check_same(engine: &Engine, model: &Model, now: u64) -> Result<(), TestCaseError> {
     for (name, m) in &model.skus {
-        let s = engine
-            .stock(name)
-            .expect("the model's SKU exists in the engine");
-        let m = Stock {
-            on_hand: m.on_hand,
-            available: m.available,
-            reserved: m.reserved,
-            sold: m.sold,
-        };
+        let s = engine.stock(name).expect("the model's SKU exists in the engine");
+        let m = Stock { on_hand: m.on_hand, available: m.available, reserved: m.reserved, sold: m.sold };
         prop_assert_eq!(s, m, "stock of {}", name);
     }
     let state = engine.export(now);
     prop_assert_eq!(state.skus.len(), model.skus.len());
-    let counters: Vec<(String, String, u64)> = model
-        .counters
-        .iter()
-        .map(|((s, u), n)| (s.clone(), u.clone(), *n))
-        .collect();
-    let engine_counters: Vec<(String, String, u64)> = state
-        .counters
-        .iter()
-        .map(|(s, u, n)| (s.to_string(), u.to_string(), *n))
-        .collect();
+    let counters: Vec<(String, String, u64)> =
+        model.counters.iter().map(|((s, u), n)| (s.clone(), u.clone(), *n)).collect();
+    let engine_counters: Vec<(String, String, u64)> =
+        state.counters.iter().map(|(s, u, n)| (s.to_string(), u.to_string(), *n)).collect();
     prop_assert_eq!(engine_counters, counters);
     for (limit_sale, limit) in &model.sales {
         prop_assert_eq!(engine.sale_limit(limit_sale), Some(*limit));
@@ -367,10 +319,7 @@ fn run(ops: &[Op], shards: usize) -> Result<(), TestCaseError> {
                 match model.skus.get_mut(SKUS[*sku]) {
                     None => prop_assert_eq!(got, Err(StockError::UnknownSku)),
                     Some(_) if *delta == 0 => {
-                        prop_assert_eq!(
-                            got,
-                            Err(StockError::Invalid(RequestError::StockOutOfRange))
-                        )
+                        prop_assert_eq!(got, Err(StockError::Invalid(RequestError::StockOutOfRange)))
                     }
                     Some(m) => {
                         let held = m.reserved + m.sold;
@@ -390,26 +339,16 @@ fn run(ops: &[Op], shards: usize) -> Result<(), TestCaseError> {
                 prop_assert!(engine.set_sale_limit(&s, *limit, now, &mut log).is_ok());
                 model.sales.insert(SALES[*sale].to_string(), *limit);
             }
-            Op::Reserve {
-                items,
-                ttl_ms,
-                user,
-                sale,
-                key,
-            } => {
+            Op::Reserve { items, ttl_ms, user, sale, key } => {
                 let req = ReserveRequest {
                     items: items
                         .iter()
-                        .map(|(s, qty)| Item {
-                            sku: name_of(&SKUS, *s, SkuId::new),
-                            qty: *qty,
-                        })
+                        .map(|(s, qty)| Item { sku: name_of(&SKUS, *s, SkuId::new), qty: *qty })
                         .collect(),
                     ttl_ms: *ttl_ms,
                     user: user.map(|u| name_of(&USERS, u, UserId::new)),
                     sale: sale.map(|s| name_of(&SALES, s, SaleId::new)),
-                    idempotency_key: key
-                        .map(|k| IdempotencyKey::new(&format!("key-{k}")).expect("valid")),
+                    idempotency_key: key.map(|k| IdempotencyKey::new(&format!("key-{k}")).expect("valid")),
                 };
                 let expected = model.reserve(&req, now, &cfg);
                 let got = engine.reserve(&req, now, &mut log);
@@ -428,11 +367,8 @@ fn run(ops: &[Op], shards: usize) -> Result<(), TestCaseError> {
             Op::Commit { pick: p } | Op::Release { pick: p } => {
                 let id = pick(&ids, *p);
                 let commit = matches!(op, Op::Commit { .. });
-                let got = if commit {
-                    engine.commit(id, now, &mut log)
-                } else {
-                    engine.release(id, now, &mut log)
-                };
+                let got =
+                    if commit { engine.commit(id, now, &mut log) } else { engine.release(id, now, &mut log) };
                 let expected = match model.live(id, now, &cfg) {
                     Err(ReservationError::Committed) if commit => Ok(()),
                     Err(ReservationError::Released) if !commit => Ok(()),
@@ -442,11 +378,8 @@ fn run(ops: &[Op], shards: usize) -> Result<(), TestCaseError> {
                         Err(ReservationError::Expired)
                     }
                     Ok(_) => {
-                        let to = if commit {
-                            ReservationState::Committed
-                        } else {
-                            ReservationState::Released
-                        };
+                        let to =
+                            if commit { ReservationState::Committed } else { ReservationState::Released };
                         model.end(id, to, now);
                         Ok(())
                     }
@@ -499,9 +432,7 @@ fn run(ops: &[Op], shards: usize) -> Result<(), TestCaseError> {
     for replay_shards in [shards, 1 + shards % 3] {
         let replayed = Engine::new(config(replay_shards)).expect("config");
         for (i, record) in log.iter().enumerate() {
-            replayed
-                .apply(record)
-                .map_err(|e| TestCaseError::fail(format!("record {i} {record:?}: {e}")))?;
+            replayed.apply(record).map_err(|e| TestCaseError::fail(format!("record {i} {record:?}: {e}")))?;
         }
         let (mut a, mut b) = (engine.export(now), replayed.export(now));
         if replay_shards != shards {
