@@ -1,12 +1,12 @@
 //! Engine micro-benchmarks (criterion). `cargo bench --bench engine`; one group: `-- hot_sku`.
 //!
 //! Multi-threaded cases time each thread's loop together and report time per operation per thread,
-//! so criterion's "thrpt" is per thread. Memory per live reservation is measured first, from resident
-//! memory, and printed.
+//! so criterion's "thrpt" is per thread. Memory per reservation is `benches/memory.rs`.
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use holdfast::engine::*;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -63,14 +63,16 @@ fn hot_sku_reserve_commit(c: &mut Criterion) {
                 let e = engine(2);
                 e.set_stock(&sku("hot"), holdfast::limits::ON_HAND_MAX, T0, &mut ()).expect("stock");
                 let req = request(&["hot"], 1_000);
-                on_threads(threads, iters, |_, iters| {
+                // One engine clock for all threads, advanced by thread 0 alongside its expiry tick, so
+                // no thread's tick can run ahead and expire another thread's fresh hold.
+                let clock = AtomicU64::new(T0);
+                on_threads(threads, iters, |t, iters| {
                     for i in 0..iters {
-                        // Engine time moves a millisecond per 64 pairs: the threads' clocks then stay
-                        // well within one TTL of each other, as a real clock's would.
-                        let now = T0 + (i >> 6);
+                        let now = clock.load(Relaxed);
                         let r = e.reserve(&req, now, &mut ()).expect("stock never runs out");
                         e.commit(r.id, now, &mut ()).expect("commit");
-                        if i % 4096 == 0 {
+                        if t == 0 && i % 4096 == 0 {
+                            clock.fetch_add(1, Relaxed);
                             e.expire_due(now, &mut ());
                         }
                     }
@@ -203,35 +205,6 @@ fn expire(c: &mut Criterion) {
     group.finish();
 }
 
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
-    let pages: u64 = status.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("statm rss");
-    pages * 4096
-}
-
-/// Resident memory per live single-item reservation, at one million of them.
-fn memory_per_reservation() {
-    const LIVE: usize = 1_000_000;
-    let before = resident_bytes();
-    let base = with_live_reservations(0, 2);
-    let empty = resident_bytes();
-    let e = with_live_reservations(LIVE, 2);
-    let full = resident_bytes();
-    println!(
-        "memory/live_reservation: {:.1} bytes per live single-item reservation at {LIVE} ({:.1} MiB resident for them)",
-        (full - empty) as f64 / LIVE as f64,
-        (full - empty) as f64 / (1 << 20) as f64
-    );
-    let _ = (before, black_box(base), black_box(e));
-}
-
 criterion_group!(benches, hot_sku_reserve_commit, spread_reserve, sold_out, multi_sku, expire);
 
-fn main() {
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    if filter.is_empty() || filter.iter().any(|f| "memory".contains(f.as_str())) {
-        memory_per_reservation();
-    }
-    benches();
-    criterion::Criterion::default().configure_from_args().final_summary();
-}
+criterion::criterion_main!(benches);

@@ -53,7 +53,7 @@ impl Engine {
         config.validate()?;
         Ok(Self {
             catalog: Catalog::new(),
-            shards: (0..config.shards).map(|_| CachePadded::new(Mutex::new(Shard::new()))).collect(),
+            shards: (0..config.shards as u16).map(|i| CachePadded::new(Mutex::new(Shard::new(i)))).collect(),
             sales: DashMap::with_hasher(Default::default()),
             counters: Counters::new(),
             keys: KeyTable::new(config.idempotency_window_ms, config.idempotency_keys_max),

@@ -81,8 +81,13 @@ impl Engine {
         let store = self.store_of(r.id);
         let mut keys = r.idempotency.as_ref().map(|(key, _)| self.keys.shard(key).write());
         let mut locked = self.lock(&shard_set(lines.iter().map(|l| l.cell.shard).chain([store])));
-        if locked.shard(store).reservations.contains_key(&r.id) {
+        let shard = locked.shard(store);
+        if shard.reservations.contains_key(&r.id) || shard.reservations.is_forgotten_seq(r.id) {
             return fail(format!("{} reserved twice", r.id));
+        }
+        // The shard issues its own ids one after another; a gap means a lost or forged record.
+        if usize::from(r.id.shard()) == usize::from(store) && r.id.seq() != shard.next_seq {
+            return fail(format!("{} out of sequence: expected sequence {}", r.id, shard.next_seq));
         }
         if let Some(l) = lines.iter().find(|l| l.cell.available_now() < u64::from(l.qty)) {
             return fail(format!("{} oversells {}: {:?}", r.id, l.cell.sku, l.cell.load()));

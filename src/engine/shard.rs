@@ -8,9 +8,9 @@
 use super::ids::{ReservationId, SaleId, UserId};
 use super::types::ReservationState;
 use crate::sync::{Mutex, MutexGuard};
-use indexmap::IndexMap;
 use smallvec::SmallVec;
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::collections::{BinaryHeap, VecDeque};
 
 /// One reserved line: `qty` units of the SKU at `cell` in the catalog.
@@ -47,11 +47,102 @@ impl Reservation {
     }
 }
 
-#[derive(Default)]
+/// A shard's reservations, by id. The shard issues ids in sequence and forgets them in roughly the
+/// order it issued them, so they live in a ring indexed by `seq - base`: no hashing, and no stored key
+/// or hash per entry. Ids issued by another shard (the shard count changed since) go to `foreign`.
+pub(crate) struct Reservations {
+    /// The shard whose ids live in the ring.
+    shard: u16,
+    /// The sequence number of `ring[0]`.
+    base: u64,
+    ring: VecDeque<Option<Reservation>>,
+    foreign: HashMap<ReservationId, Reservation, foldhash::fast::RandomState>,
+}
+
+impl Reservations {
+    fn new(shard: u16) -> Self {
+        Self { shard, base: 1, ring: VecDeque::new(), foreign: HashMap::default() }
+    }
+
+    fn slot(&self, id: ReservationId) -> Option<usize> {
+        if id.shard() != self.shard {
+            return None;
+        }
+        id.seq().checked_sub(self.base).map(|i| i as usize)
+    }
+
+    pub(crate) fn get(&self, id: &ReservationId) -> Option<&Reservation> {
+        match self.slot(*id) {
+            Some(i) => self.ring.get(i)?.as_ref(),
+            None if id.shard() == self.shard => None,
+            None => self.foreign.get(id),
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &ReservationId) -> Option<&mut Reservation> {
+        match self.slot(*id) {
+            Some(i) => self.ring.get_mut(i)?.as_mut(),
+            None if id.shard() == self.shard => None,
+            None => self.foreign.get_mut(id),
+        }
+    }
+
+    pub(crate) fn contains_key(&self, id: &ReservationId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Inserts a new reservation. An own id must not lie below the ring (already forgotten); the live
+    /// path issues the next sequence number and replay checks it is the next one.
+    pub(crate) fn insert(&mut self, id: ReservationId, r: Reservation) -> Option<Reservation> {
+        if id.shard() != self.shard {
+            return self.foreign.insert(id, r);
+        }
+        let i = self.slot(id).expect("an own id at or above the ring's base");
+        if i >= self.ring.len() {
+            self.ring.resize_with(i + 1, || None);
+        }
+        self.ring[i].replace(r)
+    }
+
+    /// Forgets a reservation, and drops the leading empty slots so the ring does not grow forever.
+    pub(crate) fn remove(&mut self, id: &ReservationId) {
+        match self.slot(*id) {
+            Some(i) if i < self.ring.len() => self.ring[i] = None,
+            Some(_) => {}
+            None => drop(self.foreign.remove(id)),
+        }
+        while matches!(self.ring.front(), Some(None)) {
+            self.ring.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Whether an own id's sequence number lies below the ring: it was issued and forgotten.
+    pub(crate) fn is_forgotten_seq(&self, id: ReservationId) -> bool {
+        id.shard() == self.shard && id.seq() < self.base
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (ReservationId, &Reservation)> {
+        let own = self.ring.iter().enumerate().filter_map(|(i, r)| {
+            let id = ReservationId::new(self.shard, self.base + i as u64);
+            r.as_ref().map(|r| (id, r))
+        });
+        own.chain(self.foreign.iter().map(|(id, r)| (*id, r)))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Reservation> {
+        self.iter().map(|(_, r)| r)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ring.is_empty() && self.foreign.is_empty()
+    }
+}
+
 pub(crate) struct Shard {
-    /// Active reservations, and ended ones until `ended_retention_ms` passes. An `IndexMap` keeps the
-    /// entries in one dense vector: about half the memory of a plain hash map at a million entries.
-    pub(crate) reservations: IndexMap<ReservationId, Reservation, foldhash::fast::RandomState>,
+    /// Active reservations, and ended ones until `ended_retention_ms` passes.
+    pub(crate) reservations: Reservations,
     /// Deadlines of active reservations, earliest first. An extend pushes a new entry and leaves the
     /// old one, which is skipped when it comes up (its deadline no longer matches), so expiring costs
     /// in proportion to what is due, never to what is live.
@@ -64,8 +155,14 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    pub(crate) fn new() -> Self {
-        Self { next_seq: 1, ..Self::default() }
+    pub(crate) fn new(index: u16) -> Self {
+        Self {
+            reservations: Reservations::new(index),
+            deadlines: BinaryHeap::new(),
+            ended: VecDeque::new(),
+            next_seq: 1,
+            active: 0,
+        }
     }
 
     /// Pops up to `max` deadlines that are due at `now_ms` and still current.
@@ -99,7 +196,7 @@ impl Shard {
                 r.state != ReservationState::Active && r.ended_at_ms.saturating_add(retention_ms) <= now_ms
             });
             if gone {
-                self.reservations.swap_remove(&id);
+                self.reservations.remove(&id);
             }
         }
     }

@@ -42,7 +42,7 @@ impl Engine {
             let shard = shard.lock();
             state.next_seqs.push(shard.next_seq);
             let readable = shard.reservations.iter().filter(|(_, r)| !self.forgotten(r, now_ms));
-            state.reservations.extend(readable.map(|(id, r)| self.view(*id, r)));
+            state.reservations.extend(readable.map(|(id, r)| self.view(id, r)));
         }
         state.reservations.sort_by_key(|r| r.id);
         state.keys = (self.keys.live_entries(now_ms).into_iter())

@@ -506,3 +506,26 @@ fn reservation_memory_layout_stays_small() {
     // The per-reservation memory goal (≤ 160 bytes) depends on these staying small.
     assert!(std::mem::size_of::<shard::Reservation>() <= 64, "{}", std::mem::size_of::<shard::Reservation>());
 }
+
+#[test]
+fn forgetting_out_of_order_keeps_every_other_reservation_reachable() {
+    let config = EngineConfig { shards: 1, ended_retention_ms: 1_000, ..EngineConfig::default() };
+    let e = engine_with(config, &[("a", 10)]);
+    let ids: Vec<ReservationId> = (0..5).map(|_| reserve(&e, &[("a", 1)])).collect();
+    e.release(ids[1], T0 + 1, &mut ()).unwrap();
+    e.release(ids[3], T0 + 1, &mut ()).unwrap();
+    e.expire_due(T0 + 1_001, &mut ());
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(e.reservation(*id, T0 + 1_001).is_some(), i % 2 == 0, "reservation {i}");
+    }
+    e.release(ids[0], T0 + 2_000, &mut ()).unwrap();
+    e.expire_due(T0 + 3_000, &mut ());
+    assert_eq!(e.shards[0].lock().reservations.iter().count(), 2, "the ring dropped its empty front");
+    for id in [ids[2], ids[4]] {
+        e.commit(id, T0 + 3_000, &mut ()).unwrap();
+    }
+    let fresh = reserve(&e, &[("a", 1)]);
+    assert!(!ids.contains(&fresh));
+    assert_eq!(e.reservation(fresh, T0).map(|v| v.state), Some(ReservationState::Active));
+    e.check_consistency().unwrap();
+}
