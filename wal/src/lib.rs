@@ -1,0 +1,18 @@
+//! holdfast's write-ahead log. Bytes in, LSNs out, records back on replay: it knows nothing of what the
+//! records mean. The byte layout is in `FORMAT.md`.
+//!
+//! - [`Wal`]: open (recover and replay), append, wait for durability, close. Group commit.
+//! - [`storage`]: the I/O seam — real files, or a disk in memory that crashes and fails on demand.
+
+mod error;
+mod format;
+mod log;
+mod recover;
+pub mod storage;
+
+pub use error::WalError;
+pub use format::{
+    frame_bytes, Lsn, FORMAT_VERSION, FRAME_HEADER_BYTES, RECORD_BYTES_MAX, SEGMENT_HEADER_BYTES,
+};
+pub use log::{Durability, Wal, WalOptions, SEGMENT_BYTES_MIN};
+pub use recover::{Recovery, TornTail};

@@ -1,0 +1,238 @@
+//! Opening a log: every segment is read and checked, records are handed to the caller in order, and a
+//! torn tail is cut off.
+//!
+//! Torn or corrupt? A record frame carries the LSN that opened its group-commit batch (`batch_lsn`),
+//! and a batch is written only after the previous one was synced. So when the frame expected to hold
+//! LSN `e` is damaged, any valid frame after it whose `batch_lsn` is greater than `e` proves that `e`
+//! was synced before the crash: that is corruption, and opening stops. If every valid frame after it
+//! belongs to `e`'s own batch (or none exists), that batch was never acknowledged, and the log is cut
+//! at the damaged frame: a torn tail. This holds even when the crash persisted the last batch's pages
+//! out of order.
+
+use crate::error::WalError;
+use crate::format::{self, decode_frame, FrameProblem, Lsn, FRAME_ALIGN, SEGMENT_HEADER_BYTES};
+use crate::storage::{read_exact_at, Storage};
+
+/// What opening found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The LSN the next append will get.
+    pub next_lsn: Lsn,
+    /// The first LSN still in the log (1, or later once old segments were removed).
+    pub first_lsn: Lsn,
+    /// Records found (all of them, not only those handed to the caller).
+    pub records: u64,
+    pub segments: usize,
+    pub torn: Option<TornTail>,
+}
+
+/// A tail cut off at opening: the crash interrupted a batch that was never acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub file: String,
+    pub offset: u64,
+    /// The LSN the damaged frame should have had; the log continues from it.
+    pub lsn: Lsn,
+    /// Non-zero bytes removed, in that file and in any later segment.
+    pub bytes: u64,
+    pub reason: &'static str,
+}
+
+/// A segment read into memory, aligned so payloads can be read in place.
+pub(crate) struct LoadedSegment {
+    pub(crate) name: String,
+    pub(crate) first_lsn: Lsn,
+    pub(crate) capacity: u64,
+    words: Vec<u128>,
+    len: usize,
+}
+
+impl LoadedSegment {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.words)[..self.len]
+    }
+}
+
+/// Segment names in LSN order.
+pub(crate) fn segment_names(storage: &dyn Storage) -> Result<Vec<(Lsn, String)>, WalError> {
+    let names = storage.list().map_err(|e| WalError::io("listing", "the log directory", e))?;
+    let mut segments: Vec<(Lsn, String)> =
+        names.into_iter().filter_map(|n| format::parse_segment_name(&n).map(|lsn| (lsn, n))).collect();
+    segments.sort();
+    Ok(segments)
+}
+
+pub(crate) fn load(storage: &dyn Storage, name: &str) -> Result<LoadedSegment, WalError> {
+    let file = storage.open(name).map_err(|e| WalError::io("open", name, e))?;
+    let len = file.len().map_err(|e| WalError::io("stat", name, e))? as usize;
+    let mut words = vec![0u128; len.div_ceil(16)];
+    read_exact_at(&*file, &mut bytemuck::cast_slice_mut(&mut words)[..len], 0)
+        .map_err(|e| WalError::io("read", name, e))?;
+    let mut segment = LoadedSegment { name: name.to_owned(), first_lsn: 0, capacity: 0, words, len };
+    let header = format::decode_segment_header(segment.bytes()).map_err(|reason| WalError::Corrupt {
+        file: name.to_owned(),
+        offset: 0,
+        lsn: format::parse_segment_name(name).unwrap_or(0),
+        reason: reason.to_owned(),
+    })?;
+    segment.first_lsn = header.first_lsn;
+    segment.capacity = header.capacity;
+    Ok(segment)
+}
+
+/// Where the valid records of a segment end, and why.
+struct Scanned {
+    end: usize,
+    next_lsn: Lsn,
+    problem: Option<FrameProblem>,
+}
+
+fn scan_segment(
+    seg: &LoadedSegment,
+    mut lsn: Lsn,
+    from: Lsn,
+    visit: &mut dyn FnMut(Lsn, &[u8]) -> Result<(), String>,
+) -> Result<Scanned, WalError> {
+    let bytes = seg.bytes();
+    let mut pos = SEGMENT_HEADER_BYTES as usize;
+    loop {
+        let frame = match decode_frame(&bytes[pos..]) {
+            Ok(frame) if frame.lsn == lsn && frame.batch_lsn <= lsn => frame,
+            Ok(_) => {
+                return Ok(Scanned { end: pos, next_lsn: lsn, problem: Some(FrameProblem::BadChecksum) })
+            }
+            Err(problem) => return Ok(Scanned { end: pos, next_lsn: lsn, problem: Some(problem) }),
+        };
+        if lsn >= from {
+            visit(lsn, frame.payload).map_err(|reason| WalError::Replay { lsn, reason })?;
+        }
+        lsn += 1;
+        pos += frame.bytes;
+    }
+}
+
+/// Whether a valid frame from a batch opened after `lsn` lies in `bytes` at or after `from`.
+fn later_batch_in(bytes: &[u8], from: usize, lsn: Lsn) -> bool {
+    let end = non_zero_bytes(bytes) as usize;
+    (from..end)
+        .step_by(FRAME_ALIGN)
+        .any(|p| decode_frame(&bytes[p..]).is_ok_and(|f| f.batch_lsn > lsn && f.lsn > lsn))
+}
+
+/// The length of `bytes` without its zero tail. A segment is mostly preallocated zeros, so the tail is
+/// skipped a block at a time (a slice comparison, which the library vectorises).
+fn non_zero_bytes(bytes: &[u8]) -> u64 {
+    const BLOCK: usize = 4096;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let mut end = bytes.len();
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        if bytes[start..end] != ZEROS[..end - start] {
+            break;
+        }
+        end = start;
+    }
+    bytes[..end].iter().rposition(|b| *b != 0).map_or(0, |last| last as u64 + 1)
+}
+
+/// Reads the whole log, hands every record with an LSN of at least `from` to `visit` in order, cuts a
+/// torn tail, and says where appending resumes. With no segment at all, the log is empty.
+pub(crate) fn recover(
+    storage: &dyn Storage,
+    from: Lsn,
+    visit: &mut dyn FnMut(Lsn, &[u8]) -> Result<(), String>,
+) -> Result<(Recovery, Option<(LoadedSegment, usize)>), WalError> {
+    let names = segment_names(storage)?;
+    let first_lsn = names.first().map_or(1, |(lsn, _)| *lsn);
+    let mut recovery =
+        Recovery { next_lsn: first_lsn, first_lsn, records: 0, segments: names.len(), torn: None };
+    let mut tail = None;
+    for (k, (name_lsn, name)) in names.iter().enumerate() {
+        let last = k + 1 == names.len();
+        let seg = match load(storage, name) {
+            // A header is synced with the first batch written after it; a last segment whose header
+            // did not survive holds nothing that was acknowledged: the crash came while it was new.
+            Err(WalError::Corrupt { offset: 0, .. }) if last && *name_lsn == recovery.next_lsn => {
+                storage.remove(name).map_err(|e| WalError::io("remove", name, e))?;
+                storage.sync_dir().map_err(|e| WalError::io("sync", "the log directory", e))?;
+                recovery.segments -= 1;
+                let reason = "segment header never became durable";
+                let lsn = recovery.next_lsn;
+                recovery.torn = Some(TornTail { file: name.clone(), offset: 0, lsn, bytes: 0, reason });
+                break;
+            }
+            other => other?,
+        };
+        if seg.first_lsn != recovery.next_lsn {
+            return Err(WalError::Corrupt {
+                file: name.clone(),
+                offset: 0,
+                lsn: recovery.next_lsn,
+                reason: format!(
+                    "segment starts at LSN {}, the log needs {} next",
+                    seg.first_lsn, recovery.next_lsn
+                ),
+            });
+        }
+        let scanned = scan_segment(&seg, seg.first_lsn, from, visit)?;
+        recovery.records += scanned.next_lsn - seg.first_lsn;
+        recovery.next_lsn = scanned.next_lsn;
+        match scanned.problem {
+            // Unwritten space: the end of this segment's records; appends moved on to the next.
+            Some(FrameProblem::Empty)
+                if !last || !later_batch_in(seg.bytes(), scanned.end, scanned.next_lsn) => {}
+            Some(problem) => {
+                let lsn = scanned.next_lsn;
+                let later =
+                    names[k + 1..].iter().map(|(_, n)| load(storage, n)).collect::<Result<Vec<_>, _>>()?;
+                let proven_synced = later_batch_in(seg.bytes(), scanned.end + FRAME_ALIGN, lsn)
+                    || later.iter().any(|s| later_batch_in(s.bytes(), SEGMENT_HEADER_BYTES as usize, lsn));
+                if proven_synced {
+                    return Err(WalError::Corrupt {
+                        file: name.clone(),
+                        offset: scanned.end as u64,
+                        lsn,
+                        reason: format!("{}, and later records follow it", problem.describe()),
+                    });
+                }
+                let removed = non_zero_bytes(&seg.bytes()[scanned.end..])
+                    + later.iter().map(|s| s.bytes().len() as u64).sum::<u64>();
+                cut_tail(storage, &seg, scanned.end, &later)?;
+                recovery.segments = k + 1;
+                if removed > 0 {
+                    let reason = problem.describe();
+                    let offset = scanned.end as u64;
+                    recovery.torn =
+                        Some(TornTail { file: name.clone(), offset, lsn, bytes: removed, reason });
+                }
+                return Ok((recovery, Some((seg, scanned.end))));
+            }
+            None => unreachable!("a scan ends only at a problem"),
+        }
+        if last {
+            tail = Some((seg, scanned.end));
+        }
+    }
+    Ok((recovery, tail))
+}
+
+/// Zeroes a segment from `end`, removes the segments after it, and makes both durable.
+fn cut_tail(
+    storage: &dyn Storage,
+    seg: &LoadedSegment,
+    end: usize,
+    later: &[LoadedSegment],
+) -> Result<(), WalError> {
+    let file = storage.open(&seg.name).map_err(|e| WalError::io("open", &seg.name, e))?;
+    let io = |op, e| WalError::io(op, &seg.name, e);
+    file.set_len(end as u64).map_err(|e| io("truncate", e))?;
+    file.allocate(seg.capacity.max(end as u64)).map_err(|e| io("allocate", e))?;
+    file.sync_data().map_err(|e| io("sync", e))?;
+    for s in later {
+        storage.remove(&s.name).map_err(|e| WalError::io("remove", &s.name, e))?;
+    }
+    if !later.is_empty() {
+        storage.sync_dir().map_err(|e| WalError::io("sync", "the log directory", e))?;
+    }
+    Ok(())
+}

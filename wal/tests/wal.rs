@@ -1,0 +1,358 @@
+//! The log against its promises: what was acknowledged survives any crash; a torn tail is cut and
+//! reported; corruption before the tail is refused with file, offset and LSN; a failed write or sync
+//! poisons the log; a full disk refuses appends without poisoning it.
+
+use holdfast_wal::storage::{Crash, Fault, FsStorage, MemStorage, Op, Storage};
+use holdfast_wal::{Durability, Lsn, Wal, WalError, WalOptions, SEGMENT_BYTES_MIN};
+use std::sync::Arc;
+
+fn payload(i: u64) -> Vec<u8> {
+    // Varied sizes, so frames cross sectors and pad differently.
+    let len = 1 + (i * 37 % 300) as usize;
+    (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+}
+
+fn small() -> WalOptions {
+    WalOptions { segment_bytes: SEGMENT_BYTES_MIN, durability: Durability::Always }
+}
+
+/// Segments large enough for every workload here, small enough to copy quickly in memory.
+fn medium() -> WalOptions {
+    WalOptions { segment_bytes: 2 << 20, durability: Durability::Always }
+}
+
+/// Opens the log and returns every record in it.
+fn open(
+    storage: &MemStorage,
+    options: WalOptions,
+) -> Result<(Wal, Vec<(Lsn, Vec<u8>)>, holdfast_wal::Recovery), WalError> {
+    let mut records = Vec::new();
+    let (wal, recovery) = Wal::open(Arc::new(storage.clone()), options, 1, |lsn, bytes| {
+        records.push((lsn, bytes.to_vec()));
+        Ok(())
+    })?;
+    Ok((wal, records, recovery))
+}
+
+/// The recovered records are 1..=n with the payloads appended, and n covers every acknowledged LSN.
+fn check_prefix(records: &[(Lsn, Vec<u8>)], acked: Lsn) {
+    for (i, (lsn, bytes)) in records.iter().enumerate() {
+        assert_eq!(*lsn, i as u64 + 1, "records in order without gaps");
+        assert_eq!(*bytes, payload(*lsn), "record {lsn} intact");
+    }
+    assert!(records.len() as u64 >= acked, "acknowledged {acked} but recovered {}", records.len());
+}
+
+#[test]
+fn appended_records_come_back_in_order_after_reopen() {
+    let storage = MemStorage::new();
+    let (wal, records, recovery) = open(&storage, medium()).unwrap();
+    assert!(records.is_empty());
+    assert_eq!(recovery.next_lsn, 1);
+    for i in 1..=100 {
+        assert_eq!(wal.append(&payload(i)).unwrap(), i);
+    }
+    wal.wait(100).unwrap();
+    wal.close().unwrap();
+    let (wal, records, recovery) = open(&storage.crash(Crash::LoseUnsynced), medium()).unwrap();
+    check_prefix(&records, 100);
+    assert_eq!(records.len(), 100);
+    assert_eq!((recovery.next_lsn, recovery.torn), (101, None));
+    assert_eq!(wal.append(b"next").unwrap(), 101);
+}
+
+#[test]
+fn replay_can_start_from_a_later_lsn() {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, medium()).unwrap();
+    for i in 1..=10 {
+        wal.append(&payload(i)).unwrap();
+    }
+    wal.close().unwrap();
+    let mut seen = Vec::new();
+    let (_wal, recovery) = Wal::open(Arc::new(storage), medium(), 7, |lsn, _| {
+        seen.push(lsn);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, vec![7, 8, 9, 10]);
+    assert_eq!(recovery.records, 10);
+}
+
+#[test]
+fn concurrent_appenders_share_syncs() {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, medium()).unwrap();
+    let wal = Arc::new(wal);
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            let wal = wal.clone();
+            s.spawn(move || {
+                for _ in 0..200 {
+                    let lsn = wal.append(b"sixteen threads").unwrap();
+                    wal.wait(lsn).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(wal.acked_lsn(), 3_200);
+    assert!(wal.batches() < 3_200, "{} batches for 3200 appends: no group commit", wal.batches());
+}
+
+#[test]
+fn segments_rotate_and_replay_continues_across_them() {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, small()).unwrap();
+    let big = vec![7u8; 200_000];
+    for _ in 0..30 {
+        let lsn = wal.append(&big).unwrap();
+        wal.wait(lsn).unwrap();
+    }
+    wal.close().unwrap();
+    let segments = storage.list().unwrap().len();
+    assert!(segments > 3, "only {segments} segments");
+    let (_wal, records, recovery) = open(&storage.crash(Crash::LoseUnsynced), small()).unwrap();
+    assert_eq!(records.len(), 30);
+    assert_eq!(recovery.segments, segments);
+}
+
+/// Appends from several threads, each waiting for its own record; returns the highest LSN it saw
+/// acknowledged before the storage failed or the count ran out.
+fn workload(wal: &Wal, records: u64) -> Lsn {
+    let mut acked = 0;
+    for i in 1..=records {
+        let Ok(lsn) = wal.append(&payload(i)) else { break };
+        assert_eq!(lsn, i);
+        if i % 7 == 0 || i == records {
+            match wal.wait(lsn) {
+                Ok(()) => acked = lsn,
+                Err(_) => break,
+            }
+        }
+    }
+    acked
+}
+
+#[test]
+fn every_crash_keeps_what_was_acknowledged_and_cuts_the_rest() {
+    // Seeds over three ways to crash: losing, tearing, and scrambling the unsynced tail.
+    let seeds: u64 = std::env::var("WAL_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    for seed in 0..seeds {
+        let storage = MemStorage::new();
+        let options = if seed % 4 == 0 { small() } else { medium() };
+        let (wal, ..) = open(&storage, options.clone()).unwrap();
+        let appended = 20 + seed % 50;
+        let acked = workload(&wal, appended);
+        // More records go in unsynced: the crash happens with a batch in flight or not.
+        for i in appended + 1..=appended + seed % 5 {
+            wal.append(&payload(i)).unwrap();
+        }
+        let how = match seed % 3 {
+            0 => Crash::LoseUnsynced,
+            1 => Crash::Tear { seed },
+            _ => Crash::Scramble { seed },
+        };
+        let crashed = storage.crash(how);
+        drop(wal);
+        let (wal, records, recovery) =
+            open(&crashed, options.clone()).unwrap_or_else(|e| panic!("seed {seed} ({how:?}): {e}"));
+        check_prefix(&records, acked);
+        assert_eq!(recovery.next_lsn, records.len() as u64 + 1, "seed {seed}");
+        // The recovered log takes appends and opens cleanly again.
+        let next = wal.append(&payload(recovery.next_lsn)).unwrap();
+        wal.wait(next).unwrap();
+        wal.close().unwrap();
+        let (_, again, recovery) = open(&crashed.crash(Crash::LoseUnsynced), options).unwrap();
+        assert_eq!(again.len() as u64, next, "seed {seed}");
+        assert_eq!(recovery.torn, None, "seed {seed}: a clean log has no torn tail");
+    }
+}
+
+#[test]
+fn a_crash_after_any_storage_operation_loses_nothing_acknowledged() {
+    // Count the operations of a fixed workload, then rerun it with the disk dying after operation n,
+    // for every n, and crash.
+    let probe = MemStorage::new();
+    let (wal, ..) = open(&probe, small()).unwrap();
+    let before = probe.ops();
+    workload(&wal, 40);
+    let total = probe.ops() - before + 2;
+    drop(wal);
+    for n in 0..total {
+        for how in [Crash::LoseUnsynced, Crash::Tear { seed: n }] {
+            let storage = MemStorage::new();
+            let (wal, ..) = open(&storage, small()).unwrap();
+            storage.fail_from(n, Op::Any, Fault::Io);
+            let acked = workload(&wal, 40);
+            let crashed = storage.crash(how);
+            drop(wal);
+            let (_, records, _) = open(&crashed, small()).unwrap_or_else(|e| panic!("op {n} {how:?}: {e}"));
+            check_prefix(&records, acked);
+        }
+    }
+}
+
+#[test]
+fn corruption_before_the_tail_is_refused_with_file_offset_and_lsn() {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, medium()).unwrap();
+    for i in 1..=20 {
+        let lsn = wal.append(&payload(i)).unwrap();
+        wal.wait(lsn).unwrap();
+    }
+    wal.close().unwrap();
+    let name = storage.list().unwrap()[0].clone();
+    let bytes = storage.read(&name).unwrap();
+    // Find record 5's frame: the fifth frame after the header.
+    let mut offset = 64;
+    for i in 1..5 {
+        offset += holdfast_wal::frame_bytes(payload(i).len());
+    }
+    assert_eq!(u64::from_le_bytes(bytes[offset + 8..offset + 16].try_into().unwrap()), 5);
+    storage.corrupt(&name, offset + 40, &[bytes[offset + 40] ^ 0x01]);
+    match open(&storage, medium()) {
+        Err(WalError::Corrupt { file, offset: at, lsn, reason }) => {
+            assert_eq!((file, at, lsn), (name, offset as u64, 5));
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        Ok(_) => panic!("opened a corrupt log"),
+        Err(e) => panic!("wrong error {e}"),
+    }
+}
+
+#[test]
+fn a_damaged_segment_header_is_refused_unless_it_is_a_new_last_segment() {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, small()).unwrap();
+    for _ in 0..12 {
+        let lsn = wal.append(&vec![1u8; 200_000]).unwrap();
+        wal.wait(lsn).unwrap();
+    }
+    wal.close().unwrap();
+    let names = storage.list().unwrap();
+    storage.corrupt(&names[0], 20, &[0xff]);
+    match open(&storage, small()) {
+        Err(WalError::Corrupt { file, offset: 0, .. }) => assert_eq!(file, names[0]),
+        other => panic!("expected corruption of {}, got {:?}", names[0], other.map(|(_, r, _)| r.len())),
+    }
+}
+
+#[test]
+fn a_failed_sync_poisons_the_log_for_good() {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, medium()).unwrap();
+    let first = wal.append(b"first").unwrap();
+    wal.wait(first).unwrap();
+    storage.fail_from(0, Op::Sync, Fault::Io);
+    let second = wal.append(b"second").unwrap();
+    assert!(matches!(wal.wait(second), Err(WalError::Poisoned { .. })));
+    storage.clear_fault();
+    // The fault is gone, but the log must not trust the kernel's word on the lost pages.
+    assert!(matches!(wal.append(b"third"), Err(WalError::Poisoned { .. })));
+    assert!(wal.poisoned().unwrap().contains("sync"));
+    assert!(wal.close().is_err());
+}
+
+#[test]
+fn a_failed_write_poisons_the_log() {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, medium()).unwrap();
+    storage.fail_from(0, Op::Write, Fault::Io);
+    let lsn = wal.append(b"doomed").unwrap();
+    assert!(matches!(wal.wait(lsn), Err(WalError::Poisoned { .. })));
+    assert!(matches!(wal.append(b"after"), Err(WalError::Poisoned { .. })));
+}
+
+#[test]
+fn a_full_disk_refuses_appends_without_poisoning_the_log() {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, small()).unwrap();
+    let big = vec![3u8; 300_000];
+    let mut acked = 0;
+    storage.fail_from(0, Op::Allocate, Fault::NoSpace);
+    let mut refused = 0;
+    for _ in 0..10 {
+        match wal.append(&big) {
+            Ok(lsn) => {
+                wal.wait(lsn).unwrap();
+                acked = lsn;
+            }
+            Err(WalError::NoSpace { .. }) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(acked >= 1 && refused >= 1, "acked {acked}, refused {refused}");
+    assert!(wal.poisoned().is_none());
+    storage.clear_fault();
+    let lsn = wal.append(&big).expect("space is back");
+    assert_eq!(lsn, acked + 1, "refused appends took no LSN");
+    wal.wait(lsn).unwrap();
+    wal.close().unwrap();
+    let (_, records, _) = open(&storage.crash(Crash::LoseUnsynced), small()).unwrap();
+    assert_eq!(records.len() as u64, lsn);
+}
+
+#[test]
+fn interval_mode_acknowledges_before_syncing_and_recovers_a_prefix() {
+    let storage = MemStorage::new();
+    let options = WalOptions {
+        durability: Durability::Interval { every: std::time::Duration::from_secs(3600) },
+        ..WalOptions::default()
+    };
+    let (wal, ..) = open(&storage, options.clone()).unwrap();
+    let lsn = workload(&wal, 30);
+    assert_eq!(lsn, 30, "acknowledged without a sync");
+    let crashed = storage.crash(Crash::LoseUnsynced);
+    let (_, records, _) = open(&crashed, options.clone()).unwrap();
+    assert!(records.len() < 30, "a power loss takes the unsynced window: the documented risk");
+    check_prefix(&records, 0);
+    // Closing syncs.
+    wal.close().unwrap();
+    let (_, records, _) = open(&storage.crash(Crash::LoseUnsynced), options).unwrap();
+    assert_eq!(records.len(), 30);
+}
+
+#[test]
+fn real_files_round_trip_and_a_torn_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(dir.path()).unwrap());
+    let (wal, _) = Wal::open(storage.clone(), WalOptions::default(), 1, |_, _| Ok(())).unwrap();
+    for i in 1..=50 {
+        wal.append(&payload(i)).unwrap();
+    }
+    wal.wait(50).unwrap();
+    wal.close().unwrap();
+    // Half a record at the tail, as a crash mid-write leaves it.
+    let name = storage.list().unwrap()[0].clone();
+    let file = storage.open(&name).unwrap();
+    let mut end = 64u64;
+    for i in 1..=50 {
+        end += holdfast_wal::frame_bytes(payload(i).len()) as u64;
+    }
+    let mut half = Vec::new();
+    holdfast_wal_test_frame(&mut half, 51);
+    file.write_all_at(&half[..half.len() / 2], end).unwrap();
+    let mut count = 0;
+    let (_wal, recovery) = Wal::open(storage, WalOptions::default(), 1, |_, _| {
+        count += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(count, 50);
+    let torn = recovery.torn.expect("the half record is reported");
+    assert_eq!((torn.file, torn.offset, torn.lsn), (name, end, 51));
+    assert!(torn.bytes > 0);
+}
+
+/// A frame as the log writes it, built by a throwaway log in memory.
+fn holdfast_wal_test_frame(out: &mut Vec<u8>, lsn: Lsn) {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, medium()).unwrap();
+    for i in 1..=lsn {
+        wal.append(&payload(i)).unwrap();
+    }
+    wal.close().unwrap();
+    let bytes = storage.read(&storage.list().unwrap()[0]).unwrap();
+    let start = 64 + (1..lsn).map(|i| holdfast_wal::frame_bytes(payload(i).len())).sum::<usize>();
+    out.extend_from_slice(&bytes[start..start + holdfast_wal::frame_bytes(payload(lsn).len())]);
+}
