@@ -13,6 +13,9 @@ use crate::error::WalError;
 use crate::format::{self, decode_frame, FrameProblem, Lsn, FRAME_ALIGN, SEGMENT_HEADER_BYTES};
 use crate::storage::{read_exact_at, Storage};
 
+/// Receives each replayed record; an `Err` stops opening with `WalError::Replay`.
+pub(crate) type Visit<'a> = dyn FnMut(Lsn, &[u8]) -> Result<(), String> + 'a;
+
 /// What opening found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -64,7 +67,7 @@ pub(crate) fn segment_names(storage: &dyn Storage) -> Result<Vec<(Lsn, String)>,
 
 pub(crate) fn load(storage: &dyn Storage, name: &str) -> Result<LoadedSegment, WalError> {
     let file = storage.open(name).map_err(|e| WalError::io("open", name, e))?;
-    let len = file.len().map_err(|e| WalError::io("stat", name, e))? as usize;
+    let len = file.size().map_err(|e| WalError::io("stat", name, e))? as usize;
     let mut words = vec![0u128; len.div_ceil(16)];
     read_exact_at(&*file, &mut bytemuck::cast_slice_mut(&mut words)[..len], 0)
         .map_err(|e| WalError::io("read", name, e))?;
@@ -91,7 +94,7 @@ fn scan_segment(
     seg: &LoadedSegment,
     mut lsn: Lsn,
     from: Lsn,
-    visit: &mut dyn FnMut(Lsn, &[u8]) -> Result<(), String>,
+    visit: &mut Visit<'_>,
 ) -> Result<Scanned, WalError> {
     let bytes = seg.bytes();
     let mut pos = SEGMENT_HEADER_BYTES as usize;
@@ -140,7 +143,7 @@ fn non_zero_bytes(bytes: &[u8]) -> u64 {
 pub(crate) fn recover(
     storage: &dyn Storage,
     from: Lsn,
-    visit: &mut dyn FnMut(Lsn, &[u8]) -> Result<(), String>,
+    visit: &mut Visit<'_>,
 ) -> Result<(Recovery, Option<(LoadedSegment, usize)>), WalError> {
     let names = segment_names(storage)?;
     let first_lsn = names.first().map_or(1, |(lsn, _)| *lsn);

@@ -27,7 +27,8 @@ pub trait StorageFile: Send + Sync {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes the file's data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    /// The file's size in bytes.
+    fn size(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Reserves blocks up to `len` (zero-filled), so that writes within them cannot fail for space.
     fn allocate(&self, len: u64) -> io::Result<()>;
@@ -77,7 +78,7 @@ impl StorageFile for FsFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -87,7 +88,7 @@ impl StorageFile for FsFile {
         match rustix::fs::fallocate(&self.0, rustix::fs::FallocateFlags::empty(), 0, len) {
             Ok(()) => Ok(()),
             // Filesystems without fallocate: extend the file; space is then found at write time.
-            Err(rustix::io::Errno::OPNOTSUPP) => self.0.set_len(len.max(self.len()?)),
+            Err(rustix::io::Errno::OPNOTSUPP) => self.0.set_len(len.max(self.size()?)),
             Err(e) => Err(e.into()),
         }
     }
@@ -330,7 +331,7 @@ impl StorageFile for MemHandle {
         data.durable = data.current.clone();
         Ok(())
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.0.lock().current.len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {

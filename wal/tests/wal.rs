@@ -21,11 +21,10 @@ fn medium() -> WalOptions {
     WalOptions { segment_bytes: 2 << 20, durability: Durability::Always }
 }
 
+type Opened = (Wal, Vec<(Lsn, Vec<u8>)>, holdfast_wal::Recovery);
+
 /// Opens the log and returns every record in it.
-fn open(
-    storage: &MemStorage,
-    options: WalOptions,
-) -> Result<(Wal, Vec<(Lsn, Vec<u8>)>, holdfast_wal::Recovery), WalError> {
+fn open(storage: &MemStorage, options: WalOptions) -> Result<Opened, WalError> {
     let mut records = Vec::new();
     let (wal, recovery) = Wal::open(Arc::new(storage.clone()), options, 1, |lsn, bytes| {
         records.push((lsn, bytes.to_vec()));
@@ -347,12 +346,12 @@ fn real_files_round_trip_and_a_torn_tail_is_cut() {
 /// A frame as the log writes it, built by a throwaway log in memory.
 fn holdfast_wal_test_frame(out: &mut Vec<u8>, lsn: Lsn) {
     let storage = MemStorage::new();
-    let (wal, ..) = open(&storage, medium()).unwrap();
+    let (wal, ..) = open(&storage, medium()).expect("open");
     for i in 1..=lsn {
-        wal.append(&payload(i)).unwrap();
+        wal.append(&payload(i)).expect("append");
     }
-    wal.close().unwrap();
-    let bytes = storage.read(&storage.list().unwrap()[0]).unwrap();
+    wal.close().expect("close");
+    let bytes = storage.read(&storage.list().expect("list")[0]).expect("read");
     let start = 64 + (1..lsn).map(|i| holdfast_wal::frame_bytes(payload(i).len())).sum::<usize>();
     out.extend_from_slice(&bytes[start..start + holdfast_wal::frame_bytes(payload(lsn).len())]);
 }
