@@ -1,4 +1,5 @@
 //! Integration tests, in one binary (one link instead of many).
 #![cfg(not(holdfast_loom))]
 
+mod durable;
 mod engine;

@@ -93,6 +93,8 @@ struct Shared {
     /// Wakes async waiters (tasks) when `acked` changes; `acked_changed` wakes blocked threads.
     acked_event: event_listener::Event,
     acked_lsn: AtomicU64,
+    /// The highest LSN handed out by `append`.
+    appended_lsn: AtomicU64,
     /// Batches written and records in them, for metrics.
     batches: AtomicU64,
 }
@@ -148,6 +150,7 @@ impl Wal {
             acked_changed: Condvar::new(),
             acked_event: event_listener::Event::new(),
             acked_lsn: AtomicU64::new(last),
+            appended_lsn: AtomicU64::new(last),
             batches: AtomicU64::new(0),
         });
         let flusher = {
@@ -190,6 +193,7 @@ impl Wal {
         let (lsn, batch_lsn) = (a.next_lsn, a.batch_lsn);
         encode_frame(&mut a.open, lsn, batch_lsn, payload);
         a.next_lsn += 1;
+        shared.appended_lsn.store(lsn, Ordering::Release);
         drop(a);
         shared.work.notify_one();
         Ok(lsn)
@@ -237,6 +241,12 @@ impl Wal {
             Some(cause) => Some(Err(WalError::Poisoned { cause: cause.clone() })),
             None => (acked.lsn >= lsn).then_some(Ok(())),
         }
+    }
+
+    /// The highest LSN appended so far. A result that depends on records it did not append itself (an
+    /// idempotent repeat, say) is acknowledged once this LSN, read after the result, is.
+    pub fn appended_lsn(&self) -> Lsn {
+        self.shared.appended_lsn.load(Ordering::Acquire)
     }
 
     /// The highest acknowledged LSN.

@@ -1,0 +1,276 @@
+//! Engine records as log payloads: a 16-byte prefix (magic and format version), then the record in
+//! rkyv. The schema is its own type, not the engine's, so that changing the engine cannot silently
+//! change what is on disk; a change here bumps `RECORD_FORMAT_VERSION`.
+//!
+//! Decoding validates twice: rkyv checks the archive's structure, and every name goes back through the
+//! engine's validating constructors. (The log's CRC already vouched for the bytes.)
+
+use crate::engine::{
+    IdempotencyKey, Item, NameError, Reason, Record, ReservationId, ReservedRecord, SaleId, SkuId, UserId,
+};
+use rkyv::rancor;
+
+pub const RECORD_MAGIC: [u8; 4] = *b"HFRC";
+pub const RECORD_FORMAT_VERSION: u32 = 1;
+/// The prefix keeps the rkyv bytes 16-byte aligned inside the log's 16-byte aligned payloads.
+const PREFIX_BYTES: usize = 16;
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+enum LogRecord {
+    StockSet { sku: String, on_hand: u64, at_ms: u64 },
+    StockAdjusted { sku: String, delta: i64, reason: String, at_ms: u64 },
+    SaleLimitSet { sale: String, per_user_max: u32, at_ms: u64 },
+    Reserved(LogReserved),
+    Extended { id: u64, expires_at_ms: u64, at_ms: u64 },
+    Committed { id: u64, at_ms: u64 },
+    Released { id: u64, at_ms: u64 },
+    Expired { id: u64, at_ms: u64 },
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+struct LogReserved {
+    id: u64,
+    items: Vec<LogItem>,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    user: Option<String>,
+    sale: Option<String>,
+    key: Option<String>,
+    /// Meaningful only with `key`.
+    fingerprint: u128,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+struct LogItem {
+    sku: String,
+    qty: u32,
+}
+
+fn to_log(record: &Record) -> LogRecord {
+    let s = |v: &dyn std::fmt::Display| v.to_string();
+    match record {
+        Record::StockSet { sku, on_hand, at_ms } => {
+            LogRecord::StockSet { sku: s(sku), on_hand: *on_hand, at_ms: *at_ms }
+        }
+        Record::StockAdjusted { sku, delta, reason, at_ms } => LogRecord::StockAdjusted {
+            sku: s(sku),
+            delta: *delta,
+            reason: reason.as_str().to_owned(),
+            at_ms: *at_ms,
+        },
+        Record::SaleLimitSet { sale, per_user_max, at_ms } => {
+            LogRecord::SaleLimitSet { sale: s(sale), per_user_max: *per_user_max, at_ms: *at_ms }
+        }
+        Record::Reserved(r) => LogRecord::Reserved(LogReserved {
+            id: r.id.raw(),
+            items: r.items.iter().map(|i| LogItem { sku: s(&i.sku), qty: i.qty }).collect(),
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            user: r.user.as_ref().map(|u| s(u)),
+            sale: r.sale.as_ref().map(|v| s(v)),
+            key: r.idempotency.as_ref().map(|(k, _)| s(k)),
+            fingerprint: r.idempotency.as_ref().map_or(0, |(_, f)| *f),
+        }),
+        Record::Extended { id, expires_at_ms, at_ms } => {
+            LogRecord::Extended { id: id.raw(), expires_at_ms: *expires_at_ms, at_ms: *at_ms }
+        }
+        Record::Committed { id, at_ms } => LogRecord::Committed { id: id.raw(), at_ms: *at_ms },
+        Record::Released { id, at_ms } => LogRecord::Released { id: id.raw(), at_ms: *at_ms },
+        Record::Expired { id, at_ms } => LogRecord::Expired { id: id.raw(), at_ms: *at_ms },
+    }
+}
+
+/// Encodes `record` into `out` (cleared first).
+pub fn encode(record: &Record, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&RECORD_MAGIC);
+    out.extend_from_slice(&RECORD_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    let bytes = rkyv::to_bytes::<rancor::Error>(&to_log(record)).expect("serialising plain data cannot fail");
+    out.extend_from_slice(&bytes);
+}
+
+/// Why a payload is not an engine record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "undecodable record: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn bad(what: impl std::fmt::Display) -> DecodeError {
+    DecodeError(what.to_string())
+}
+
+/// Decodes and validates a payload. `payload` must be 16-byte aligned, as the log's payloads are.
+pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
+    if payload.len() < PREFIX_BYTES || payload[0..4] != RECORD_MAGIC {
+        return Err(bad("not an engine record (bad magic)"));
+    }
+    let version = u32::from_le_bytes(payload[4..8].try_into().expect("4 bytes"));
+    if version != RECORD_FORMAT_VERSION {
+        return Err(bad(format_args!(
+            "record format version {version}, this build reads {RECORD_FORMAT_VERSION}"
+        )));
+    }
+    let archived = rkyv::access::<ArchivedLogRecord, rancor::Error>(&payload[PREFIX_BYTES..]).map_err(bad)?;
+    from_archived(archived).map_err(|e| match e {
+        Invalid::Name(e) => bad(e),
+        Invalid::Id(raw) => bad(format_args!("reservation id {raw:#x} is not valid")),
+    })
+}
+
+enum Invalid {
+    Name(NameError),
+    Id(u64),
+}
+
+impl From<NameError> for Invalid {
+    fn from(e: NameError) -> Self {
+        Invalid::Name(e)
+    }
+}
+
+fn id(raw: &rkyv::rend::u64_le) -> Result<ReservationId, Invalid> {
+    let raw = raw.to_native();
+    ReservationId::from_raw(raw).ok_or(Invalid::Id(raw))
+}
+
+fn from_archived(r: &ArchivedLogRecord) -> Result<Record, Invalid> {
+    Ok(match r {
+        ArchivedLogRecord::StockSet { sku, on_hand, at_ms } => {
+            Record::StockSet { sku: SkuId::new(sku)?, on_hand: on_hand.to_native(), at_ms: at_ms.to_native() }
+        }
+        ArchivedLogRecord::StockAdjusted { sku, delta, reason, at_ms } => Record::StockAdjusted {
+            sku: SkuId::new(sku)?,
+            delta: delta.to_native(),
+            reason: Reason::new(reason)?,
+            at_ms: at_ms.to_native(),
+        },
+        ArchivedLogRecord::SaleLimitSet { sale, per_user_max, at_ms } => Record::SaleLimitSet {
+            sale: SaleId::new(sale)?,
+            per_user_max: per_user_max.to_native(),
+            at_ms: at_ms.to_native(),
+        },
+        ArchivedLogRecord::Reserved(r) => {
+            let items = r.items.iter().map(|i| Ok(Item { sku: SkuId::new(&i.sku)?, qty: i.qty.to_native() }));
+            let key = r.key.as_ref().map(|k| IdempotencyKey::new(k)).transpose()?;
+            Record::Reserved(ReservedRecord {
+                id: id(&r.id)?,
+                items: items.collect::<Result<_, Invalid>>()?,
+                created_at_ms: r.created_at_ms.to_native(),
+                expires_at_ms: r.expires_at_ms.to_native(),
+                user: r.user.as_ref().map(|u| UserId::new(u)).transpose()?,
+                sale: r.sale.as_ref().map(|s| SaleId::new(s)).transpose()?,
+                idempotency: key.map(|k| (k, r.fingerprint.to_native())),
+            })
+        }
+        ArchivedLogRecord::Extended { id: raw, expires_at_ms, at_ms } => Record::Extended {
+            id: id(raw)?,
+            expires_at_ms: expires_at_ms.to_native(),
+            at_ms: at_ms.to_native(),
+        },
+        ArchivedLogRecord::Committed { id: raw, at_ms } => {
+            Record::Committed { id: id(raw)?, at_ms: at_ms.to_native() }
+        }
+        ArchivedLogRecord::Released { id: raw, at_ms } => {
+            Record::Released { id: id(raw)?, at_ms: at_ms.to_native() }
+        }
+        ArchivedLogRecord::Expired { id: raw, at_ms } => {
+            Record::Expired { id: id(raw)?, at_ms: at_ms.to_native() }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 16-byte aligned copy, as the log hands payloads out.
+    fn aligned(bytes: &[u8]) -> Vec<u128> {
+        let mut words = vec![0u128; bytes.len().div_ceil(16)];
+        bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        words
+    }
+
+    fn round_trip(record: &Record) -> Result<Record, DecodeError> {
+        let mut out = Vec::new();
+        encode(record, &mut out);
+        let words = aligned(&out);
+        decode(&bytemuck::cast_slice::<u128, u8>(&words)[..out.len()])
+    }
+
+    fn sample() -> Vec<Record> {
+        let id = ReservationId::parse("rsv_0001000000000007").expect("valid");
+        let sku = SkuId::new("tee-L").expect("valid");
+        vec![
+            Record::StockSet { sku: sku.clone(), on_hand: 10, at_ms: 1 },
+            Record::StockAdjusted {
+                sku: sku.clone(),
+                delta: -3,
+                reason: Reason::new("damaged").expect("valid"),
+                at_ms: 2,
+            },
+            Record::SaleLimitSet { sale: SaleId::new("noon").expect("valid"), per_user_max: 2, at_ms: 3 },
+            Record::Reserved(ReservedRecord {
+                id,
+                items: vec![Item { sku, qty: 2 }],
+                created_at_ms: 4,
+                expires_at_ms: 60_004,
+                user: Some(UserId::new("u@x").expect("valid")),
+                sale: Some(SaleId::new("noon").expect("valid")),
+                idempotency: Some((IdempotencyKey::new("k-1").expect("valid"), u128::MAX - 5)),
+            }),
+            Record::Extended { id, expires_at_ms: 90_000, at_ms: 5 },
+            Record::Committed { id, at_ms: 6 },
+            Record::Released { id, at_ms: 7 },
+            Record::Expired { id, at_ms: 8 },
+        ]
+    }
+
+    #[test]
+    fn every_kind_of_record_round_trips() {
+        for record in sample() {
+            assert_eq!(round_trip(&record), Ok(record));
+        }
+    }
+
+    #[test]
+    fn a_name_that_fails_validation_is_refused_after_reading() {
+        let mut out = Vec::new();
+        let log = LogRecord::StockSet { sku: "bad/sku".into(), on_hand: 1, at_ms: 1 };
+        out.extend_from_slice(&RECORD_MAGIC);
+        out.extend_from_slice(&RECORD_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&rkyv::to_bytes::<rancor::Error>(&log).expect("serialise"));
+        let words = aligned(&out);
+        let err = decode(&bytemuck::cast_slice::<u128, u8>(&words)[..out.len()]).unwrap_err();
+        assert!(err.0.contains("sku"), "{err}");
+    }
+
+    #[test]
+    fn wrong_magic_version_or_garbage_is_refused() {
+        let mut out = Vec::new();
+        encode(&sample()[0], &mut out);
+        let check = |bytes: &[u8]| {
+            let words = aligned(bytes);
+            decode(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()])
+        };
+        let mut wrong = out.clone();
+        wrong[0] = b'X';
+        assert!(check(&wrong).is_err());
+        let mut newer = out.clone();
+        newer[4] = 2;
+        assert!(check(&newer).unwrap_err().0.contains("version 2"));
+        assert!(check(&out[..10]).is_err());
+        let mut garbage = out.clone();
+        for b in &mut garbage[16..] {
+            *b = 0xff;
+        }
+        assert!(check(&garbage).is_err());
+    }
+}
