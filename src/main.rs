@@ -1,6 +1,8 @@
-//! `holdfast`: for now, an in-process demo of the reservation engine. The HTTP server (`holdfast serve`)
-//! is not built yet; until it is, this binary runs a simulated flash sale against the engine and checks
-//! its invariants, so a newcomer can see what the engine promises.
+//! `holdfast`: for now, demos of the engine. The HTTP server (`holdfast serve`) is not built yet.
+//! - `holdfast [demo]`: a simulated flash sale against the in-memory engine, with its invariants checked.
+//! - `holdfast crash-drill --data-dir DIR`: acknowledged reservations written through the write-ahead
+//!   log in DIR, one line per acknowledgement; kill it at any moment, run it again, nothing
+//!   acknowledged is lost (the process crash test drives it).
 
 use holdfast::engine::{Engine, EngineConfig, Item, ReserveError, ReserveRequest, SaleId, SkuId, UserId};
 use std::process::ExitCode;
@@ -11,10 +13,16 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: holdfast [demo] [--users N] [--units N] [--threads N]
+       holdfast crash-drill --data-dir DIR [--seconds N]
 
 Runs a simulated flash sale in process: N users (default 100000) race for the units (default 1000) of
 one SKU, one unit each at most; some commit, some release, some abandon their hold and let it expire.
-Then it checks that nothing was oversold and every unit is accounted for. No server, no files.";
+Then it checks that nothing was oversold and every unit is accounted for. No server, no files.
+
+crash-drill opens (and recovers) the engine's write-ahead log in DIR, then reserves, commits and releases
+from four threads for N seconds (default: until killed), printing `reserved|committed|released ID` only
+after each operation is synced to disk. Kill it with SIGKILL at any moment and run it again: every
+operation it printed is still there.";
 
 struct Args {
     users: u64,
@@ -43,6 +51,15 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("crash-drill") {
+        return match crash_drill::run(std::env::args().skip(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("crash-drill: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
@@ -144,4 +161,98 @@ fn run(args: &Args) -> Result<(), String> {
     engine.check_consistency()?;
     println!("invariants hold: no oversell, every unit accounted for");
     Ok(())
+}
+
+mod crash_drill {
+    //! Durable writes until killed, each acknowledgement printed only after its sync.
+
+    use holdfast::durable::Durable;
+    use holdfast::engine::{EngineConfig, Item, ReserveRequest, SkuId};
+    use holdfast_wal::storage::FsStorage;
+    use holdfast_wal::WalOptions;
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    const SKUS: u64 = 8;
+    const THREADS: u64 = 4;
+
+    fn now_ms() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    pub fn run(mut args: impl Iterator<Item = String>) -> Result<(), String> {
+        let (mut dir, mut seconds) = (None, None);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--data-dir" => dir = args.next(),
+                "--seconds" => seconds = args.next().and_then(|s| s.parse::<u64>().ok()),
+                other => return Err(format!("unknown argument {other}")),
+            }
+        }
+        let dir = dir.ok_or("--data-dir DIR is required")?;
+        let storage = FsStorage::new(std::path::Path::new(&dir).join("wal")).map_err(|e| e.to_string())?;
+        let (durable, recovery) =
+            Durable::open(Arc::new(storage), EngineConfig::default(), WalOptions::default())
+                .map_err(|e| e.to_string())?;
+        eprintln!("recovered {} records; torn tail: {:?}", recovery.records, recovery.torn);
+        let skus: Vec<SkuId> =
+            (0..SKUS).map(|i| SkuId::new(&format!("drill-{i}")).expect("valid sku")).collect();
+        for sku in &skus {
+            if durable.engine().stock(sku.as_str()).is_none() {
+                let set = durable.set_stock(sku, 1 << 39, now_ms()).map_err(|e| e.to_string())?;
+                durable.wal().wait(set.lsn).map_err(|e| e.to_string())?;
+            }
+        }
+        let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (durable, skus) = (&durable, &skus);
+                    s.spawn(move || write_until(durable, skus, t, deadline))
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().expect("worker"))
+        })?;
+        durable.close().map_err(|e| e.to_string())
+    }
+
+    fn write_until(
+        d: &Durable,
+        skus: &[SkuId],
+        thread: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), String> {
+        let out = std::io::stdout();
+        let ack = |line: String| -> Result<(), String> {
+            let mut out = out.lock();
+            writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| e.to_string())
+        };
+        for i in 0u64.. {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+            let sku = skus[((i * THREADS + thread) % SKUS) as usize].clone();
+            let req = ReserveRequest {
+                items: vec![Item { sku, qty: 1 }],
+                ttl_ms: 60_000,
+                user: None,
+                sale: None,
+                idempotency_key: None,
+            };
+            let r = d.reserve(&req, now_ms()).map_err(|e| e.to_string())?;
+            d.wal().wait(r.lsn).map_err(|e| e.to_string())?;
+            let id = r.value.id;
+            ack(format!("reserved {id}"))?;
+            let ended = match i % 4 {
+                0 | 1 => d.commit(id, now_ms()).map(|l| (l, "committed")),
+                2 => d.release(id, now_ms()).map(|l| (l, "released")),
+                _ => continue,
+            };
+            let (logged, word) = ended.map_err(|e| e.to_string())?;
+            d.wal().wait(logged.lsn).map_err(|e| e.to_string())?;
+            ack(format!("{word} {id}"))?;
+        }
+        Ok(())
+    }
 }

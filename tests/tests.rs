@@ -3,3 +3,4 @@
 
 mod durable;
 mod engine;
+mod process;

@@ -152,3 +152,64 @@ fn crashes_at_random_moments_lose_nothing_acknowledged_and_replay_exactly() {
         }
     }
 }
+
+fn one(sku: &str, qty: u32) -> ReserveRequest {
+    ReserveRequest {
+        items: vec![Item { sku: SkuId::new(sku).expect("valid"), qty }],
+        ttl_ms: 10_000,
+        user: None,
+        sale: None,
+        idempotency_key: None,
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_mutations_with_a_clear_error_and_reads_keep_working() {
+    use holdfast::durable::Refused;
+    use holdfast_wal::storage::{Fault, Op};
+    use holdfast_wal::WalError;
+    let storage = MemStorage::new();
+    let (d, _) = Durable::open(Arc::new(storage.clone()), config(2), options()).expect("open");
+    let sku = SkuId::new("s").expect("valid");
+    d.wal().wait(d.set_stock(&sku, 1_000_000, 1).expect("stock").lsn).expect("durable");
+    storage.fail_from(0, Op::Allocate, Fault::NoSpace);
+    let mut held = Vec::new();
+    let refusal = loop {
+        match d.reserve(&one("s", 1), 2) {
+            Ok(r) => {
+                d.wal().wait(r.lsn).expect("durable");
+                held.push(r.value.id);
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(refusal, Refused::Log(WalError::NoSpace { .. })), "{refusal}");
+    assert!(refusal.to_string().contains("no space left"), "{refusal}");
+    let before = d.engine().export(3);
+    assert!(d.commit(held[0], 3).is_err(), "every mutation is refused while the disk is full");
+    assert_eq!(d.engine().export(3), before, "refused mutations changed nothing");
+    assert_eq!(d.engine().stock("s").expect("readable").reserved, held.len() as u64);
+    assert!(d.engine().reservation(held[0], 3).is_some());
+    assert!(d.wal().poisoned().is_none(), "a full disk is not a failed write");
+    storage.clear_fault();
+    let r = d.commit(held[0], 4).expect("space is back");
+    d.wal().wait(r.lsn).expect("durable");
+}
+
+#[test]
+fn a_failed_sync_stops_every_later_mutation() {
+    use holdfast::durable::Refused;
+    use holdfast_wal::storage::{Fault, Op};
+    use holdfast_wal::WalError;
+    let storage = MemStorage::new();
+    let (d, _) = Durable::open(Arc::new(storage.clone()), config(2), options()).expect("open");
+    d.wal().wait(d.set_stock(&SkuId::new("s").expect("valid"), 10, 1).expect("stock").lsn).expect("durable");
+    storage.fail_from(0, Op::Sync, Fault::Io);
+    let r = d.reserve(&one("s", 1), 2).expect("appended");
+    assert!(matches!(d.wal().wait(r.lsn), Err(WalError::Poisoned { .. })), "never acknowledged");
+    match d.reserve(&one("s", 1), 3) {
+        Err(Refused::Log(WalError::Poisoned { cause })) => assert!(cause.contains("sync"), "{cause}"),
+        other => panic!("expected the poisoned log to refuse, got {other:?}"),
+    }
+    assert!(d.engine().stock("s").is_some(), "reads still answer");
+}
