@@ -192,10 +192,16 @@ mod crash_drill {
         }
         let dir = dir.ok_or("--data-dir DIR is required")?;
         let storage = FsStorage::new(std::path::Path::new(&dir).join("wal")).map_err(|e| e.to_string())?;
-        let (durable, recovery) =
+        let (durable, opened) =
             Durable::open(Arc::new(storage), EngineConfig::default(), WalOptions::default())
                 .map_err(|e| e.to_string())?;
-        eprintln!("recovered {} records; torn tail: {:?}", recovery.records, recovery.torn);
+        eprintln!(
+            "recovered from snapshot {:?} and {} records; torn tail: {:?}; skipped snapshots: {:?}",
+            opened.snapshot.map(|s| s.lsn),
+            opened.replayed,
+            opened.recovery.torn,
+            opened.skipped_snapshots
+        );
         let skus: Vec<SkuId> =
             (0..SKUS).map(|i| SkuId::new(&format!("drill-{i}")).expect("valid sku")).collect();
         for sku in &skus {
@@ -252,6 +258,10 @@ mod crash_drill {
             let (logged, word) = ended.map_err(|e| e.to_string())?;
             d.wal().wait(logged.lsn).map_err(|e| e.to_string())?;
             ack(format!("{word} {id}"))?;
+            // Snapshots too are taken while the drill may be killed.
+            if thread == 0 && i % 512 == 511 {
+                d.snapshot(now_ms(), true).map_err(|e| e.to_string())?;
+            }
         }
         Ok(())
     }

@@ -274,3 +274,204 @@ mod tests {
         assert!(check(&garbage).is_err());
     }
 }
+
+pub const STATE_MAGIC: [u8; 4] = *b"HFST";
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapState {
+    skus: Vec<SnapSku>,
+    sales: Vec<SnapSale>,
+    reservations: Vec<SnapReservation>,
+    keys: Vec<SnapKey>,
+    counters: Vec<SnapCounter>,
+    next_seqs: Vec<u64>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapSku {
+    sku: String,
+    on_hand: u64,
+    available: u64,
+    reserved: u64,
+    sold: u64,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapSale {
+    sale: String,
+    per_user_max: u32,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapReservation {
+    id: u64,
+    /// 0 active, 1 committed, 2 released, 3 expired.
+    state: u8,
+    items: Vec<LogItem>,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    ended_at_ms: Option<u64>,
+    holder: Option<SnapCounterKey>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapCounterKey {
+    sale: String,
+    user: String,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapKey {
+    key: String,
+    fingerprint: u128,
+    id: u64,
+    expires_at_ms: u64,
+    created_at_ms: u64,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapCounter {
+    sale: String,
+    user: String,
+    units: u64,
+}
+
+fn state_code(state: crate::engine::ReservationState) -> u8 {
+    use crate::engine::ReservationState::*;
+    match state {
+        Active => 0,
+        Committed => 1,
+        Released => 2,
+        Expired => 3,
+    }
+}
+
+/// Encodes an engine state as a snapshot payload.
+pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
+    let snap = SnapState {
+        skus: (state.skus.iter())
+            .map(|(sku, s)| SnapSku {
+                sku: sku.to_string(),
+                on_hand: s.on_hand,
+                available: s.available,
+                reserved: s.reserved,
+                sold: s.sold,
+            })
+            .collect(),
+        sales: state
+            .sales
+            .iter()
+            .map(|(sale, n)| SnapSale { sale: sale.to_string(), per_user_max: *n })
+            .collect(),
+        reservations: (state.reservations.iter())
+            .map(|r| SnapReservation {
+                id: r.id.raw(),
+                state: state_code(r.state),
+                items: r.items.iter().map(|i| LogItem { sku: i.sku.to_string(), qty: i.qty }).collect(),
+                created_at_ms: r.created_at_ms,
+                expires_at_ms: r.expires_at_ms,
+                ended_at_ms: r.ended_at_ms,
+                holder: r
+                    .holder
+                    .as_ref()
+                    .map(|(s, u)| SnapCounterKey { sale: s.to_string(), user: u.to_string() }),
+            })
+            .collect(),
+        keys: (state.keys.iter())
+            .map(|k| SnapKey {
+                key: k.key.to_string(),
+                fingerprint: k.fingerprint,
+                id: k.id.raw(),
+                expires_at_ms: k.expires_at_ms,
+                created_at_ms: k.created_at_ms,
+            })
+            .collect(),
+        counters: (state.counters.iter())
+            .map(|(s, u, n)| SnapCounter { sale: s.to_string(), user: u.to_string(), units: *n })
+            .collect(),
+        next_seqs: state.next_seqs.clone(),
+    };
+    let mut out = Vec::new();
+    out.extend_from_slice(&STATE_MAGIC);
+    out.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(
+        &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
+    );
+    out
+}
+
+/// Decodes and validates a snapshot payload (16-byte aligned).
+pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, DecodeError> {
+    use crate::engine::{EngineState, RememberedKey, ReservationState, ReservationView, Stock};
+    if payload.len() < PREFIX_BYTES || payload[0..4] != STATE_MAGIC {
+        return Err(bad("not an engine snapshot (bad magic)"));
+    }
+    let version = u32::from_le_bytes(payload[4..8].try_into().expect("4 bytes"));
+    if version != STATE_FORMAT_VERSION {
+        return Err(bad(format_args!(
+            "snapshot format version {version}, this build reads {STATE_FORMAT_VERSION}"
+        )));
+    }
+    let snap = rkyv::access::<ArchivedSnapState, rancor::Error>(&payload[PREFIX_BYTES..]).map_err(bad)?;
+    let name_err = |e: NameError| bad(e);
+    let id_of = |raw: &rkyv::rend::u64_le| {
+        ReservationId::from_raw(raw.to_native()).ok_or_else(|| bad("invalid reservation id"))
+    };
+    let mut state = EngineState::default();
+    for s in snap.skus.iter() {
+        let stock = Stock {
+            on_hand: s.on_hand.to_native(),
+            available: s.available.to_native(),
+            reserved: s.reserved.to_native(),
+            sold: s.sold.to_native(),
+        };
+        state.skus.push((SkuId::new(&s.sku).map_err(name_err)?, stock));
+    }
+    for s in snap.sales.iter() {
+        state.sales.push((SaleId::new(&s.sale).map_err(name_err)?, s.per_user_max.to_native()));
+    }
+    for r in snap.reservations.iter() {
+        let state_of = match r.state {
+            0 => ReservationState::Active,
+            1 => ReservationState::Committed,
+            2 => ReservationState::Released,
+            3 => ReservationState::Expired,
+            other => return Err(bad(format_args!("reservation state {other}"))),
+        };
+        let items = (r.items.iter())
+            .map(|i| Ok(Item { sku: SkuId::new(&i.sku).map_err(name_err)?, qty: i.qty.to_native() }))
+            .collect::<Result<Vec<_>, DecodeError>>()?;
+        let holder = match r.holder.as_ref() {
+            Some(h) => {
+                Some((SaleId::new(&h.sale).map_err(name_err)?, UserId::new(&h.user).map_err(name_err)?))
+            }
+            None => None,
+        };
+        state.reservations.push(ReservationView {
+            id: id_of(&r.id)?,
+            state: state_of,
+            items,
+            created_at_ms: r.created_at_ms.to_native(),
+            expires_at_ms: r.expires_at_ms.to_native(),
+            ended_at_ms: r.ended_at_ms.as_ref().map(|t| t.to_native()),
+            holder,
+        });
+    }
+    for k in snap.keys.iter() {
+        state.keys.push(RememberedKey {
+            key: IdempotencyKey::new(&k.key).map_err(name_err)?,
+            fingerprint: k.fingerprint.to_native(),
+            id: id_of(&k.id)?,
+            expires_at_ms: k.expires_at_ms.to_native(),
+            created_at_ms: k.created_at_ms.to_native(),
+        });
+    }
+    for c in snap.counters.iter() {
+        let (sale, user) = (SaleId::new(&c.sale).map_err(name_err)?, UserId::new(&c.user).map_err(name_err)?);
+        state.counters.push((sale, user, c.units.to_native()));
+    }
+    state.next_seqs = snap.next_seqs.iter().map(|n| n.to_native()).collect();
+    Ok(state)
+}

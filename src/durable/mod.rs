@@ -15,6 +15,7 @@ use crate::engine::{
     ConfigError, Engine, EngineConfig, Reason, Record, RecordSink, ReservationError, ReservationId,
     ReserveError, ReserveRequest, Reserved, SaleId, SinkRefused, SkuId, Stock, StockError,
 };
+use holdfast_wal::snapshot::{self, SnapshotFile};
 use holdfast_wal::storage::Storage;
 use holdfast_wal::{Lsn, Recovery, Wal, WalError, WalOptions};
 use std::fmt;
@@ -43,11 +44,18 @@ impl<E: fmt::Debug> fmt::Display for Refused<E> {
     }
 }
 
-/// Why the engine could not be opened from its log.
+/// Why the engine could not be opened from its snapshots and log.
 #[derive(Debug)]
 pub enum OpenError {
     Config(ConfigError),
     Log(WalError),
+    /// The snapshot and the log do not meet: records between them are missing, or the log ends before
+    /// the snapshot does. Starting would lose or reuse LSNs.
+    Gap {
+        snapshot_lsn: Lsn,
+        log_first_lsn: Lsn,
+        log_last_lsn: Lsn,
+    },
 }
 
 impl fmt::Display for OpenError {
@@ -55,8 +63,51 @@ impl fmt::Display for OpenError {
         match self {
             OpenError::Config(e) => e.fmt(f),
             OpenError::Log(e) => e.fmt(f),
+            OpenError::Gap { snapshot_lsn, log_first_lsn, log_last_lsn } => write!(
+                f,
+                "the newest usable snapshot covers LSNs up to {snapshot_lsn}, but the log holds \
+                 {log_first_lsn}..={log_last_lsn}: records are missing between them"
+            ),
         }
     }
+}
+
+/// What opening found, for the operator.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub recovery: Recovery,
+    /// The snapshot the state was loaded from.
+    pub snapshot: Option<SnapshotFile>,
+    /// Newer snapshots that could not be used, with why; the previous one was used instead.
+    pub skipped_snapshots: Vec<(String, String)>,
+    /// Records replayed on top of the snapshot.
+    pub replayed: u64,
+}
+
+/// How many snapshots to keep; segments are removed once the oldest kept snapshot covers them, so a
+/// damaged newest snapshot can still fall back to the one before it.
+pub const SNAPSHOTS_KEPT: usize = 2;
+
+/// Snapshots that could not be used: file name and why.
+type Skipped = Vec<(String, String)>;
+
+/// The newest snapshot that reads, decodes and restores, and those that did not.
+fn newest_usable(
+    storage: &dyn Storage,
+    config: &EngineConfig,
+) -> Result<(Option<(Engine, SnapshotFile)>, Skipped), WalError> {
+    let mut skipped = Vec::new();
+    for file in snapshot::list_snapshots(storage)? {
+        let restored = snapshot::read_snapshot(storage, &file)
+            .map_err(|e| e.to_string())
+            .and_then(|payload| codec::decode_state(payload.bytes()).map_err(|e| e.to_string()))
+            .and_then(|state| Engine::restore(config.clone(), &state).map_err(|e| e.to_string()));
+        match restored {
+            Ok(engine) => return Ok((Some((engine, file)), skipped)),
+            Err(why) => skipped.push((file.name, why)),
+        }
+    }
+    Ok((None, skipped))
 }
 
 impl std::error::Error for OpenError {}
@@ -89,22 +140,76 @@ impl RecordSink for LogSink<'_> {
 pub struct Durable {
     engine: Engine,
     wal: Wal,
+    config: EngineConfig,
+}
+
+fn replay_into(engine: &Engine) -> impl FnMut(Lsn, &[u8]) -> Result<(), String> + '_ {
+    move |_lsn, payload| {
+        let record = codec::decode(payload).map_err(|e| e.to_string())?;
+        engine.apply(&record).map_err(|e| e.to_string())
+    }
 }
 
 impl Durable {
-    /// Opens the log in `storage`, replays it into a new engine, and is ready for mutations.
+    /// Loads the newest usable snapshot in `storage` (reporting any newer one that is damaged), replays
+    /// the log after it, and is ready for mutations.
     pub fn open(
         storage: Arc<dyn Storage>,
         config: EngineConfig,
         options: WalOptions,
-    ) -> Result<(Durable, Recovery), OpenError> {
-        let engine = Engine::new(config).map_err(OpenError::Config)?;
-        let replay = |_lsn: Lsn, payload: &[u8]| -> Result<(), String> {
-            let record = codec::decode(payload).map_err(|e| e.to_string())?;
-            engine.apply(&record).map_err(|e| e.to_string())
+    ) -> Result<(Durable, Opened), OpenError> {
+        let (base, skipped_snapshots) = newest_usable(&*storage, &config).map_err(OpenError::Log)?;
+        let (engine, snapshot) = match base {
+            Some((engine, file)) => (engine, Some(file)),
+            None => (Engine::new(config.clone()).map_err(OpenError::Config)?, None),
         };
-        let (wal, recovery) = Wal::open(storage, options, 1, replay).map_err(OpenError::Log)?;
-        Ok((Durable { engine, wal }, recovery))
+        let from = snapshot.as_ref().map_or(0, |s| s.lsn);
+        let mut replayed = 0;
+        let (wal, recovery) = {
+            let mut replay = replay_into(&engine);
+            let counting = |lsn: Lsn, payload: &[u8]| {
+                replayed += 1;
+                replay(lsn, payload)
+            };
+            Wal::open(storage, options, from + 1, counting).map_err(OpenError::Log)?
+        };
+        let last = recovery.next_lsn - 1;
+        if recovery.first_lsn > from + 1 || last < from {
+            let gap =
+                OpenError::Gap { snapshot_lsn: from, log_first_lsn: recovery.first_lsn, log_last_lsn: last };
+            return Err(gap);
+        }
+        let opened = Opened { recovery, snapshot, skipped_snapshots, replayed };
+        Ok((Durable { engine, wal, config }, opened))
+    }
+
+    /// Writes a snapshot of the state as of the highest acknowledged LSN, built from the newest
+    /// snapshot and the log (not from the live engine, which keeps serving untouched), then keeps
+    /// `SNAPSHOTS_KEPT` snapshots and, if `remove_covered_segments`, removes the log segments the
+    /// oldest kept one covers. `now_ms` decides which ended reservations and keys have aged out.
+    pub fn snapshot(&self, now_ms: u64, remove_covered_segments: bool) -> Result<SnapshotFile, WalError> {
+        let storage = &**self.wal.storage();
+        let to = self.wal.acked_lsn();
+        let (base, _) = newest_usable(storage, &self.config)?;
+        let (engine, from) = match base {
+            Some((engine, file)) => (engine, file.lsn),
+            None => (Engine::new(self.config.clone()).expect("the engine's own config is valid"), 0),
+        };
+        if from >= to && from > 0 {
+            return Ok(SnapshotFile { name: snapshot::snapshot_name(from), lsn: from });
+        }
+        holdfast_wal::read_range(storage, from + 1, to, &mut replay_into(&engine))?;
+        let written = snapshot::write_snapshot(storage, to, &codec::encode_state(&engine.export(now_ms)))?;
+        let all = snapshot::list_snapshots(storage)?;
+        for old in all.iter().skip(SNAPSHOTS_KEPT) {
+            snapshot::remove_snapshot(storage, old)?;
+        }
+        if remove_covered_segments {
+            if let Some(oldest_kept) = all.get(SNAPSHOTS_KEPT.min(all.len()).saturating_sub(1)) {
+                self.wal.remove_segments_through(oldest_kept.lsn)?;
+            }
+        }
+        Ok(written)
     }
 
     /// The engine, for reads.

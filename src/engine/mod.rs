@@ -23,7 +23,7 @@ pub use config::{ConfigError, EngineConfig};
 pub use ids::{IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId};
 pub use record::{Record, RecordSink, ReservedRecord, SinkRefused};
 pub use replay::ReplayError;
-pub use state::{EngineState, RememberedKey};
+pub use state::{EngineState, RememberedKey, RestoreError};
 pub use types::{
     Item, RequestError, ReservationError, ReservationState, ReservationView, ReserveError, ReserveRequest,
     Reserved, Stock, StockError,

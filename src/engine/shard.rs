@@ -97,6 +97,10 @@ impl Reservations {
         if id.shard() != self.shard {
             return self.foreign.insert(id, r);
         }
+        if self.ring.is_empty() {
+            // Restoring or replaying a long-lived shard: start the ring at its first id, not at 1.
+            self.base = id.seq();
+        }
         let i = self.slot(id).expect("an own id at or above the ring's base");
         if i >= self.ring.len() {
             self.ring.resize_with(i + 1, || None);

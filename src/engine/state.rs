@@ -1,8 +1,13 @@
 //! The engine's state as plain, canonically ordered values: what a snapshot holds, and what tests
 //! compare. Two engines that logically agree at `now_ms` export equal states.
 
-use super::{Engine, IdempotencyKey, ReservationId, ReservationState, ReservationView, SaleId, SkuId};
-use super::{Stock, UserId};
+use super::idempotency::Remembered;
+use super::shard::{Holder, Line, Reservation};
+use super::{
+    ConfigError, Engine, EngineConfig, IdempotencyKey, ReplayError, ReservationId, ReservationState,
+};
+use super::{ReservationView, SaleId, SkuId, Stock, UserId};
+use std::cmp::Reverse;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EngineState {
@@ -60,6 +65,92 @@ impl Engine {
         state
     }
 
+    /// An engine holding `state` (a snapshot's), checked as it is built: conservation on every SKU,
+    /// every reservation's SKUs known, and the consistency check at the end.
+    pub fn restore(config: EngineConfig, state: &EngineState) -> Result<Engine, RestoreError> {
+        let engine = Engine::new(config).map_err(RestoreError::Config)?;
+        let fail = |detail: String| RestoreError::Invalid(ReplayError { detail });
+        for (sku, stock) in &state.skus {
+            if stock.available + stock.reserved + stock.sold != stock.on_hand
+                || engine.catalog.find(sku.as_str()).is_some()
+            {
+                return Err(fail(format!("SKU {sku} does not conserve units or appears twice: {stock:?}")));
+            }
+            let shard = engine.shard_of(sku.as_str());
+            let _locked = engine.lock(&[shard]);
+            let (_, cell) = engine.catalog.insert(sku.clone(), shard, stock.on_hand);
+            cell.store(*stock);
+        }
+        for (sale, limit) in &state.sales {
+            engine.sales.insert(sale.clone(), *limit);
+        }
+        for view in &state.reservations {
+            engine.restore_reservation(view).map_err(fail)?;
+        }
+        for shard in engine.shards.iter() {
+            shard.lock().ended.make_contiguous().sort_unstable();
+        }
+        if state.next_seqs.len() == engine.shards.len() {
+            for (shard, next) in engine.shards.iter().zip(&state.next_seqs) {
+                let mut shard = shard.lock();
+                shard.next_seq = shard.next_seq.max(*next);
+            }
+        }
+        for k in &state.keys {
+            let remembered = Remembered {
+                fingerprint: k.fingerprint,
+                id: k.id,
+                expires_at_ms: k.expires_at_ms,
+                created_at_ms: k.created_at_ms,
+            };
+            engine.keys.shard(&k.key).write().remember(&k.key, remembered);
+        }
+        for (sale, user, units) in &state.counters {
+            engine.counters.lock(user).add(sale, user, *units);
+        }
+        engine.check_consistency().map_err(fail)?;
+        Ok(engine)
+    }
+
+    fn restore_reservation(&self, view: &ReservationView) -> Result<(), String> {
+        let mut lines = super::shard::Lines::new();
+        for item in &view.items {
+            let (cell, _) = self
+                .catalog
+                .find(item.sku.as_str())
+                .ok_or(format!("{} names unknown {}", view.id, item.sku))?;
+            lines.push(Line { cell, qty: item.qty });
+        }
+        let holder = view
+            .holder
+            .as_ref()
+            .map(|(sale, user)| Box::new(Holder { sale: sale.clone(), user: user.clone() }));
+        let reservation = Reservation {
+            lines,
+            created_at_ms: view.created_at_ms,
+            expires_at_ms: view.expires_at_ms,
+            ended_at_ms: view.ended_at_ms.unwrap_or(0),
+            state: view.state,
+            holder,
+        };
+        let store = self.store_of(view.id);
+        let mut shard = self.shards[usize::from(store)].lock();
+        if usize::from(view.id.shard()) == usize::from(store) {
+            shard.next_seq = shard.next_seq.max(view.id.seq() + 1);
+        }
+        match view.state {
+            ReservationState::Active => {
+                shard.deadlines.push(Reverse((view.expires_at_ms, view.id)));
+                shard.active += 1;
+            }
+            _ => shard.ended.push_back((reservation.ended_at_ms, view.id)),
+        }
+        if shard.reservations.insert(view.id, reservation).is_some() {
+            return Err(format!("{} appears twice", view.id));
+        }
+        Ok(())
+    }
+
     /// Checks what must hold between the tables whenever no mutation runs: every SKU conserves its
     /// units, `reserved` is exactly the sum of active reservations, and the active counts are right.
     /// Returns the first discrepancy.
@@ -93,3 +184,21 @@ impl Engine {
         Ok(())
     }
 }
+
+/// Why a state could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreError {
+    Config(ConfigError),
+    Invalid(ReplayError),
+}
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreError::Config(e) => e.fmt(f),
+            RestoreError::Invalid(e) => write!(f, "snapshot state is not valid: {}", e.detail),
+        }
+    }
+}
+
+impl std::error::Error for RestoreError {}

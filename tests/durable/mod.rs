@@ -11,7 +11,7 @@
 
 use holdfast::durable::{codec, Durable};
 use holdfast::engine::*;
-use holdfast_wal::storage::{Crash, MemStorage};
+use holdfast_wal::storage::{Crash, MemStorage, Storage as _};
 use holdfast_wal::{Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
 use std::sync::Arc;
 
@@ -41,11 +41,11 @@ fn name<T>(make: fn(&str) -> Result<T, NameError>, prefix: &str, i: u64) -> T {
     make(&format!("{prefix}{i}")).expect("valid name")
 }
 
-/// Every record in the log of `storage`, in LSN order.
-fn records_in(storage: &MemStorage) -> Vec<Record> {
+/// Every record in the log of `storage`, with its LSN (segments a snapshot covered may be gone).
+fn records_in(storage: &MemStorage) -> Vec<(Lsn, Record)> {
     let mut records = Vec::new();
-    let (wal, _) = Wal::open(Arc::new(storage.clone()), options(), 1, |_, bytes| {
-        records.push(codec::decode(bytes).map_err(|e| e.to_string())?);
+    let (wal, _) = Wal::open(Arc::new(storage.clone()), options(), 1, |lsn, bytes| {
+        records.push((lsn, codec::decode(bytes).map_err(|e| e.to_string())?));
         Ok(())
     })
     .expect("the uncrashed log opens");
@@ -101,6 +101,9 @@ fn simulate(seed: u64) -> Result<(), String> {
     durable.set_sale_limit(&name(SaleId::new, "sale", 0), 4, 0).map_err(|e| e.to_string())?;
     let mut now = 1_000_000u64;
     let mut ids = Vec::new();
+    // Every record ever logged, by LSN: the reference, kept across cycles because snapshots let the
+    // log drop the segments they cover.
+    let mut history: Vec<Record> = Vec::new();
     for cycle in 0..3 {
         let mut acked: Lsn = 0;
         for _ in 0..20 + rng.below(80) {
@@ -111,6 +114,9 @@ fn simulate(seed: u64) -> Result<(), String> {
                     acked = acked.max(lsn);
                 }
             }
+            if rng.below(40) == 0 {
+                durable.snapshot(now, rng.below(2) == 0).map_err(|e| format!("snapshot: {e}"))?;
+            }
         }
         let how = match rng.below(3) {
             0 => Crash::LoseUnsynced,
@@ -120,15 +126,23 @@ fn simulate(seed: u64) -> Result<(), String> {
         let crashed = storage.crash(how);
         // The log as it would have been without the crash: the reference's records.
         durable.close().map_err(|e| e.to_string())?;
-        let all = records_in(&storage);
-        let (recovered, recovery) = Durable::open(Arc::new(crashed.clone()), config(shards), options())
+        for (lsn, record) in records_in(&storage) {
+            let at = lsn as usize - 1;
+            if at < history.len() {
+                history[at] = record;
+            } else {
+                assert_eq!(at, history.len(), "the log continues the history");
+                history.push(record);
+            }
+        }
+        let (recovered, opened) = Durable::open(Arc::new(crashed.clone()), config(shards), options())
             .map_err(|e| format!("cycle {cycle} ({how:?}): recovery failed: {e}"))?;
-        let kept = recovery.next_lsn - 1;
+        let kept = opened.recovery.next_lsn - 1;
         if kept < acked {
             return Err(format!("cycle {cycle} ({how:?}): acknowledged LSN {acked}, recovered only {kept}"));
         }
         let reference = Engine::new(config(shards)).map_err(|e| e.to_string())?;
-        for (i, record) in all.iter().take(kept as usize).enumerate() {
+        for (i, record) in history.iter().take(kept as usize).enumerate() {
             reference.apply(record).map_err(|e| format!("reference record {}: {e}", i + 1))?;
         }
         if recovered.engine().export(now) != reference.export(now) {
@@ -137,6 +151,8 @@ fn simulate(seed: u64) -> Result<(), String> {
             ));
         }
         recovered.engine().check_consistency().map_err(|e| format!("cycle {cycle}: {e}"))?;
+        // What the crash lost is gone from history too: the next cycle's LSNs reuse those numbers.
+        history.truncate(kept as usize);
         durable = recovered;
         storage = crashed;
     }
@@ -212,4 +228,60 @@ fn a_failed_sync_stops_every_later_mutation() {
         other => panic!("expected the poisoned log to refuse, got {other:?}"),
     }
     assert!(d.engine().stock("s").is_some(), "reads still answer");
+}
+
+/// A durable engine with some history: stock, reservations, commits.
+fn busy(d: &Durable, from: u64, n: u64) {
+    for i in from..from + n {
+        let sku = name(SkuId::new, "s", i % 5);
+        if d.engine().stock(sku.as_str()).is_none() {
+            d.wal().wait(d.set_stock(&sku, 1 << 20, i).expect("stock").lsn).expect("durable");
+        }
+        let r = d.reserve(&one(sku.as_str(), 1), 1_000 + i).expect("reserve");
+        if i % 2 == 0 {
+            d.commit(r.value.id, 1_000 + i).expect("commit");
+        }
+        d.wal().wait(d.wal().appended_lsn()).expect("durable");
+    }
+}
+
+#[test]
+fn a_damaged_newest_snapshot_is_reported_and_the_previous_one_used() {
+    let storage = MemStorage::new();
+    let (d, _) = Durable::open(Arc::new(storage.clone()), config(2), options()).expect("open");
+    busy(&d, 0, 50);
+    let first = d.snapshot(2_000, false).expect("snapshot");
+    busy(&d, 50, 50);
+    let newest = d.snapshot(2_000, false).expect("snapshot");
+    busy(&d, 100, 20);
+    let expected = d.engine().export(5_000);
+    d.close().expect("close");
+    storage.corrupt(&newest.name, 200, &[0xab]);
+    let (d, opened) = Durable::open(Arc::new(storage), config(2), options()).expect("falls back");
+    assert_eq!(opened.snapshot, Some(first));
+    assert_eq!(opened.skipped_snapshots.len(), 1);
+    assert!(opened.skipped_snapshots[0].1.contains("checksum"), "{:?}", opened.skipped_snapshots);
+    assert_eq!(d.engine().export(5_000), expected);
+}
+
+#[test]
+fn snapshots_bound_recovery_and_the_segments_they_cover_are_removed() {
+    let storage = MemStorage::new();
+    let (d, _) = Durable::open(Arc::new(storage.clone()), config(2), options()).expect("open");
+    busy(&d, 0, 12_000); // several segments of the smallest size
+    let segments_before = storage.list().expect("list").iter().filter(|n| n.ends_with(".wal")).count();
+    d.snapshot(9_000, true).expect("snapshot");
+    busy(&d, 12_000, 100);
+    let latest = d.snapshot(9_000, true).expect("snapshot");
+    busy(&d, 12_100, 10);
+    let expected = d.engine().export(9_000);
+    d.close().expect("close");
+    let names = storage.list().expect("list");
+    let segments_after = names.iter().filter(|n| n.ends_with(".wal")).count();
+    assert!(segments_before > 2 && segments_after < segments_before, "{segments_before} -> {segments_after}");
+    assert_eq!(names.iter().filter(|n| n.ends_with(".snap")).count(), 2, "two snapshots kept: {names:?}");
+    let (d, opened) = Durable::open(Arc::new(storage), config(2), options()).expect("open");
+    assert_eq!(opened.snapshot.map(|s| s.lsn), Some(latest.lsn));
+    assert!(opened.replayed < 40, "replayed {} records after the snapshot", opened.replayed);
+    assert_eq!(d.engine().export(9_000), expected);
 }

@@ -441,6 +441,19 @@ fn run(ops: &[Op], shards: usize) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(a, b);
     }
+    // Restore: the exported state, rebuilt, exports the same (with the same or another shard count).
+    let state = engine.export(now);
+    for restore_shards in [shards, 1 + shards % 3] {
+        let restored = Engine::restore(config(restore_shards), &state)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut again = restored.export(now);
+        let mut expected = state.clone();
+        if restore_shards != shards {
+            again.next_seqs.clear();
+            expected.next_seqs.clear();
+        }
+        prop_assert_eq!(again, expected);
+    }
     Ok(())
 }
 

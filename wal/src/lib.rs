@@ -2,12 +2,15 @@
 //! records mean. The byte layout is in `FORMAT.md`.
 //!
 //! - [`Wal`]: open (recover and replay), append, wait for durability, close. Group commit.
+//! - [`snapshot`]: snapshot files (an opaque payload as of an LSN), written atomically, checked on read.
+//! - [`read_range`]: records between two LSNs, read without disturbing a log being written.
 //! - [`storage`]: the I/O seam — real files, or a disk in memory that crashes and fails on demand.
 
 mod error;
 mod format;
 mod log;
 mod recover;
+pub mod snapshot;
 pub mod storage;
 
 pub use error::WalError;
@@ -15,4 +18,4 @@ pub use format::{
     frame_bytes, Lsn, FORMAT_VERSION, FRAME_HEADER_BYTES, RECORD_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
 pub use log::{Durability, Wal, WalOptions, SEGMENT_BYTES_MIN};
-pub use recover::{Recovery, TornTail};
+pub use recover::{read_range, Recovery, TornTail};

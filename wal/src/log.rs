@@ -249,6 +249,32 @@ impl Wal {
         self.shared.appended_lsn.load(Ordering::Acquire)
     }
 
+    /// Removes the segments whose every record is at or below `lsn` (a snapshot covers them), never
+    /// the one being written. Returns the names removed.
+    pub fn remove_segments_through(&self, lsn: Lsn) -> Result<Vec<String>, WalError> {
+        let storage = &*self.shared.storage;
+        let current = self.shared.appender.lock().segment.name.clone();
+        let names = crate::recover::segment_names(storage)?;
+        let mut removed = Vec::new();
+        for pair in names.windows(2) {
+            let ((_, name), (next_first, _)) = (&pair[0], &pair[1]);
+            if *next_first > lsn + 1 || *name == current {
+                break;
+            }
+            storage.remove(name).map_err(|e| WalError::io("remove", name, e))?;
+            removed.push(name.clone());
+        }
+        if !removed.is_empty() {
+            storage.sync_dir().map_err(|e| WalError::io("sync", "the log directory", e))?;
+        }
+        Ok(removed)
+    }
+
+    /// The storage the log lives in (snapshots live beside it).
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.shared.storage
+    }
+
     /// The highest acknowledged LSN.
     pub fn acked_lsn(&self) -> Lsn {
         self.shared.acked_lsn.load(Ordering::Acquire)
