@@ -84,6 +84,23 @@ pub struct Opened {
     pub replayed: u64,
 }
 
+/// When to take snapshots: after this many records or this much time since the last one, whichever
+/// comes first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    pub every_records: u64,
+    pub every_ms: u64,
+    /// Remove log segments the oldest kept snapshot covers. Off keeps the whole log (SREs may want it
+    /// for investigations); recovery time is bounded by the snapshot either way.
+    pub remove_covered_segments: bool,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self { every_records: 1_000_000, every_ms: 10 * 60 * 1000, remove_covered_segments: true }
+    }
+}
+
 /// How many snapshots to keep; segments are removed once the oldest kept snapshot covers them, so a
 /// damaged newest snapshot can still fall back to the one before it.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -141,6 +158,8 @@ pub struct Durable {
     engine: Engine,
     wal: Wal,
     config: EngineConfig,
+    /// LSN and time of the last snapshot taken or loaded, for `snapshot_if_due`.
+    last_snapshot: parking_lot::Mutex<(Lsn, u64)>,
 }
 
 fn replay_into(engine: &Engine) -> impl FnMut(Lsn, &[u8]) -> Result<(), String> + '_ {
@@ -179,8 +198,29 @@ impl Durable {
                 OpenError::Gap { snapshot_lsn: from, log_first_lsn: recovery.first_lsn, log_last_lsn: last };
             return Err(gap);
         }
+        let last_snapshot = parking_lot::Mutex::new((from, 0));
         let opened = Opened { recovery, snapshot, skipped_snapshots, replayed };
-        Ok((Durable { engine, wal, config }, opened))
+        Ok((Durable { engine, wal, config, last_snapshot }, opened))
+    }
+
+    /// Takes a snapshot if `policy` says one is due at `now_ms`; the caller's periodic tick calls this.
+    /// Only one snapshot is taken at a time; a call while one is running returns `None`.
+    pub fn snapshot_if_due(
+        &self,
+        now_ms: u64,
+        policy: &SnapshotPolicy,
+    ) -> Result<Option<SnapshotFile>, WalError> {
+        let Some(mut last) = self.last_snapshot.try_lock() else { return Ok(None) };
+        let (lsn, at_ms) = *last;
+        let records = self.wal.acked_lsn().saturating_sub(lsn);
+        let due = records >= policy.every_records
+            || (records > 0 && now_ms.saturating_sub(at_ms) >= policy.every_ms);
+        if !due {
+            return Ok(None);
+        }
+        let file = self.snapshot(now_ms, policy.remove_covered_segments)?;
+        *last = (file.lsn, now_ms);
+        Ok(Some(file))
     }
 
     /// Writes a snapshot of the state as of the highest acknowledged LSN, built from the newest
