@@ -48,6 +48,29 @@ fn stocked(dir: &std::path::Path, options: WalOptions) -> Durable {
     d
 }
 
+/// Interval durability: quick to fill a log for the recovery measurements (closing syncs it all).
+fn fast() -> WalOptions {
+    WalOptions {
+        durability: Durability::Interval { every: Duration::from_millis(200) },
+        ..Default::default()
+    }
+}
+
+/// Opens the directory three times and returns the median time, checking each opening with `check`.
+fn time_opening(dir: &std::path::Path, check: impl Fn(&Durable, &holdfast::durable::Opened)) -> f64 {
+    median(
+        (0..3)
+            .map(|_| {
+                let start = Instant::now();
+                let (d, opened) = Durable::open(storage(dir), config(), fast()).expect("open");
+                let took = start.elapsed().as_secs_f64();
+                check(&d, &opened);
+                took
+            })
+            .collect(),
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -90,11 +113,7 @@ fn durable_reserves() -> f64 {
 /// produce; closing syncs everything), then times opening and replaying them.
 fn recovery(records: u64) -> (f64, f64) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
-    let fast = WalOptions {
-        durability: Durability::Interval { every: Duration::from_millis(200) },
-        ..Default::default()
-    };
-    let d = stocked(dir.path(), fast.clone());
+    let d = stocked(dir.path(), fast());
     let reqs = requests();
     let mut written = 1_000;
     let mut i = 0usize;
@@ -108,27 +127,13 @@ fn recovery(records: u64) -> (f64, f64) {
         i += 1;
     }
     d.close().expect("close");
-    let times: Vec<f64> = (0..3)
-        .map(|_| {
-            let start = Instant::now();
-            let (d, opened) = Durable::open(storage(dir.path()), config(), fast.clone()).expect("open");
-            let took = start.elapsed().as_secs_f64();
-            assert_eq!(opened.replayed, records);
-            drop(d);
-            took
-        })
-        .collect();
-    let took = median(times);
+    let took = time_opening(dir.path(), |_, opened| assert_eq!(opened.replayed, records));
     (took, records as f64 / took)
 }
 
 fn snapshot_load(live: u64) -> f64 {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("dir");
-    let fast = WalOptions {
-        durability: Durability::Interval { every: Duration::from_millis(200) },
-        ..Default::default()
-    };
-    let d = stocked(dir.path(), fast.clone());
+    let d = stocked(dir.path(), fast());
     let reqs = requests();
     for i in 0..live as usize {
         d.reserve(&reqs[i % 1_000], T0 + 1).expect("reserve");
@@ -136,17 +141,10 @@ fn snapshot_load(live: u64) -> f64 {
     d.wal().wait(d.wal().appended_lsn()).expect("written");
     d.snapshot(T0 + 2, false).expect("snapshot");
     d.close().expect("close");
-    let times: Vec<f64> = (0..3)
-        .map(|_| {
-            let start = Instant::now();
-            let (d, opened) = Durable::open(storage(dir.path()), config(), fast.clone()).expect("open");
-            let took = start.elapsed().as_secs_f64();
-            assert_eq!(d.engine().active_reservations() as u64, live);
-            assert!(opened.snapshot.is_some() && opened.replayed == 0);
-            took
-        })
-        .collect();
-    median(times)
+    time_opening(dir.path(), |d, opened| {
+        assert_eq!(d.engine().active_reservations() as u64, live);
+        assert!(opened.snapshot.is_some() && opened.replayed == 0);
+    })
 }
 
 fn main() {

@@ -80,12 +80,34 @@ fn to_log(record: &Record) -> LogRecord {
     }
 }
 
+/// Writes the 16-byte prefix (magic, version, zeros) into `out`.
+fn prefix(out: &mut Vec<u8>, magic: [u8; 4], version: u32) {
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+}
+
+/// Checks the prefix and returns what follows it.
+fn unprefix<'a>(
+    payload: &'a [u8],
+    magic: [u8; 4],
+    version: u32,
+    what: &str,
+) -> Result<&'a [u8], DecodeError> {
+    if payload.len() < PREFIX_BYTES || payload[0..4] != magic {
+        return Err(bad(format_args!("not an engine {what} (bad magic)")));
+    }
+    let found = u32::from_le_bytes(payload[4..8].try_into().expect("4 bytes"));
+    if found != version {
+        return Err(bad(format_args!("{what} format version {found}, this build reads {version}")));
+    }
+    Ok(&payload[PREFIX_BYTES..])
+}
+
 /// Encodes `record` into `out` (cleared first).
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(&RECORD_MAGIC);
-    out.extend_from_slice(&RECORD_FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
+    prefix(out, RECORD_MAGIC, RECORD_FORMAT_VERSION);
     let bytes = rkyv::to_bytes::<rancor::Error>(&to_log(record)).expect("serialising plain data cannot fail");
     out.extend_from_slice(&bytes);
 }
@@ -108,16 +130,8 @@ fn bad(what: impl std::fmt::Display) -> DecodeError {
 
 /// Decodes and validates a payload. `payload` must be 16-byte aligned, as the log's payloads are.
 pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
-    if payload.len() < PREFIX_BYTES || payload[0..4] != RECORD_MAGIC {
-        return Err(bad("not an engine record (bad magic)"));
-    }
-    let version = u32::from_le_bytes(payload[4..8].try_into().expect("4 bytes"));
-    if version != RECORD_FORMAT_VERSION {
-        return Err(bad(format_args!(
-            "record format version {version}, this build reads {RECORD_FORMAT_VERSION}"
-        )));
-    }
-    let archived = rkyv::access::<ArchivedLogRecord, rancor::Error>(&payload[PREFIX_BYTES..]).map_err(bad)?;
+    let body = unprefix(payload, RECORD_MAGIC, RECORD_FORMAT_VERSION, "record")?;
+    let archived = rkyv::access::<ArchivedLogRecord, rancor::Error>(body).map_err(bad)?;
     from_archived(archived).map_err(|e| match e {
         Invalid::Name(e) => bad(e),
         Invalid::Id(raw) => bad(format_args!("reservation id {raw:#x} is not valid")),
@@ -243,9 +257,7 @@ mod tests {
     fn a_name_that_fails_validation_is_refused_after_reading() {
         let mut out = Vec::new();
         let log = LogRecord::StockSet { sku: "bad/sku".into(), on_hand: 1, at_ms: 1 };
-        out.extend_from_slice(&RECORD_MAGIC);
-        out.extend_from_slice(&RECORD_FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&[0; 8]);
+        prefix(&mut out, RECORD_MAGIC, RECORD_FORMAT_VERSION);
         out.extend_from_slice(&rkyv::to_bytes::<rancor::Error>(&log).expect("serialise"));
         let words = aligned(&out);
         let err = decode(&bytemuck::cast_slice::<u128, u8>(&words)[..out.len()]).unwrap_err();
@@ -405,16 +417,8 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
 /// Decodes and validates a snapshot payload (16-byte aligned).
 pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, DecodeError> {
     use crate::engine::{EngineState, RememberedKey, ReservationState, ReservationView, Stock};
-    if payload.len() < PREFIX_BYTES || payload[0..4] != STATE_MAGIC {
-        return Err(bad("not an engine snapshot (bad magic)"));
-    }
-    let version = u32::from_le_bytes(payload[4..8].try_into().expect("4 bytes"));
-    if version != STATE_FORMAT_VERSION {
-        return Err(bad(format_args!(
-            "snapshot format version {version}, this build reads {STATE_FORMAT_VERSION}"
-        )));
-    }
-    let snap = rkyv::access::<ArchivedSnapState, rancor::Error>(&payload[PREFIX_BYTES..]).map_err(bad)?;
+    let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
+    let snap = rkyv::access::<ArchivedSnapState, rancor::Error>(body).map_err(bad)?;
     let name_err = |e: NameError| bad(e);
     let id_of = |raw: &rkyv::rend::u64_le| {
         ReservationId::from_raw(raw.to_native()).ok_or_else(|| bad("invalid reservation id"))

@@ -266,22 +266,16 @@ impl Durable {
         self.wal.close()
     }
 
-    fn sink(&self) -> LogSink<'_> {
-        LogSink { wal: &self.wal, buf: Vec::with_capacity(256), lsn: None, error: None }
-    }
-
-    /// The outcome of a mutation run against `sink`: its record's LSN, or the appended LSN when it
-    /// wrote none; the log's error when the engine reports that the log refused.
-    fn finish<T, E>(
+    /// Runs one engine mutation against a log sink: the outcome with the LSN to wait for (its record's,
+    /// or the last appended when it wrote none), or the log's error when the engine reports that the
+    /// log refused (`log_refused` is the engine's word for that).
+    fn logged<T, E: PartialEq>(
         &self,
-        sink: LogSink<'_>,
-        result: Result<T, E>,
         log_refused: E,
-    ) -> Result<Logged<T>, Refused<E>>
-    where
-        E: PartialEq,
-    {
-        match result {
+        mutate: impl FnOnce(&mut LogSink<'_>) -> Result<T, E>,
+    ) -> Result<Logged<T>, Refused<E>> {
+        let mut sink = LogSink { wal: &self.wal, buf: Vec::with_capacity(256), lsn: None, error: None };
+        match mutate(&mut sink) {
             Ok(value) => Ok(Logged { value, lsn: sink.lsn.unwrap_or_else(|| self.wal.appended_lsn()) }),
             Err(e) if e == log_refused => {
                 Err(Refused::Log(sink.error.expect("a refusing sink keeps its error")))
@@ -295,21 +289,15 @@ impl Durable {
         req: &ReserveRequest,
         now_ms: u64,
     ) -> Result<Logged<Reserved>, Refused<ReserveError>> {
-        let mut sink = self.sink();
-        let result = self.engine.reserve(req, now_ms, &mut sink);
-        self.finish(sink, result, ReserveError::LogRefused)
+        self.logged(ReserveError::LogRefused, |sink| self.engine.reserve(req, now_ms, sink))
     }
 
     pub fn commit(&self, id: ReservationId, now_ms: u64) -> Result<Logged<()>, Refused<ReservationError>> {
-        let mut sink = self.sink();
-        let result = self.engine.commit(id, now_ms, &mut sink);
-        self.finish(sink, result, ReservationError::LogRefused)
+        self.logged(ReservationError::LogRefused, |sink| self.engine.commit(id, now_ms, sink))
     }
 
     pub fn release(&self, id: ReservationId, now_ms: u64) -> Result<Logged<()>, Refused<ReservationError>> {
-        let mut sink = self.sink();
-        let result = self.engine.release(id, now_ms, &mut sink);
-        self.finish(sink, result, ReservationError::LogRefused)
+        self.logged(ReservationError::LogRefused, |sink| self.engine.release(id, now_ms, sink))
     }
 
     pub fn extend(
@@ -318,9 +306,7 @@ impl Durable {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Result<Logged<u64>, Refused<ReservationError>> {
-        let mut sink = self.sink();
-        let result = self.engine.extend(id, ttl_ms, now_ms, &mut sink);
-        self.finish(sink, result, ReservationError::LogRefused)
+        self.logged(ReservationError::LogRefused, |sink| self.engine.extend(id, ttl_ms, now_ms, sink))
     }
 
     pub fn set_stock(
@@ -329,9 +315,7 @@ impl Durable {
         on_hand: u64,
         now_ms: u64,
     ) -> Result<Logged<Stock>, Refused<StockError>> {
-        let mut sink = self.sink();
-        let result = self.engine.set_stock(sku, on_hand, now_ms, &mut sink);
-        self.finish(sink, result, StockError::LogRefused)
+        self.logged(StockError::LogRefused, |sink| self.engine.set_stock(sku, on_hand, now_ms, sink))
     }
 
     pub fn adjust_stock(
@@ -341,9 +325,7 @@ impl Durable {
         reason: &Reason,
         now_ms: u64,
     ) -> Result<Logged<Stock>, Refused<StockError>> {
-        let mut sink = self.sink();
-        let result = self.engine.adjust_stock(sku, delta, reason, now_ms, &mut sink);
-        self.finish(sink, result, StockError::LogRefused)
+        self.logged(StockError::LogRefused, |sink| self.engine.adjust_stock(sku, delta, reason, now_ms, sink))
     }
 
     pub fn set_sale_limit(
@@ -352,19 +334,24 @@ impl Durable {
         per_user_max: u32,
         now_ms: u64,
     ) -> Result<Logged<()>, Refused<StockError>> {
-        let mut sink = self.sink();
-        let result = self.engine.set_sale_limit(sale, per_user_max, now_ms, &mut sink);
-        self.finish(sink, result, StockError::LogRefused)
+        self.logged(StockError::LogRefused, |sink| {
+            self.engine.set_sale_limit(sale, per_user_max, now_ms, sink)
+        })
     }
 
     /// Expires what is due. Nobody waits on an expiry, but it is logged like any mutation; a log
     /// failure leaves the rest due for the next tick and is returned.
     pub fn expire_due(&self, now_ms: u64) -> Result<Logged<Vec<ReservationId>>, WalError> {
-        let mut sink = self.sink();
-        let expired = self.engine.expire_due(now_ms, &mut sink);
-        if let Some(e) = sink.error {
-            return Err(e);
+        let mut error = None;
+        let logged = self.logged((), |sink| {
+            let expired = self.engine.expire_due(now_ms, sink);
+            error = sink.error.take();
+            Ok::<_, ()>(expired)
+        });
+        match (logged, error) {
+            (_, Some(e)) => Err(e),
+            (Ok(logged), None) => Ok(logged),
+            (Err(_), None) => unreachable!("expiring does not fail"),
         }
-        Ok(Logged { value: expired, lsn: sink.lsn.unwrap_or_else(|| self.wal.appended_lsn()) })
     }
 }
