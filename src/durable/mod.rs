@@ -162,6 +162,79 @@ pub struct Durable {
     last_snapshot: parking_lot::Mutex<(Lsn, u64)>,
 }
 
+/// Records handed from the log's scan to the applier at a time.
+const REPLAY_BATCH: usize = 1024;
+
+/// Payloads copied out of the log, each starting 16-byte aligned (rkyv reads them in place).
+#[derive(Default)]
+struct PayloadBatch {
+    words: Vec<u128>,
+    /// LSN, start (in words) and length (in bytes) of each payload.
+    entries: Vec<(Lsn, usize, usize)>,
+}
+
+impl PayloadBatch {
+    fn push(&mut self, lsn: Lsn, payload: &[u8]) {
+        let start = self.words.len();
+        self.words.resize(start + payload.len().div_ceil(16), 0);
+        bytemuck::cast_slice_mut::<u128, u8>(&mut self.words[start..])[..payload.len()]
+            .copy_from_slice(payload);
+        self.entries.push((lsn, start, payload.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Lsn, &[u8])> {
+        let bytes: &[u8] = bytemuck::cast_slice(&self.words);
+        self.entries.iter().map(move |&(lsn, start, len)| (lsn, &bytes[start * 16..start * 16 + len]))
+    }
+}
+
+/// Opens the log and replays records from `from` into `engine`, in two stages on two threads: the
+/// log's scan reads segments and checks every frame's checksum, and hands payloads over in batches;
+/// the other thread decodes and applies them in order. (Decoding stays on the applying thread, which
+/// also frees what decoding allocates: frees across threads cost more than they save.)
+fn replay_log(
+    storage: Arc<dyn Storage>,
+    options: WalOptions,
+    engine: &Engine,
+    from: Lsn,
+) -> Result<(Wal, Recovery, u64), OpenError> {
+    let (batches, applier_input) = crossbeam_channel::bounded::<PayloadBatch>(8);
+    std::thread::scope(|s| {
+        let applier = s.spawn(move || -> Result<u64, WalError> {
+            let mut applied = 0;
+            for batch in applier_input {
+                for (lsn, payload) in batch.iter() {
+                    let record = codec::decode(payload)
+                        .map_err(|e| WalError::Replay { lsn, reason: e.to_string() })?;
+                    engine.apply(&record).map_err(|e| WalError::Replay { lsn, reason: e.to_string() })?;
+                    applied += 1;
+                }
+            }
+            Ok(applied)
+        });
+        let mut batch = PayloadBatch::default();
+        let hand_over = |lsn: Lsn, payload: &[u8]| -> Result<(), String> {
+            batch.push(lsn, payload);
+            if batch.entries.len() == REPLAY_BATCH {
+                // A closed channel means the applier stopped on an error, which it reports below.
+                batches.send(std::mem::take(&mut batch)).map_err(|_| "the applier stopped".to_owned())?;
+            }
+            Ok(())
+        };
+        let opened = Wal::open(storage, options, from, hand_over);
+        if !batch.entries.is_empty() {
+            let _ = batches.send(std::mem::take(&mut batch));
+        }
+        drop(batches);
+        let applied = applier.join().expect("the applier does not panic");
+        match (opened, applied) {
+            (_, Err(e)) => Err(OpenError::Log(e)),
+            (Err(e), _) => Err(OpenError::Log(e)),
+            (Ok((wal, recovery)), Ok(applied)) => Ok((wal, recovery, applied)),
+        }
+    })
+}
+
 fn replay_into(engine: &Engine) -> impl FnMut(Lsn, &[u8]) -> Result<(), String> + '_ {
     move |_lsn, payload| {
         let record = codec::decode(payload).map_err(|e| e.to_string())?;
@@ -183,15 +256,7 @@ impl Durable {
             None => (Engine::new(config.clone()).map_err(OpenError::Config)?, None),
         };
         let from = snapshot.as_ref().map_or(0, |s| s.lsn);
-        let mut replayed = 0;
-        let (wal, recovery) = {
-            let mut replay = replay_into(&engine);
-            let counting = |lsn: Lsn, payload: &[u8]| {
-                replayed += 1;
-                replay(lsn, payload)
-            };
-            Wal::open(storage, options, from + 1, counting).map_err(OpenError::Log)?
-        };
+        let (wal, recovery, replayed) = replay_log(storage, options, &engine, from + 1)?;
         let last = recovery.next_lsn - 1;
         if recovery.first_lsn > from + 1 || last < from {
             let gap =
