@@ -120,7 +120,7 @@ fn recovery(records: u64) -> (f64, f64) {
     while written < records {
         let r = d.reserve(&reqs[i % 1_000], T0 + 1).expect("reserve");
         written += 1;
-        if i % 3 == 0 && written < records {
+        if i.is_multiple_of(3) && written < records {
             d.commit(r.value.id, T0 + 2).expect("commit");
             written += 1;
         }

@@ -162,7 +162,7 @@ fn multi_sku(c: &mut Criterion) {
             now += 1;
             let r = e.reserve(&req, now, &mut ()).expect("reserve");
             e.release(r.id, now, &mut ()).expect("release");
-            if now % 4096 == 0 {
+            if now.is_multiple_of(4096) {
                 e.expire_due(now, &mut ());
             }
         })

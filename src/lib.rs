@@ -4,9 +4,25 @@
 //! - [`engine`]: per-SKU stock and TTL reservations in memory. Pure and deterministic: no I/O, no clock.
 //! - [`durable`]: the engine writing through the write-ahead log (`holdfast-wal`); replay on start.
 //! - [`limits`]: every hard limit, with the assertions that tie them together.
+//! - [`clock`]: the one place that reads time (and a test clock).
+//! - [`http`]: the HTTP API: accept loop, limits, routes, JSON, problem responses, metrics.
+//! - [`serve`]: recovery, the server, the expiry and snapshot tickers, shutdown in order.
+//! - [`config`]: `holdfast serve` settings from flags, environment and a TOML file.
 //! - `sync`: the locks and atomics the engine uses, swapped for loom's under `--cfg holdfast_loom`.
+//!
+//! The engine knows nothing of the log, HTTP or time; the log (crate `holdfast-wal`) knows nothing of
+//! the engine; `durable` is where they meet; `http` knows the engine's types only to convert them.
 
+pub mod clock;
 pub mod durable;
 pub mod engine;
 pub mod limits;
 mod sync;
+
+// The server's modules need tokio, which a loom build does not need to compile.
+#[cfg(not(holdfast_loom))]
+pub mod config;
+#[cfg(not(holdfast_loom))]
+pub mod http;
+#[cfg(not(holdfast_loom))]
+pub mod serve;

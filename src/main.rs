@@ -1,5 +1,6 @@
-//! `holdfast`: for now, demos of the engine. The HTTP server (`holdfast serve`) is not built yet.
-//! - `holdfast [demo]`: a simulated flash sale against the in-memory engine, with its invariants checked.
+//! `holdfast`: the reservation server and its tools.
+//! - `holdfast serve`: the HTTP server (settings: `holdfast serve --help`).
+//! - `holdfast demo`: a simulated flash sale against the in-memory engine, with its invariants checked.
 //! - `holdfast crash-drill --data-dir DIR`: acknowledged reservations written through the write-ahead
 //!   log in DIR, one line per acknowledgement; kill it at any moment, run it again, nothing
 //!   acknowledged is lost (the process crash test drives it).
@@ -12,10 +13,13 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: holdfast [demo] [--users N] [--units N] [--threads N]
+const USAGE: &str = "usage: holdfast [serve] [--listen ADDR] [--data-dir DIR] [... see holdfast serve --help]
+       holdfast demo [--users N] [--units N] [--threads N]
        holdfast crash-drill --data-dir DIR [--seconds N]
 
-Runs a simulated flash sale in process: N users (default 100000) race for the units (default 1000) of
+serve recovers DIR (default ./data) and serves the HTTP API on ADDR (default 127.0.0.1:8080).
+
+demo runs a simulated flash sale in process: N users (default 100000) race for the units (default 1000) of
 one SKU, one unit each at most; some commit, some release, some abandon their hold and let it expire.
 Then it checks that nothing was oversold and every unit is accounted for. No server, no files.
 
@@ -28,6 +32,80 @@ struct Args {
     users: u64,
     units: u64,
     threads: usize,
+}
+
+/// `holdfast serve`: settings → tracing → runtime → listen → recover and serve until a signal.
+fn serve(argv: &[String]) -> ExitCode {
+    let args = match holdfast::config::parse_serve(argv) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    let options = match args.options() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("holdfast serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&args);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.workers > 0 {
+        runtime.worker_threads(args.workers);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("holdfast serve: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", args.listen))?;
+        let addr = listener.local_addr()?;
+        // A fixed line on stdout, for scripts and tests that listen on port 0.
+        println!("listening on {addr}");
+        tracing::info!(%addr, data_dir = %options.data_dir.display(), "listening");
+        let clock = std::sync::Arc::new(holdfast::clock::SystemClock);
+        holdfast::serve::run(options, clock, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("holdfast serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(args: &holdfast::config::ServeArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        holdfast::config::LogFormat::Json => builder.json().init(),
+        holdfast::config::LogFormat::Pretty => {
+            builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -51,7 +129,22 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("crash-drill") {
+    let argv: Vec<String> = std::env::args().collect();
+    match argv.get(1).map(String::as_str) {
+        // The server is what a bare `holdfast` runs.
+        None => return serve(&[argv[0].clone(), "serve".into()]),
+        Some("serve") => return serve(&argv),
+        Some("demo" | "crash-drill") => {}
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("unknown command {other}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    if argv[1] == "crash-drill" {
         return match crash_drill::run(std::env::args().skip(2)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -67,10 +160,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!(
-        "holdfast engine demo (the HTTP server is not built yet): {} users, {} units",
-        args.users, args.units
-    );
+    println!("holdfast engine demo: {} users, {} units", args.users, args.units);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {

@@ -160,6 +160,8 @@ pub struct Durable {
     config: EngineConfig,
     /// LSN and time of the last snapshot taken or loaded, for `snapshot_if_due`.
     last_snapshot: parking_lot::Mutex<(Lsn, u64)>,
+    /// The LSN of `last_snapshot`, readable while a snapshot is being taken (the mutex is held then).
+    snapshot_lsn: std::sync::atomic::AtomicU64,
 }
 
 /// Records handed from the log's scan to the applier at a time.
@@ -265,7 +267,8 @@ impl Durable {
         }
         let last_snapshot = parking_lot::Mutex::new((from, 0));
         let opened = Opened { recovery, snapshot, skipped_snapshots, replayed };
-        Ok((Durable { engine, wal, config, last_snapshot }, opened))
+        let snapshot_lsn = std::sync::atomic::AtomicU64::new(from);
+        Ok((Durable { engine, wal, config, last_snapshot, snapshot_lsn }, opened))
     }
 
     /// Takes a snapshot if `policy` says one is due at `now_ms`; the caller's periodic tick calls this.
@@ -285,6 +288,7 @@ impl Durable {
         }
         let file = self.snapshot(now_ms, policy.remove_covered_segments)?;
         *last = (file.lsn, now_ms);
+        self.snapshot_lsn.store(file.lsn, std::sync::atomic::Ordering::Relaxed);
         Ok(Some(file))
     }
 
@@ -315,6 +319,11 @@ impl Durable {
             }
         }
         Ok(written)
+    }
+
+    /// The LSN the newest snapshot covers (0: none yet).
+    pub fn last_snapshot_lsn(&self) -> Lsn {
+        self.snapshot_lsn.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The engine, for reads.

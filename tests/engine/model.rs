@@ -291,7 +291,7 @@ fn run(ops: &[Op], shards: usize) -> Result<(), TestCaseError> {
     let mut ids: Vec<ReservationId> = Vec::new();
     let pick = |ids: &Vec<ReservationId>, p: usize| -> ReservationId {
         // One pick in eight names a reservation that does not exist.
-        if ids.is_empty() || p % 8 == 0 {
+        if ids.is_empty() || p.is_multiple_of(8) {
             ReservationId::parse("rsv_03ff000000abcdef").expect("valid")
         } else {
             ids[p % ids.len()]

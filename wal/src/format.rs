@@ -11,8 +11,8 @@ pub const FRAME_ALIGN: usize = 16;
 /// The largest payload one record may carry.
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES as usize % FRAME_ALIGN == 0);
-const _: () = assert!(FRAME_HEADER_BYTES % FRAME_ALIGN == 0);
+const _: () = assert!((SEGMENT_HEADER_BYTES as usize).is_multiple_of(FRAME_ALIGN));
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(FRAME_ALIGN));
 
 /// A log sequence number: 1 for the first record, then one more for each.
 pub type Lsn = u64;
@@ -71,7 +71,7 @@ pub fn decode_segment_header(h: &[u8]) -> Result<SegmentHeader, &'static str> {
 
 /// Appends one frame to `out` (which must end at a frame boundary).
 pub fn encode_frame(out: &mut Vec<u8>, lsn: Lsn, batch_lsn: Lsn, payload: &[u8]) {
-    debug_assert!(out.len() % FRAME_ALIGN == 0);
+    debug_assert!(out.len().is_multiple_of(FRAME_ALIGN));
     debug_assert!(!payload.is_empty() && payload.len() <= RECORD_BYTES_MAX);
     let start = out.len();
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());

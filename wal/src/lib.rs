@@ -17,5 +17,5 @@ pub use error::WalError;
 pub use format::{
     frame_bytes, Lsn, FORMAT_VERSION, FRAME_HEADER_BYTES, RECORD_BYTES_MAX, SEGMENT_HEADER_BYTES,
 };
-pub use log::{Durability, Wal, WalOptions, SEGMENT_BYTES_MIN};
+pub use log::{Durability, FlushObserver, Observer, Wal, WalOptions, SEGMENT_BYTES_MIN};
 pub use recover::{read_range, Recovery, TornTail};

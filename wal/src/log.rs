@@ -35,13 +35,39 @@ pub struct WalOptions {
     /// Bytes per segment file, header included; reserved when the segment is created.
     pub segment_bytes: u64,
     pub durability: Durability,
+    /// Told of every batch the flusher writes, for metrics.
+    pub observer: Option<Observer>,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
-        Self { segment_bytes: 64 << 20, durability: Durability::Always }
+        Self { segment_bytes: 64 << 20, durability: Durability::Always, observer: None }
     }
 }
+
+/// Receives one call per batch written: how many records and bytes, and how long the write and its
+/// sync took. Called on the flusher thread: it must be quick and must not block.
+pub trait FlushObserver: Send + Sync {
+    fn flushed(&self, records: u64, bytes: u64, took: Duration, synced: bool);
+}
+
+/// A shared [`FlushObserver`]; options compare equal when they hold the same one.
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn FlushObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+impl PartialEq for Observer {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Observer {}
 
 /// The smallest segment: its header and one record of the largest size.
 pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_HEADER_BYTES + frame_bytes(RECORD_BYTES_MAX) as u64;
@@ -381,9 +407,14 @@ fn flush_loop(shared: &Shared) {
             (chunks, a.next_lsn - 1, a.closing)
         };
         let sync_now = interval.is_none_or(|every| closing || last_sync.elapsed() >= every);
+        let started = Instant::now();
         if let Err(e) = write_batch(shared, &chunks, sync_now, &mut unsynced) {
             poison(shared, e.to_string());
             return;
+        }
+        if let (Some(observer), false) = (&shared.options.observer, chunks.is_empty()) {
+            let bytes = chunks.iter().map(|c| c.bytes.len() as u64).sum();
+            observer.0.flushed(last_batch, bytes, started.elapsed(), sync_now);
         }
         if sync_now {
             last_sync = Instant::now();

@@ -292,7 +292,7 @@ fn survive(durable: &[u8], current: &[u8], how: Crash, rng: &mut u64) -> Vec<u8>
         }
         Crash::Scramble { .. } => {
             for (i, sector) in dirty.chunks(512).enumerate() {
-                if next_random(rng) % 2 == 0 {
+                if next_random(rng).is_multiple_of(2) {
                     let at = first_diff + i * 512;
                     out[at..at + sector.len()].copy_from_slice(sector);
                 }

@@ -13,12 +13,12 @@ fn payload(i: u64) -> Vec<u8> {
 }
 
 fn small() -> WalOptions {
-    WalOptions { segment_bytes: SEGMENT_BYTES_MIN, durability: Durability::Always }
+    WalOptions { segment_bytes: SEGMENT_BYTES_MIN, durability: Durability::Always, observer: None }
 }
 
 /// Segments large enough for every workload here, small enough to copy quickly in memory.
 fn medium() -> WalOptions {
-    WalOptions { segment_bytes: 2 << 20, durability: Durability::Always }
+    WalOptions { segment_bytes: 2 << 20, durability: Durability::Always, observer: None }
 }
 
 type Opened = (Wal, Vec<(Lsn, Vec<u8>)>, holdfast_wal::Recovery);

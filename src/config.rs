@@ -1,0 +1,222 @@
+//! `holdfast serve` settings: flags, `HOLDFAST_*` environment variables and an optional TOML file, in
+//! that order of precedence, over safe defaults. The file uses the flags' names (`listen = "…"`,
+//! `body-bytes-max = 65536`, durations as `"5s"`); a key that is not a setting is an error.
+
+use crate::durable::SnapshotPolicy;
+use crate::engine::EngineConfig;
+use crate::http::HttpConfig;
+use crate::serve::ServeOptions;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use holdfast_wal::{Durability, WalOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 250ms, 5s, 10m)"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Runs the reservation server: recovers the data directory, then serves the HTTP API.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (flags and environment variables override it).
+    #[arg(long, env = "HOLDFAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "HOLDFAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the write-ahead log and snapshots (created if missing; one server per directory).
+    #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Log line format.
+    #[arg(long, env = "HOLDFAST_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+    /// Which log lines to write (tracing's filter syntax: info, debug, holdfast=debug,…).
+    #[arg(long, env = "HOLDFAST_LOG", default_value = "info")]
+    pub log: String,
+    /// Request-handling threads (0: one per core).
+    #[arg(long, env = "HOLDFAST_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Open connections at most; further connections are closed as soon as they are accepted.
+    #[arg(long, env = "HOLDFAST_CONNECTIONS_MAX", default_value_t = 16_384)]
+    pub connections_max: usize,
+    /// Requests handled at once at most; beyond it requests get 503 overloaded with Retry-After.
+    #[arg(long, env = "HOLDFAST_IN_FLIGHT_MAX", default_value_t = 8_192)]
+    pub in_flight_max: usize,
+    /// Largest request body, in bytes (413 beyond it, also for chunked bodies).
+    #[arg(long, env = "HOLDFAST_BODY_BYTES_MAX", default_value_t = 64 * 1024)]
+    pub body_bytes_max: usize,
+    /// Largest request line plus headers, in bytes (431 beyond it).
+    #[arg(long, env = "HOLDFAST_HEADER_BYTES_MAX", default_value_t = 16 * 1024)]
+    pub header_bytes_max: usize,
+    /// Most header fields in one request (431 beyond it).
+    #[arg(long, env = "HOLDFAST_HEADERS_MAX", default_value_t = 64)]
+    pub headers_max: usize,
+    /// Time a client has to send a request's headers, and to send its first byte after connecting.
+    #[arg(long, env = "HOLDFAST_HEADER_READ_TIMEOUT", value_parser = duration, default_value = "5s")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body (408 beyond it).
+    #[arg(long, env = "HOLDFAST_BODY_READ_TIMEOUT", value_parser = duration, default_value = "5s")]
+    pub body_read_timeout: Duration,
+    /// A keep-alive connection idle for this long is closed.
+    #[arg(long, env = "HOLDFAST_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// On SIGTERM or SIGINT, how long requests in progress may take to finish.
+    #[arg(long, env = "HOLDFAST_DRAIN_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub drain_timeout: Duration,
+
+    /// Shortest reservation TTL a client may ask for, in ms.
+    #[arg(long, env = "HOLDFAST_TTL_MS_MIN", default_value_t = 1_000)]
+    pub ttl_ms_min: u64,
+    /// Longest reservation TTL a client may ask for, in ms.
+    #[arg(long, env = "HOLDFAST_TTL_MS_MAX", default_value_t = 3_600_000)]
+    pub ttl_ms_max: u64,
+    /// Extensions never push expires_at past created_at plus this, in ms.
+    #[arg(long, env = "HOLDFAST_HOLD_MS_MAX", default_value_t = 7_200_000)]
+    pub hold_ms_max: u64,
+    /// How long an Idempotency-Key is remembered after its reserve.
+    #[arg(long, env = "HOLDFAST_IDEMPOTENCY_WINDOW", value_parser = duration, default_value = "24h")]
+    pub idempotency_window: Duration,
+    /// Idempotency keys remembered at once; a reserve with a new key gets 503 overloaded beyond it.
+    #[arg(long, env = "HOLDFAST_IDEMPOTENCY_KEYS_MAX", default_value_t = 4_000_000)]
+    pub idempotency_keys_max: usize,
+    /// How long an ended reservation can still be read (and committed or released again, idempotently).
+    #[arg(long, env = "HOLDFAST_ENDED_RETENTION", value_parser = duration, default_value = "24h")]
+    pub ended_retention: Duration,
+    /// Engine shards (0: one per core).
+    #[arg(long, env = "HOLDFAST_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+    /// How often expired reservations are returned to stock (they return within one tick).
+    #[arg(long, env = "HOLDFAST_EXPIRY_TICK", value_parser = duration, default_value = "25ms")]
+    pub expiry_tick: Duration,
+
+    /// Bytes per log segment file.
+    #[arg(long, env = "HOLDFAST_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
+    /// RELAXED durability: acknowledge once written to the OS and sync on this interval. A power loss
+    /// can then lose up to this much acknowledged work. Unset (the default): every acknowledgement
+    /// waits for its sync.
+    #[arg(long, env = "HOLDFAST_SYNC_INTERVAL", value_parser = duration)]
+    pub sync_interval: Option<Duration>,
+    /// Take a snapshot after this many log records…
+    #[arg(long, env = "HOLDFAST_SNAPSHOT_EVERY_RECORDS", default_value_t = 1_000_000)]
+    pub snapshot_every_records: u64,
+    /// …or after this much time with new records, whichever comes first.
+    #[arg(long, env = "HOLDFAST_SNAPSHOT_EVERY", value_parser = duration, default_value = "10m")]
+    pub snapshot_every: Duration,
+    /// Keep log segments that snapshots already cover (for investigations) instead of removing them.
+    #[arg(long, env = "HOLDFAST_KEEP_LOG", default_value_t = false)]
+    pub keep_log: bool,
+}
+
+/// Parses `holdfast serve`'s settings from `argv` (program name and `serve` first), with the TOML file
+/// filling in whatever flags and environment left at its default.
+pub fn parse_serve(argv: &[String]) -> Result<ServeArgs, clap::Error> {
+    #[derive(Parser)]
+    #[command(name = "holdfast serve")]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let rest: Vec<String> = argv.iter().skip(1).cloned().collect();
+    let matches = Cli::command().try_get_matches_from(&rest)?;
+    let args = Cli::from_arg_matches(&matches)?.serve;
+    let Some(file) = &args.config else { return Ok(args) };
+    let extra = file_arguments(file, &matches)
+        .map_err(|e| Cli::command().error(clap::error::ErrorKind::InvalidValue, e))?;
+    let matches = Cli::command().try_get_matches_from(rest.iter().cloned().chain(extra))?;
+    Ok(Cli::from_arg_matches(&matches)?.serve)
+}
+
+/// The file's settings as flags, for those the command line and environment did not set.
+fn file_arguments(path: &PathBuf, matches: &ArgMatches) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        if id == "config" || !matches.ids().any(|known| known.as_str() == id) {
+            return Err(format!("{}: {key} is not a setting (see holdfast serve --help)", path.display()));
+        }
+        if matches.value_source(&id) != Some(ValueSource::DefaultValue) && matches.value_source(&id).is_some()
+        {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Boolean(b) => {
+                if b {
+                    flags.push(format!("--{}", id.replace('_', "-")));
+                }
+                continue;
+            }
+            other => {
+                return Err(format!("{}: {key} = {other} is not a string, number or boolean", path.display()))
+            }
+        };
+        flags.push(format!("--{}={value}", id.replace('_', "-")));
+    }
+    Ok(flags)
+}
+
+impl ServeArgs {
+    pub fn options(&self) -> Result<ServeOptions, String> {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut engine = EngineConfig {
+            ttl_ms_min: self.ttl_ms_min,
+            ttl_ms_max: self.ttl_ms_max,
+            hold_ms_max: self.hold_ms_max,
+            idempotency_window_ms: ms(self.idempotency_window),
+            idempotency_keys_max: self.idempotency_keys_max,
+            ended_retention_ms: ms(self.ended_retention),
+            ..EngineConfig::default()
+        };
+        if self.shards > 0 {
+            engine.shards = self.shards;
+        }
+        engine.validate().map_err(|e| e.to_string())?;
+        if self.segment_bytes < holdfast_wal::SEGMENT_BYTES_MIN {
+            return Err(format!("segment-bytes must be at least {}", holdfast_wal::SEGMENT_BYTES_MIN));
+        }
+        if self.expiry_tick.is_zero() || self.connections_max == 0 || self.in_flight_max == 0 {
+            return Err("expiry-tick, connections-max and in-flight-max must be above zero".into());
+        }
+        let durability = match self.sync_interval {
+            Some(every) if !every.is_zero() => Durability::Interval { every },
+            _ => Durability::Always,
+        };
+        Ok(ServeOptions {
+            data_dir: self.data_dir.clone(),
+            http: HttpConfig {
+                connections_max: self.connections_max,
+                in_flight_max: self.in_flight_max,
+                body_bytes_max: self.body_bytes_max,
+                header_bytes_max: self.header_bytes_max,
+                headers_max: self.headers_max,
+                header_read_timeout: self.header_read_timeout,
+                body_read_timeout: self.body_read_timeout,
+                idle_timeout: self.idle_timeout,
+                drain_timeout: self.drain_timeout,
+            },
+            engine,
+            wal: WalOptions { segment_bytes: self.segment_bytes, durability, observer: None },
+            snapshot: SnapshotPolicy {
+                every_records: self.snapshot_every_records,
+                every_ms: ms(self.snapshot_every),
+                remove_covered_segments: !self.keep_log,
+            },
+            expiry_tick: self.expiry_tick,
+        })
+    }
+}

@@ -1,0 +1,119 @@
+//! The JSON of the v1 API. Engine types are not serialisable; these are, and convert to and from them.
+//! Unknown fields are refused, so a typo is an error rather than a silently ignored setting.
+
+use crate::engine::{ReservationView, Stock};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, UNIX_EPOCH};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStock {
+    pub on_hand: u64,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemIn {
+    pub sku: String,
+    pub qty: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserve {
+    pub items: Vec<ItemIn>,
+    pub ttl_ms: u64,
+    pub user_id: String,
+    #[serde(default)]
+    pub sale_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extend {
+    pub ttl_ms: u64,
+}
+
+#[derive(Serialize)]
+pub struct StockOut<'a> {
+    pub sku: &'a str,
+    pub on_hand: u64,
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+}
+
+impl<'a> StockOut<'a> {
+    pub fn new(sku: &'a str, s: Stock) -> Self {
+        Self { sku, on_hand: s.on_hand, available: s.available, reserved: s.reserved, sold: s.sold }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ItemOut {
+    pub sku: String,
+    pub qty: u32,
+}
+
+#[derive(Serialize)]
+pub struct ReservationOut {
+    pub id: String,
+    pub state: &'static str,
+    pub items: Vec<ItemOut>,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+impl From<&ReservationView> for ReservationOut {
+    fn from(v: &ReservationView) -> Self {
+        Self {
+            id: v.id.to_string(),
+            state: v.state.as_str(),
+            items: v.items.iter().map(|i| ItemOut { sku: i.sku.to_string(), qty: i.qty }).collect(),
+            created_at: rfc3339(v.created_at_ms),
+            expires_at: rfc3339(v.expires_at_ms),
+            ended_at: v.ended_at_ms.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adjust {
+    pub delta: i64,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetSale {
+    pub per_user_limit: u32,
+}
+
+#[derive(Serialize)]
+pub struct SaleOut<'a> {
+    pub sale: &'a str,
+    pub per_user_limit: u32,
+}
+
+/// The body commit and release accept: nothing, or an empty object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// The response to a reserve: everything in it is fixed when the reservation is made, so a repeat with
+/// the same idempotency key gets exactly the same body.
+#[derive(Serialize)]
+pub struct Reserved<'a> {
+    pub id: String,
+    pub state: &'static str,
+    pub expires_at: String,
+    pub items: &'a [ItemIn],
+}

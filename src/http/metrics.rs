@@ -1,0 +1,160 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text). Counters and histograms are updated where
+//! things happen; gauges of state (live reservations, LSNs, snapshot age) are read when scraped.
+
+use crate::durable::Durable;
+use holdfast_wal::FlushObserver;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+/// `op` is the mutation (reserve, commit, …); `outcome` is `ok`, `replayed` or the error's `code`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 25 µs .. about 0.8 s.
+    Histogram::new(exponential_buckets(25e-6, 2.0, 16))
+}
+
+/// Log flushes, told by the log's flusher thread.
+pub struct WalMetrics {
+    sync_seconds: Histogram,
+    batch_records: Histogram,
+    batch_bytes: Counter,
+}
+
+impl FlushObserver for WalMetrics {
+    fn flushed(&self, records: u64, bytes: u64, took: Duration, synced: bool) {
+        if synced {
+            self.sync_seconds.observe(took.as_secs_f64());
+        }
+        self.batch_records.observe(records as f64);
+        self.batch_bytes.inc_by(bytes);
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: HistogramFamily<RouteLabels>,
+    pub outcomes: Family<OutcomeLabels, Counter>,
+    pub expired: Counter,
+    pub connections: Gauge,
+    pub connections_refused: Counter,
+    pub shed: Counter,
+    pub wal: Arc<WalMetrics>,
+    live_reservations: Gauge,
+    appended_lsn: Gauge,
+    acked_lsn: Gauge,
+    snapshot_lsn: Gauge,
+    snapshot_age_seconds: Gauge<f64, AtomicU64>,
+    /// When the last snapshot was written (or the server started), Unix ms.
+    pub snapshot_at_ms: AtomicU64,
+    ready: Gauge,
+}
+
+impl Metrics {
+    pub fn new(now_ms: u64) -> Self {
+        let wal = Arc::new(WalMetrics {
+            sync_seconds: latency_histogram(),
+            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            batch_bytes: Counter::default(),
+        });
+        let mut m = Self {
+            registry: Registry::with_prefix("holdfast"),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            outcomes: Family::default(),
+            expired: Counter::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            shed: Counter::default(),
+            wal,
+            live_reservations: Gauge::default(),
+            appended_lsn: Gauge::default(),
+            acked_lsn: Gauge::default(),
+            snapshot_lsn: Gauge::default(),
+            snapshot_age_seconds: Gauge::default(),
+            snapshot_at_ms: AtomicU64::new(now_ms),
+            ready: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        r.register("http_requests", "HTTP requests by route and status", m.requests.clone());
+        r.register("http_request_duration_seconds", "Time to answer, by route", m.latency.clone());
+        r.register(
+            "operations",
+            "Mutations by operation and outcome (ok, replayed, or the error code)",
+            m.outcomes.clone(),
+        );
+        r.register("reservations_expired", "Reservations expired by the server", m.expired.clone());
+        r.register("connections_open", "Open client connections", m.connections.clone());
+        r.register(
+            "connections_refused",
+            "Connections closed at once: connections_max reached",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "requests_shed",
+            "Requests refused with 503 overloaded: in_flight_max reached",
+            m.shed.clone(),
+        );
+        r.register("live_reservations", "Active reservations", m.live_reservations.clone());
+        r.register(
+            "wal_sync_seconds",
+            "Time to write and sync one batch of the log",
+            m.wal.sync_seconds.clone(),
+        );
+        r.register("wal_batch_records", "Records per log batch (group commit)", m.wal.batch_records.clone());
+        r.register("wal_written_bytes", "Bytes written to the log", m.wal.batch_bytes.clone());
+        r.register("wal_appended_lsn", "Highest LSN appended", m.appended_lsn.clone());
+        r.register("wal_acked_lsn", "Highest LSN on stable storage", m.acked_lsn.clone());
+        r.register("snapshot_lsn", "LSN the newest snapshot covers", m.snapshot_lsn.clone());
+        r.register(
+            "snapshot_age_seconds",
+            "Time since the last snapshot (or the server's start)",
+            m.snapshot_age_seconds.clone(),
+        );
+        r.register("ready", "1 once recovery finished and while the server accepts work", m.ready.clone());
+        m
+    }
+
+    /// The text a scrape gets, with the state gauges read now.
+    pub fn render(&self, durable: Option<&Durable>, ready: bool, now_ms: u64) -> String {
+        if let Some(d) = durable {
+            let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+            gauge(&self.live_reservations, d.engine().active_reservations() as u64);
+            gauge(&self.appended_lsn, d.wal().appended_lsn());
+            gauge(&self.acked_lsn, d.wal().acked_lsn());
+            gauge(&self.snapshot_lsn, d.last_snapshot_lsn());
+        }
+        let since = now_ms.saturating_sub(self.snapshot_at_ms.load(Ordering::Relaxed));
+        self.snapshot_age_seconds.set(since as f64 / 1000.0);
+        self.ready.set(i64::from(ready));
+        let mut text = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        text
+    }
+}

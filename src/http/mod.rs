@@ -1,0 +1,200 @@
+//! The HTTP API checkout services call: accept loop, connection limits and timeouts, graceful drain.
+//!
+//! Owns everything between a socket and one call into [`Durable`]; knows nothing of how the engine or
+//! the log work inside. A mutation's response is sent only after the log sync that covers it. Bounds:
+//! open connections (`connections_max`, beyond it a connection is closed at once), requests in progress
+//! (`in_flight_max`, beyond it `503 overloaded`), header and body bytes, and the time a client may take
+//! to send headers, to send its body, or to send nothing at all.
+
+mod conn;
+mod dto;
+mod error;
+pub mod metrics;
+pub mod openapi;
+mod routes;
+
+pub use routes::{Route, ROUTES};
+
+use crate::clock::Clock;
+use crate::durable::Durable;
+use conn::Activity;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::Metrics;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// The server's bounds. Defaults are safe for production; `holdfast serve --help` documents each.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Open connections; one more is closed as soon as it is accepted.
+    pub connections_max: usize,
+    /// Requests being handled at once; beyond it requests get `503 overloaded` with `Retry-After`.
+    pub in_flight_max: usize,
+    /// Request body bytes, by `Content-Length` or as chunks arrive (413 beyond it).
+    pub body_bytes_max: usize,
+    /// Request line and headers, in bytes (431 beyond it), and how many header fields.
+    pub header_bytes_max: usize,
+    pub headers_max: usize,
+    /// Time to receive a request's headers, counted from the connection's start or its first byte.
+    pub header_read_timeout: Duration,
+    /// Time to receive a request's body once its headers arrived (408 beyond it).
+    pub body_read_timeout: Duration,
+    /// A connection that neither sends nor receives a byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for requests in progress before closing their connections.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            connections_max: 16_384,
+            in_flight_max: 8_192,
+            body_bytes_max: 64 * 1024,
+            header_bytes_max: 16 * 1024,
+            headers_max: 64,
+            header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every request handler shares.
+pub struct App {
+    pub config: HttpConfig,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+    /// Set once recovery finished; until then `/readyz` says 503 and the API refuses with `unavailable`.
+    durable: OnceLock<Arc<Durable>>,
+    in_flight: AtomicUsize,
+    /// Set when shutdown begins (signal, or a fatal log error); `/readyz` turns 503 at once.
+    stopping: AtomicBool,
+}
+
+impl App {
+    pub fn new(config: HttpConfig, clock: Arc<dyn Clock>, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            clock,
+            metrics,
+            durable: OnceLock::new(),
+            in_flight: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks recovery done: the API starts answering.
+    pub fn set_ready(&self, durable: Arc<Durable>) {
+        if self.durable.set(durable).is_err() {
+            panic!("the server is made ready once");
+        }
+    }
+
+    pub fn durable(&self) -> Option<&Arc<Durable>> {
+        self.durable.get()
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.durable.get().is_some_and(|d| d.wal().poisoned().is_none())
+            && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in, or refuses it when `in_flight_max` are already in progress.
+    fn enter(self: &Arc<Self>) -> Option<InFlight> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self.clone());
+        (before < self.config.in_flight_max).then_some(guard)
+    }
+}
+
+/// One request in progress; counted out when dropped.
+struct InFlight(Arc<App>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting, lets requests in progress finish
+/// (up to `drain_timeout`) and returns. Syncing the log is the caller's last step.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.header_read_timeout)
+        .max_headers(app.config.headers_max)
+        .max_buf_size(app.config.header_bytes_max.max(8192))
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(app.config.connections_max));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for connections to close rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            app.metrics.connections_refused.inc();
+            continue; // dropping the stream closes it
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let io = TokioIo::new(conn::Tracked::new(stream, activity.clone()));
+        let service = {
+            let app = app.clone();
+            let activity = activity.clone();
+            hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                let busy = activity.busy();
+                async move {
+                    let response = routes::handle(app, req).await;
+                    drop(busy);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            })
+        };
+        let connection = graceful.watch(builder.serve_connection(io, service));
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.metrics.connections.inc();
+            let timeouts =
+                conn::Timeouts { first_byte: app.config.header_read_timeout, idle: app.config.idle_timeout };
+            tokio::select! {
+                result = connection => if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = activity.expired(timeouts) => tracing::debug!("closed a silent or idle connection"),
+            }
+            app.metrics.connections.dec();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    app.set_stopping();
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(app.config.drain_timeout) => {
+            tracing::warn!(timeout = ?app.config.drain_timeout, "drain timed out; closing the rest");
+        }
+    }
+}

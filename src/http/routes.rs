@@ -1,0 +1,500 @@
+//! The router and the handlers. A handler parses, makes one call into the durable engine, waits for the
+//! log to cover what it is about to say, and maps the result. Nothing here panics on input; a panic
+//! anyway becomes a 500 for that request alone.
+
+use super::dto::{self, ItemIn};
+use super::error::{self, Problem};
+use super::App;
+use crate::durable::Durable;
+use crate::engine::{IdempotencyKey, Item, Reason, ReservationId, ReserveRequest, SaleId, SkuId, UserId};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+type Reply = Response<Full<Bytes>>;
+
+/// A route the server serves. `template` is its method and path as the OpenAPI description names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    PutSku,
+    GetSku,
+    AdjustSku,
+    Reserve,
+    GetReservation,
+    Commit,
+    Release,
+    Extend,
+    PutSale,
+    Metrics,
+    Healthz,
+    Readyz,
+    OpenApi,
+}
+
+/// Every route, for the OpenAPI check and the metrics' labels.
+pub const ROUTES: [Route; 13] = [
+    Route::PutSku,
+    Route::GetSku,
+    Route::AdjustSku,
+    Route::Reserve,
+    Route::GetReservation,
+    Route::Commit,
+    Route::Release,
+    Route::Extend,
+    Route::PutSale,
+    Route::Metrics,
+    Route::Healthz,
+    Route::Readyz,
+    Route::OpenApi,
+];
+
+impl Route {
+    pub fn template(self) -> (&'static str, &'static str) {
+        match self {
+            Route::PutSku => ("PUT", "/v1/skus/{sku}"),
+            Route::GetSku => ("GET", "/v1/skus/{sku}"),
+            Route::AdjustSku => ("POST", "/v1/skus/{sku}/adjust"),
+            Route::Reserve => ("POST", "/v1/reservations"),
+            Route::GetReservation => ("GET", "/v1/reservations/{id}"),
+            Route::Commit => ("POST", "/v1/reservations/{id}/commit"),
+            Route::Release => ("POST", "/v1/reservations/{id}/release"),
+            Route::Extend => ("POST", "/v1/reservations/{id}/extend"),
+            Route::PutSale => ("PUT", "/v1/sales/{sale}"),
+            Route::Metrics => ("GET", "/metrics"),
+            Route::Healthz => ("GET", "/healthz"),
+            Route::Readyz => ("GET", "/readyz"),
+            Route::OpenApi => ("GET", "/openapi.json"),
+        }
+    }
+
+    /// The metrics label: method and path template.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::PutSku => "PUT /v1/skus/{sku}",
+            Route::GetSku => "GET /v1/skus/{sku}",
+            Route::AdjustSku => "POST /v1/skus/{sku}/adjust",
+            Route::Reserve => "POST /v1/reservations",
+            Route::GetReservation => "GET /v1/reservations/{id}",
+            Route::Commit => "POST /v1/reservations/{id}/commit",
+            Route::Release => "POST /v1/reservations/{id}/release",
+            Route::Extend => "POST /v1/reservations/{id}/extend",
+            Route::PutSale => "PUT /v1/sales/{sale}",
+            Route::Metrics => "GET /metrics",
+            Route::Healthz => "GET /healthz",
+            Route::Readyz => "GET /readyz",
+            Route::OpenApi => "GET /openapi.json",
+        }
+    }
+
+    /// The route `method path` asks for and its one path parameter, 404 for a path no route has, 405
+    /// (naming the methods it has) for a path served with other methods.
+    pub fn find<'p>(method: &Method, path: &'p str) -> Result<(Route, &'p str), Problem> {
+        let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
+        let parts: [Option<&str>; 5] = std::array::from_fn(|_| segments.next());
+        if segments.next().is_some() {
+            return Err(no_route(path));
+        }
+        let (get, put, post) = (method == Method::GET, method == Method::PUT, method == Method::POST);
+        let (route, param, allowed) = match parts {
+            [Some("v1"), Some("skus"), Some(sku), None, None] if !sku.is_empty() => {
+                let route = if get { Some(Route::GetSku) } else { put.then_some(Route::PutSku) };
+                (route, sku, "GET, PUT")
+            }
+            [Some("v1"), Some("skus"), Some(sku), Some("adjust"), None] => {
+                (post.then_some(Route::AdjustSku), sku, "POST")
+            }
+            [Some("v1"), Some("reservations"), None, None, None] => {
+                (post.then_some(Route::Reserve), "", "POST")
+            }
+            [Some("v1"), Some("reservations"), Some(id), None, None] if !id.is_empty() => {
+                (get.then_some(Route::GetReservation), id, "GET")
+            }
+            [Some("v1"), Some("reservations"), Some(id), Some(action), None] => {
+                let route = match action {
+                    "commit" => Route::Commit,
+                    "release" => Route::Release,
+                    "extend" => Route::Extend,
+                    _ => return Err(no_route(path)),
+                };
+                (post.then_some(route), id, "POST")
+            }
+            [Some("v1"), Some("sales"), Some(sale), None, None] if !sale.is_empty() => {
+                (put.then_some(Route::PutSale), sale, "PUT")
+            }
+            [Some(name), None, None, None, None] => {
+                let route = match name {
+                    "metrics" => Route::Metrics,
+                    "healthz" => Route::Healthz,
+                    "readyz" => Route::Readyz,
+                    "openapi.json" => Route::OpenApi,
+                    _ => return Err(no_route(path)),
+                };
+                (get.then_some(route), "", "GET")
+            }
+            _ => return Err(no_route(path)),
+        };
+        match route {
+            Some(route) => Ok((route, param)),
+            None => Err(Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{path} accepts {allowed}, not {method}"),
+            )
+            .allow(allowed)),
+        }
+    }
+}
+
+fn no_route(path: &str) -> Problem {
+    let shown: String = path.chars().take(200).collect();
+    Problem::not_found(format!("no route {shown}"))
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Answers one request. Never fails and never panics outward: every path ends in a response.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
+    let started = Instant::now();
+    let request_id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    let found = Route::find(req.method(), req.uri().path());
+    let label = found.as_ref().map_or("unmatched", |(route, _)| route.label());
+    let mut response = match found {
+        Err(problem) => problem.response(),
+        Ok((route, param)) => {
+            let param = param.to_owned();
+            let dispatched = AssertUnwindSafe(dispatch(&app, route, param, req)).catch_unwind().await;
+            match dispatched {
+                Ok(Ok(response)) => response,
+                Ok(Err(problem)) => problem.response(),
+                Err(_) => {
+                    tracing::error!(request_id, route = label, "handler panicked");
+                    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").response()
+                }
+            }
+        }
+    };
+    let status = response.status().as_u16();
+    response.headers_mut().insert("x-request-id", HeaderValue::from(request_id));
+    let metrics = &app.metrics;
+    metrics.requests.get_or_create(&super::metrics::RequestLabels { route: label, status }).inc();
+    let took = started.elapsed();
+    metrics.latency.get_or_create(&super::metrics::RouteLabels { route: label }).observe(took.as_secs_f64());
+    if status >= 500 {
+        tracing::warn!(request_id, route = label, status, micros = took.as_micros() as u64, "request failed");
+    } else {
+        tracing::debug!(request_id, route = label, status, micros = took.as_micros() as u64, "request");
+    }
+    response
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    route: Route,
+    param: String,
+    req: Request<Incoming>,
+) -> Result<Reply, Problem> {
+    match route {
+        Route::Healthz => return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        Route::Readyz => return readyz(app),
+        Route::Metrics => return Ok(metrics(app)),
+        Route::OpenApi => return Ok(openapi()),
+        _ => {}
+    }
+    // Health and metrics stay answerable under overload; the API sheds.
+    let Some(_in_flight) = app.enter() else {
+        app.metrics.shed.inc();
+        return Err(Problem::overloaded("too many requests in progress; retry shortly"));
+    };
+    let d = app
+        .durable()
+        .ok_or_else(|| {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "recovering; not ready yet")
+        })?
+        .clone();
+    let h = Handler { app, d: &d, now_ms: app.clock.now_ms() };
+    match route {
+        Route::PutSku => h.put_sku(&param, req).await,
+        Route::GetSku => h.get_sku(&param).await,
+        Route::AdjustSku => h.adjust_sku(&param, req).await,
+        Route::Reserve => h.reserve(req).await,
+        Route::GetReservation => h.get_reservation(&param).await,
+        Route::Commit | Route::Release => h.end(route, &param, req).await,
+        Route::Extend => h.extend(&param, req).await,
+        Route::PutSale => h.put_sale(&param, req).await,
+        Route::Metrics | Route::Healthz | Route::Readyz | Route::OpenApi => unreachable!("answered above"),
+    }
+}
+
+fn readyz(app: &App) -> Result<Reply, Problem> {
+    if app.is_ready() {
+        Ok(json(StatusCode::OK, &serde_json::json!({"status": "ready"})))
+    } else if app.durable().is_none() {
+        Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "recovering"))
+    } else {
+        Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "stopping"))
+    }
+}
+
+fn metrics(app: &App) -> Reply {
+    let text = app.metrics.render(app.durable().map(|d| &**d), app.is_ready(), app.clock.now_ms());
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+fn openapi() -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from_static(super::openapi::DOCUMENT.as_bytes())));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Reply {
+    let bytes = serde_json::to_vec(body).expect("response types serialize");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+struct Handler<'a> {
+    app: &'a App,
+    d: &'a Durable,
+    now_ms: u64,
+}
+
+impl Handler<'_> {
+    /// Waits until the log holds, on stable storage, every record up to `lsn`.
+    async fn synced(&self, lsn: holdfast_wal::Lsn) -> Result<(), Problem> {
+        self.d.wal().durable(lsn).await.map_err(|e| error::log_error(&e))
+    }
+
+    /// Waits until everything applied so far is durable: a read must not show what a crash could take
+    /// back. (Records are appended before they are applied, so the appended LSN covers what was read.)
+    async fn synced_reads(&self) -> Result<(), Problem> {
+        self.synced(self.d.wal().appended_lsn()).await
+    }
+
+    fn outcome(&self, op: &'static str, outcome: &'static str) {
+        self.app.metrics.outcomes.get_or_create(&super::metrics::OutcomeLabels { op, outcome }).inc();
+    }
+
+    /// Counts the outcome of a mutation and passes it on.
+    fn counted<T>(&self, op: &'static str, result: Result<T, Problem>) -> Result<T, Problem> {
+        self.outcome(op, result.as_ref().map_or_else(|p| p.code, |_| "ok"));
+        result
+    }
+
+    async fn body<T: DeserializeOwned>(&self, req: Request<Incoming>) -> Result<T, Problem> {
+        let bytes = read_body(self.app, req, true).await?;
+        parse_json(&bytes)
+    }
+
+    async fn put_sku(&self, sku: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+        let sku = SkuId::new(sku)?;
+        let body: dto::SetStock = self.body(req).await?;
+        let logged = self.d.set_stock(&sku, body.on_hand, self.now_ms).map_err(|e| error::stock_error(&e));
+        let logged = self.counted("set_stock", logged)?;
+        self.synced(logged.lsn).await?;
+        Ok(json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), logged.value)))
+    }
+
+    async fn get_sku(&self, sku: &str) -> Result<Reply, Problem> {
+        let sku = SkuId::new(sku)?;
+        let stock = self.d.engine().stock(sku.as_str()).ok_or_else(|| Problem::not_found("no such SKU"))?;
+        self.synced_reads().await?;
+        Ok(json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), stock)))
+    }
+
+    async fn adjust_sku(&self, sku: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+        let sku = SkuId::new(sku)?;
+        let body: dto::Adjust = self.body(req).await?;
+        let reason = Reason::new(&body.reason).map_err(|e| Problem::invalid(format!("reason: {e}")))?;
+        let logged = self.d.adjust_stock(&sku, body.delta, &reason, self.now_ms);
+        let logged = self.counted("adjust_stock", logged.map_err(|e| error::stock_error(&e)))?;
+        self.synced(logged.lsn).await?;
+        Ok(json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), logged.value)))
+    }
+
+    async fn put_sale(&self, sale: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+        let sale = SaleId::new(sale)?;
+        let body: dto::SetSale = self.body(req).await?;
+        let logged = self.d.set_sale_limit(&sale, body.per_user_limit, self.now_ms);
+        let logged = self.counted("set_sale", logged.map_err(|e| error::stock_error(&e)))?;
+        self.synced(logged.lsn).await?;
+        let out = dto::SaleOut { sale: sale.as_str(), per_user_limit: body.per_user_limit };
+        Ok(json(StatusCode::OK, &out))
+    }
+
+    async fn reserve(&self, req: Request<Incoming>) -> Result<Reply, Problem> {
+        let key = idempotency_key(&req)?;
+        let body: dto::Reserve = self.body(req).await?;
+        let request = reserve_request(&body, key)?;
+        let result = self.d.reserve(&request, self.now_ms);
+        let logged = match result {
+            Ok(logged) => logged,
+            Err(e) => {
+                let skus: Vec<&str> = body.items.iter().map(|i| i.sku.as_str()).collect();
+                return self.counted("reserve", Err(error::reserve_error(&e, &skus)));
+            }
+        };
+        self.outcome("reserve", if logged.value.replayed { "replayed" } else { "ok" });
+        self.synced(logged.lsn).await?;
+        let id = logged.value.id.to_string();
+        let out = dto::Reserved {
+            id: id.clone(),
+            state: "active",
+            expires_at: dto::rfc3339(logged.value.expires_at_ms),
+            items: &body.items,
+        };
+        let mut response = json(StatusCode::CREATED, &out);
+        let headers = response.headers_mut();
+        if let Ok(location) = HeaderValue::from_str(&format!("/v1/reservations/{id}")) {
+            headers.insert(header::LOCATION, location);
+        }
+        if logged.value.replayed {
+            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        Ok(response)
+    }
+
+    async fn get_reservation(&self, id: &str) -> Result<Reply, Problem> {
+        let id = reservation_id(id)?;
+        let view = self.view(id)?;
+        self.synced_reads().await?;
+        Ok(json(StatusCode::OK, &view))
+    }
+
+    fn view(&self, id: ReservationId) -> Result<dto::ReservationOut, Problem> {
+        let view = self.d.engine().reservation(id, self.now_ms);
+        view.map(|v| dto::ReservationOut::from(&v)).ok_or_else(|| Problem::not_found("no such reservation"))
+    }
+
+    /// Commit or release: idempotent by nature. An `Idempotency-Key` is checked for form and accepted.
+    async fn end(&self, route: Route, id: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+        let id = reservation_id(id)?;
+        idempotency_key(&req)?;
+        let body = read_body(self.app, req, false).await?;
+        if !body.is_empty() {
+            parse_json::<dto::Empty>(&body)?;
+        }
+        let (op, result) = match route {
+            Route::Commit => ("commit", self.d.commit(id, self.now_ms)),
+            _ => ("release", self.d.release(id, self.now_ms)),
+        };
+        let logged = self.counted(op, result.map_err(|e| error::reservation_error(&e)))?;
+        self.synced(logged.lsn).await?;
+        Ok(json(StatusCode::OK, &self.view(id)?))
+    }
+
+    async fn extend(&self, id: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+        let id = reservation_id(id)?;
+        let body: dto::Extend = self.body(req).await?;
+        let result = self.d.extend(id, body.ttl_ms, self.now_ms).map_err(|e| error::reservation_error(&e));
+        let logged = self.counted("extend", result)?;
+        self.synced(logged.lsn).await?;
+        Ok(json(StatusCode::OK, &self.view(id)?))
+    }
+}
+
+fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
+    ReservationId::parse(text).ok_or_else(|| {
+        let shown: String = text.chars().take(64).collect();
+        Problem::invalid(format!("{shown:?} is not a reservation id (rsv_ and 16 hex digits)"))
+    })
+}
+
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<IdempotencyKey>, Problem> {
+    let mut values = req.headers().get_all("idempotency-key").iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(Problem::invalid("Idempotency-Key is given more than once"));
+    }
+    let text = value.to_str().map_err(|_| Problem::invalid("Idempotency-Key must be visible ASCII"))?;
+    IdempotencyKey::new(text).map(Some).map_err(|e| Problem::invalid(format!("Idempotency-Key: {e}")))
+}
+
+fn reserve_request(body: &dto::Reserve, key: Option<IdempotencyKey>) -> Result<ReserveRequest, Problem> {
+    let items = body
+        .items
+        .iter()
+        .enumerate()
+        .map(|(n, ItemIn { sku, qty })| {
+            let sku = SkuId::new(sku).map_err(|e| Problem::invalid(format!("items[{n}].sku: {e}")))?;
+            Ok(Item { sku, qty: *qty })
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    let user = UserId::new(&body.user_id).map_err(|e| Problem::invalid(format!("user_id: {e}")))?;
+    let sale = match &body.sale_id {
+        Some(sale) => Some(SaleId::new(sale).map_err(|e| Problem::invalid(format!("sale_id: {e}")))?),
+        None => None,
+    };
+    Ok(ReserveRequest { items, ttl_ms: body.ttl_ms, user: Some(user), sale, idempotency_key: key })
+}
+
+/// The request's body, at most `body_bytes_max` bytes (413 beyond, by `Content-Length` before reading
+/// or while chunks arrive), within `body_read_timeout` (408). `json_required`: a body must be declared
+/// `application/json` (415 otherwise); a route without one accepts an empty body as well.
+async fn read_body(app: &App, req: Request<Incoming>, json_required: bool) -> Result<Bytes, Problem> {
+    let max = app.config.body_bytes_max;
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    let content_type = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?").to_owned());
+    let collected =
+        tokio::time::timeout(app.config.body_read_timeout, Limited::new(req.into_body(), max).collect());
+    let bytes = match collected.await {
+        Err(_) => {
+            let p = Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the body did not arrive in time",
+            );
+            return Err(p.close());
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(max)),
+        Ok(Err(e)) => return Err(Problem::invalid(format!("the body could not be read: {e}")).close()),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    if json_required || !bytes.is_empty() {
+        let is_json = content_type.as_deref().is_some_and(|t| {
+            let essence = t.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+        });
+        if !is_json {
+            let got = content_type.as_deref().unwrap_or("none");
+            let detail = format!("Content-Type must be application/json, not {got}");
+            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail));
+        }
+    }
+    Ok(bytes)
+}
+
+fn too_large(max: usize) -> Problem {
+    let detail = format!("the body is larger than {max} bytes");
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail).close()
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "invalid field",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Io => "malformed JSON",
+            serde_json::error::Category::Eof => "truncated JSON",
+        };
+        Problem::invalid(format!("{what}: {e}"))
+    })
+}

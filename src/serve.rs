@@ -1,0 +1,219 @@
+//! `holdfast serve`: recover, then serve HTTP with the expiry and snapshot tickers beside it, and shut
+//! down in order: stop accepting, drain requests, stop the tickers, sync the log.
+//!
+//! The listener answers `/healthz` and `/readyz` while recovery runs; the API answers once it is done.
+//! A log failure (a failed sync poisons the log) is fatal: the server stops and exits non-zero, and the
+//! next start recovers from what is on disk (fail-stop).
+
+use crate::clock::Clock;
+use crate::durable::{Durable, SnapshotPolicy};
+use crate::engine::EngineConfig;
+use crate::http::{self, metrics::Metrics, App, HttpConfig};
+use anyhow::Context as _;
+use holdfast_wal::storage::FsStorage;
+use holdfast_wal::{Observer, WalOptions};
+use std::fs::File;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub engine: EngineConfig,
+    pub wal: WalOptions,
+    pub snapshot: SnapshotPolicy,
+    /// How often expired reservations are returned; they return within one tick of `expires_at`.
+    pub expiry_tick: Duration,
+}
+
+/// Serves on `listener` until `shutdown` completes or the log fails. Returns an error for a failed
+/// recovery or a failed log, after the server stopped.
+pub async fn run(
+    options: ServeOptions,
+    clock: Arc<dyn Clock>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new(clock.now_ms());
+    let mut wal_options = options.wal.clone();
+    wal_options.observer = Some(Observer(metrics.wal.clone()));
+    let app = App::new(options.http.clone(), clock.clone(), metrics);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(http::serve(app.clone(), listener, async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+
+    let opened = tokio::task::spawn_blocking({
+        let (dir, engine) = (options.data_dir.clone(), options.engine.clone());
+        move || open(dir, engine, wal_options)
+    })
+    .await
+    .context("recovery panicked")?;
+    let (durable, lock) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    app.set_ready(durable.clone());
+    tracing::info!("ready");
+
+    let fatal = Arc::new(Fatal::default());
+    let tickers = Tickers::start(&durable, &app, &options, &fatal);
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down: draining requests"),
+        () = fatal.notified() => tracing::error!("shutting down: the log failed"),
+    }
+    app.set_stopping();
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    tickers.stop();
+    let result = tokio::task::spawn_blocking(move || durable.wal().wait(durable.wal().appended_lsn()))
+        .await
+        .context("the final sync panicked")?;
+    drop(lock);
+    if let Some(cause) = fatal.cause() {
+        anyhow::bail!("the write-ahead log failed: {cause}");
+    }
+    result.context("the final sync of the log failed")?;
+    tracing::info!("stopped; the log is synced");
+    Ok(())
+}
+
+/// Locks the data directory (one server per directory), then loads the newest snapshot and replays
+/// the log after it.
+fn open(dir: PathBuf, engine: EngineConfig, wal: WalOptions) -> anyhow::Result<(Arc<Durable>, File)> {
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let lock_path = dir.join("LOCK");
+    let lock = File::create(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "{} is in use by another holdfast process (it holds {})",
+            dir.display(),
+            lock_path.display()
+        )
+    })?;
+    let started = Instant::now();
+    let storage =
+        FsStorage::new(dir.join("wal")).with_context(|| format!("opening {}/wal", dir.display()))?;
+    let (durable, opened) = Durable::open(Arc::new(storage), engine, wal).map_err(|e| {
+        anyhow::anyhow!(
+            "recovery of {} failed: {e}\n(inspect the log with: holdfast wal verify {})",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    let d = &durable;
+    if let Some(torn) = &opened.recovery.torn {
+        tracing::warn!(?torn, "cut a torn record at the log's tail (a crash during a write)");
+    }
+    for (name, why) in &opened.skipped_snapshots {
+        tracing::warn!(snapshot = %name, why = %why, "skipped a damaged snapshot; used an older one");
+    }
+    tracing::info!(
+        data_dir = %dir.display(),
+        snapshot_lsn = opened.snapshot.as_ref().map_or(0, |s| s.lsn),
+        replayed = opened.replayed,
+        next_lsn = opened.recovery.next_lsn,
+        active_reservations = d.engine().active_reservations(),
+        millis = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
+    Ok((Arc::new(durable), lock))
+}
+
+/// A fatal error seen by a ticker, and the wake-up of the task waiting for one.
+#[derive(Default)]
+struct Fatal {
+    cause: parking_lot::Mutex<Option<String>>,
+    notify: Notify,
+}
+
+impl Fatal {
+    fn raise(&self, cause: String) {
+        self.cause.lock().get_or_insert(cause);
+        self.notify.notify_one();
+    }
+    fn cause(&self) -> Option<String> {
+        self.cause.lock().clone()
+    }
+    async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// The expiry and snapshot threads. They run on threads of their own: expiring a large batch or
+/// writing a snapshot must not take a request worker.
+struct Tickers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Tickers {
+    fn start(durable: &Arc<Durable>, app: &Arc<App>, options: &ServeOptions, fatal: &Arc<Fatal>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let expiry = {
+            let (d, app, stop, fatal, tick) =
+                (durable.clone(), app.clone(), stop.clone(), fatal.clone(), options.expiry_tick);
+            std::thread::Builder::new().name("expiry".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match d.expire_due(app.clock.now_ms()) {
+                        Ok(expired) => {
+                            app.metrics.expired.inc_by(expired.value.len() as u64);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "expiry could not be logged; retrying next tick")
+                        }
+                    }
+                    if let Some(cause) = d.wal().poisoned() {
+                        fatal.raise(cause);
+                        return;
+                    }
+                    std::thread::sleep(tick);
+                }
+            })
+        };
+        let snapshots = {
+            let (d, app, stop, policy) =
+                (durable.clone(), app.clone(), stop.clone(), options.snapshot.clone());
+            std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let now_ms = app.clock.now_ms();
+                    match d.snapshot_if_due(now_ms, &policy) {
+                        Ok(Some(file)) => {
+                            app.metrics.snapshot_at_ms.store(now_ms, Ordering::Relaxed);
+                            tracing::info!(snapshot = %file.name, lsn = file.lsn, "snapshot written");
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, "snapshot failed; retrying later"),
+                    }
+                    // Short sleeps, so that stopping does not wait a whole period.
+                    for _ in 0..10 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+        };
+        let threads = [expiry, snapshots].into_iter().map(|t| t.expect("spawning a ticker thread")).collect();
+        Self { stop, threads }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
