@@ -220,3 +220,53 @@ impl ServeArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        ["holdfast", "serve"].iter().chain(args).map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_server() {
+        let args = parse_serve(&argv(&[])).expect("parses");
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.data_dir, PathBuf::from("data"));
+        let options = args.options().expect("valid");
+        assert_eq!(options.wal.durability, Durability::Always, "durable by default");
+        assert_eq!(options.http.body_bytes_max, 64 * 1024);
+    }
+
+    #[test]
+    fn the_file_fills_in_what_flags_leave_at_default() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("holdfast.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nbody-bytes-max = 1024\nidle-timeout = \"3s\"\nkeep-log = true\n",
+        )
+        .expect("write");
+        let config = file.to_str().expect("utf-8");
+        let args = parse_serve(&argv(&["--config", config, "--body-bytes-max", "2048"])).expect("parses");
+        assert_eq!(args.listen.to_string(), "127.0.0.1:9000", "from the file");
+        assert_eq!(args.body_bytes_max, 2048, "the flag wins over the file");
+        assert_eq!(args.idle_timeout, Duration::from_secs(3));
+        assert!(args.keep_log);
+
+        std::fs::write(&file, "lisen = \"127.0.0.1:9000\"\n").expect("write");
+        let e = parse_serve(&argv(&["--config", config])).expect_err("a typo is an error");
+        assert!(e.to_string().contains("lisen is not a setting"), "{e}");
+        std::fs::write(&file, "idle-timeout = \"soon\"\n").expect("write");
+        assert!(parse_serve(&argv(&["--config", config])).is_err(), "values are checked as flags are");
+    }
+
+    #[test]
+    fn incoherent_settings_are_refused() {
+        let args = parse_serve(&argv(&["--ttl-ms-min", "5000", "--ttl-ms-max", "1000"])).expect("parses");
+        assert!(args.options().is_err());
+        let args = parse_serve(&argv(&["--in-flight-max", "0"])).expect("parses");
+        assert!(args.options().is_err());
+    }
+}

@@ -3,4 +3,5 @@
 
 mod durable;
 mod engine;
+mod http;
 mod process;

@@ -1,41 +1,45 @@
-//! Connection timeouts hyper does not give: a connection that never sends a byte, and one that sits
-//! idle between requests. The socket is wrapped to note when bytes last moved; a watchdog beside the
-//! connection closes it when nothing moved for too long and no request is being handled.
+//! Connection timeouts hyper does not give as such. hyper's header timer runs whenever it waits for a
+//! request head, idle time included, so it serves as the idle timeout; the time to send a head once
+//! begun (and a new connection's first one) is timed here. The socket is wrapped to note when bytes
+//! move; a watchdog beside the connection closes it when a head takes too long or nothing moved for
+//! too long, never while a request is being handled.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The process's time origin for activity stamps (milliseconds since it).
+/// The process's time origin for activity stamps (milliseconds since it, plus one: 0 means unset).
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn now_ms() -> u64 {
-    EPOCH.elapsed().as_millis() as u64
+    EPOCH.elapsed().as_millis() as u64 + 1
 }
 
-#[derive(Default)]
 struct State {
     last_io_ms: AtomicU64,
-    received_any: AtomicBool,
+    /// When the head of the next request began to arrive (or the connection opened); 0: no head is
+    /// being received.
+    head_started_ms: AtomicU64,
     busy: AtomicUsize,
 }
 
-/// When a connection last moved bytes, and whether a request on it is being handled.
+/// When a connection last moved bytes, when its pending request head began, and whether a request on
+/// it is being handled.
 #[derive(Clone)]
 pub struct Activity(Arc<State>);
 
 pub struct Timeouts {
-    /// Until the client's first byte.
-    pub first_byte: Duration,
-    /// Between requests, and while a client stops sending mid-request.
+    /// To receive a whole request head, from its first byte (or from the connection's start).
+    pub head: Duration,
+    /// Without a byte in either direction, between requests.
     pub idle: Duration,
 }
 
-/// A request in progress on the connection: it is not idle while its response is being prepared.
+/// A request being handled: its connection is not idle meanwhile.
 pub struct Busy(Activity);
 
 impl Drop for Busy {
@@ -47,8 +51,12 @@ impl Drop for Busy {
 
 impl Activity {
     pub fn new() -> Self {
-        let state = State::default();
-        state.last_io_ms.store(now_ms(), Ordering::Relaxed);
+        let now = now_ms();
+        let state = State {
+            last_io_ms: AtomicU64::new(now),
+            head_started_ms: AtomicU64::new(now),
+            busy: AtomicUsize::new(0),
+        };
         Self(Arc::new(state))
     }
 
@@ -56,24 +64,45 @@ impl Activity {
         self.0.last_io_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    fn received(&self) {
+        let now = now_ms();
+        self.0.last_io_ms.store(now, Ordering::Relaxed);
+        if self.0.busy.load(Ordering::Relaxed) == 0 {
+            // The first byte of a head: its clock starts (a no-op if it already runs).
+            let _ = self.0.head_started_ms.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Called when a request's head is complete and its handling starts.
     pub fn busy(&self) -> Busy {
         self.0.busy.fetch_add(1, Ordering::Relaxed);
+        self.0.head_started_ms.store(0, Ordering::Relaxed);
         Busy(self.clone())
     }
 
-    /// Completes when the connection has been silent for its timeout with no request in progress.
+    /// Completes when the connection should be closed: a head took longer than `head`, or nothing
+    /// moved for `idle`, with no request being handled.
     pub async fn expired(&self, timeouts: Timeouts) {
         loop {
-            let timeout =
-                if self.0.received_any.load(Ordering::Relaxed) { timeouts.idle } else { timeouts.first_byte };
-            let silent =
-                Duration::from_millis(now_ms().saturating_sub(self.0.last_io_ms.load(Ordering::Relaxed)));
-            if silent >= timeout && self.0.busy.load(Ordering::Relaxed) == 0 {
-                return;
+            let now = now_ms();
+            let mut wait = timeouts.idle.min(timeouts.head);
+            if self.0.busy.load(Ordering::Relaxed) == 0 {
+                let since = |stamp: u64| Duration::from_millis(now.saturating_sub(stamp));
+                let head_started = self.0.head_started_ms.load(Ordering::Relaxed);
+                if head_started != 0 {
+                    let taken = since(head_started);
+                    if taken >= timeouts.head {
+                        return;
+                    }
+                    wait = wait.min(timeouts.head - taken);
+                }
+                let silent = since(self.0.last_io_ms.load(Ordering::Relaxed));
+                if silent >= timeouts.idle {
+                    return;
+                }
+                wait = wait.min(timeouts.idle - silent);
             }
-            // Checked again when the last activity could have expired, or a little later while busy.
-            let wait = timeout.saturating_sub(silent).max(Duration::from_millis(10));
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(wait.max(Duration::from_millis(5))).await;
         }
     }
 }
@@ -99,8 +128,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-            self.activity.0.received_any.store(true, Ordering::Relaxed);
+            self.activity.received();
         }
         polled
     }

@@ -195,3 +195,39 @@ pub fn stock_error(e: &Refused<StockError>) -> Problem {
         StockError::LogRefused => unreachable!("the durable layer reports log refusals as Refused::Log"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each refusal maps to one status and code; the table is the contract's.
+    #[test]
+    fn refusals_map_to_the_contract_status_and_code() {
+        let reserve = |e| reserve_error(&Refused::Engine(e), &["tee"]);
+        let cases = [
+            (reserve(ReserveError::UnknownSku { item: 0 }), 422, "unknown_sku"),
+            (reserve(ReserveError::UnknownSale), 422, "unknown_sale"),
+            (reserve(ReserveError::InsufficientStock { item: 0, available: 0 }), 409, "insufficient_stock"),
+            (reserve(ReserveError::LimitExceeded { limit: 2, held: 2 }), 429, "limit_exceeded"),
+            (reserve(ReserveError::IdempotencyConflict), 422, "idempotency_conflict"),
+            (reserve(ReserveError::IdempotencyTableFull), 503, "overloaded"),
+            (reserve(ReserveError::ShardFull), 503, "overloaded"),
+            (reserve(ReserveError::Invalid(RequestError::NoItems)), 400, "invalid_request"),
+            (reservation_error(&Refused::Engine(ReservationError::NotFound)), 404, "not_found"),
+            (reservation_error(&Refused::Engine(ReservationError::Expired)), 410, "reservation_expired"),
+            (reservation_error(&Refused::Engine(ReservationError::Committed)), 409, "reservation_committed"),
+            (reservation_error(&Refused::Engine(ReservationError::Released)), 409, "reservation_released"),
+            (stock_error(&Refused::Engine(StockError::UnknownSku)), 404, "not_found"),
+            (stock_error(&Refused::Engine(StockError::BelowHeld { held: 3 })), 409, "below_held"),
+            (log_error(&WalError::NoSpace { file: "x".into() }), 507, "insufficient_storage"),
+            (log_error(&WalError::Poisoned { cause: "sync failed".into() }), 503, "unavailable"),
+        ];
+        for (problem, status, code) in cases {
+            assert_eq!((problem.status.as_u16(), problem.code), (status, code), "{problem:?}");
+        }
+        let detail = reserve(ReserveError::InsufficientStock { item: 0, available: 0 }).detail;
+        assert!(detail.contains("tee"), "the detail names the SKU: {detail}");
+        let response = Problem::overloaded("busy").response();
+        assert_eq!(response.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+    }
+}

@@ -133,7 +133,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(app.config.header_read_timeout)
+        // hyper's header timer also runs while a connection idles between requests: it is the idle
+        // timeout. The time to send a head once begun is the watchdog's (`conn::Activity`).
+        .header_read_timeout(app.config.idle_timeout)
         .max_headers(app.config.headers_max)
         .max_buf_size(app.config.header_bytes_max.max(8192))
         .keep_alive(true);
@@ -178,7 +180,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         tokio::spawn(async move {
             app.metrics.connections.inc();
             let timeouts =
-                conn::Timeouts { first_byte: app.config.header_read_timeout, idle: app.config.idle_timeout };
+                conn::Timeouts { head: app.config.header_read_timeout, idle: app.config.idle_timeout };
             tokio::select! {
                 result = connection => if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");

@@ -188,7 +188,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
     metrics.requests.get_or_create(&super::metrics::RequestLabels { route: label, status }).inc();
     let took = started.elapsed();
     metrics.latency.get_or_create(&super::metrics::RouteLabels { route: label }).observe(took.as_secs_f64());
-    if status >= 500 {
+    // 503s (shedding, recovery, readiness) are expected and counted; 500 and 507 need a person.
+    if status == 500 || status == 507 {
         tracing::warn!(request_id, route = label, status, micros = took.as_micros() as u64, "request failed");
     } else {
         tracing::debug!(request_id, route = label, status, micros = took.as_micros() as u64, "request");
@@ -320,6 +321,9 @@ impl Handler<'_> {
     async fn adjust_sku(&self, sku: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
         let sku = SkuId::new(sku)?;
         let body: dto::Adjust = self.body(req).await?;
+        if body.reason.is_empty() {
+            return Err(Problem::invalid("reason must not be empty: say why stock changed"));
+        }
         let reason = Reason::new(&body.reason).map_err(|e| Problem::invalid(format!("reason: {e}")))?;
         let logged = self.d.adjust_stock(&sku, body.delta, &reason, self.now_ms);
         let logged = self.counted("adjust_stock", logged.map_err(|e| error::stock_error(&e)))?;

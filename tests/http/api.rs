@@ -1,0 +1,273 @@
+//! Every route and error code of the contract, over real sockets.
+
+use super::harness::{options, request, reserve_body, send, TestServer};
+use holdfast::http::{Route, ROUTES};
+use serde_json::Value;
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir")
+}
+
+#[test]
+fn stock_routes_set_adjust_and_read() {
+    let dir = scratch();
+    let s = TestServer::start(options(dir.path()));
+    assert_eq!(s.get("/v1/skus/tee").code(), "not_found");
+    s.stock("tee", 10);
+    assert_eq!(s.counts("tee"), (10, 0, 0));
+    let r = s.post("/v1/skus/tee/adjust", r#"{"delta": 5, "reason": "restock"}"#);
+    assert_eq!((r.status, r.json()["on_hand"].as_u64()), (200, Some(15)));
+    let r = s.post("/v1/skus/tee/adjust", r#"{"delta": -3, "reason": "shrinkage"}"#);
+    assert_eq!((r.status, r.json()["available"].as_u64()), (200, Some(12)));
+    assert_eq!(s.post("/v1/skus/none/adjust", r#"{"delta": 1, "reason": "x"}"#).code(), "not_found");
+
+    // Stock may not fall below what is held.
+    assert_eq!(s.post("/v1/reservations", &reserve_body("tee", 10, "u1")).status, 201);
+    let r = s.put("/v1/skus/tee", r#"{"on_hand": 9}"#);
+    assert_eq!((r.status, r.code().as_str()), (409, "below_held"));
+    let r = s.post("/v1/skus/tee/adjust", r#"{"delta": -3, "reason": "lost"}"#);
+    assert_eq!((r.status, r.code().as_str()), (409, "below_held"));
+    assert_eq!(s.counts("tee"), (2, 10, 0));
+}
+
+#[test]
+fn reservation_lifecycle_and_its_error_codes() {
+    let dir = scratch();
+    let s = TestServer::start(options(dir.path()));
+    s.stock("tee", 5);
+    s.stock("cap", 1);
+
+    let r = s.post(
+        "/v1/reservations",
+        r#"{"items":[{"sku":"tee","qty":2},{"sku":"cap","qty":1}],"ttl_ms":60000,"user_id":"u1"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    let id = v["id"].as_str().expect("id").to_owned();
+    assert_eq!(v["state"], "active");
+    assert_eq!(v["expires_at"], "2027-01-15T08:01:00.000Z");
+    assert_eq!(r.header("location"), Some(format!("/v1/reservations/{id}").as_str()));
+    assert_eq!(s.counts("tee"), (3, 2, 0));
+
+    // All or nothing: cap is gone, so tee is not taken either; the error names the SKU.
+    let r = s.post(
+        "/v1/reservations",
+        r#"{"items":[{"sku":"tee","qty":1},{"sku":"cap","qty":1}],"ttl_ms":60000,"user_id":"u2"}"#,
+    );
+    assert_eq!((r.status, r.code().as_str()), (409, "insufficient_stock"));
+    assert!(r.json()["detail"].as_str().is_some_and(|d| d.contains("cap")), "{}", r.text());
+    assert_eq!(s.counts("tee"), (3, 2, 0));
+    let r = s.post("/v1/reservations", &reserve_body("nope", 1, "u1"));
+    assert_eq!((r.status, r.code().as_str()), (422, "unknown_sku"));
+
+    let got = s.get(&format!("/v1/reservations/{id}")).json();
+    assert_eq!((got["state"].as_str(), got["items"].as_array().map(Vec::len)), (Some("active"), Some(2)));
+
+    let r = s.post(&format!("/v1/reservations/{id}/extend"), r#"{"ttl_ms": 120000}"#);
+    assert_eq!((r.status, r.json()["expires_at"].as_str()), (200, Some("2027-01-15T08:02:00.000Z")));
+
+    let r = s.post(&format!("/v1/reservations/{id}/commit"), "");
+    assert_eq!((r.status, r.json()["state"].as_str()), (200, Some("committed")));
+    let again =
+        s.send(request("POST", &format!("/v1/reservations/{id}/commit"), &[("Idempotency-Key", "c1")], None));
+    assert_eq!(again.status, 200, "commit is idempotent");
+    assert_eq!(s.post(&format!("/v1/reservations/{id}/release"), "{}").code(), "reservation_committed");
+    assert_eq!(
+        s.post(&format!("/v1/reservations/{id}/extend"), r#"{"ttl_ms": 5000}"#).code(),
+        "reservation_committed"
+    );
+    assert_eq!(s.counts("tee"), (3, 0, 2));
+    assert_eq!(s.counts("cap"), (0, 0, 1));
+
+    let id2 = s.post("/v1/reservations", &reserve_body("tee", 1, "u3")).json()["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(s.post(&format!("/v1/reservations/{id2}/release"), "").json()["state"], "released");
+    assert_eq!(s.post(&format!("/v1/reservations/{id2}/release"), "").status, 200, "release is idempotent");
+    let r = s.post(&format!("/v1/reservations/{id2}/commit"), "");
+    assert_eq!((r.status, r.code().as_str()), (409, "reservation_released"));
+
+    // Expiry: not committable after expires_at (410), and the units come back within a tick.
+    let id3 = s.post("/v1/reservations", &reserve_body("tee", 2, "u4")).json()["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(s.counts("tee"), (1, 2, 2));
+    s.advance(60_001);
+    assert_eq!(s.counts("tee"), (3, 0, 2), "expired units returned by the ticker");
+    let r = s.post(&format!("/v1/reservations/{id3}/commit"), "");
+    assert_eq!((r.status, r.code().as_str()), (410, "reservation_expired"));
+    assert_eq!(s.get(&format!("/v1/reservations/{id3}")).json()["state"], "expired");
+    assert_eq!(
+        s.post(&format!("/v1/reservations/{id3}/extend"), r#"{"ttl_ms": 5000}"#).code(),
+        "reservation_expired"
+    );
+
+    assert_eq!(s.get("/v1/reservations/rsv_00000000000000ff").code(), "not_found");
+    assert_eq!(s.post("/v1/reservations/rsv_00000000000000ff/commit", "").code(), "not_found");
+    assert!(s.metric("holdfast_reservations_expired_total") >= 1.0);
+    assert!(s.metric("holdfast_operations_total{op=\"reserve\",outcome=\"insufficient_stock\"}") >= 1.0);
+}
+
+#[test]
+fn sales_apply_a_per_user_limit() {
+    let dir = scratch();
+    let s = TestServer::start(options(dir.path()));
+    s.stock("tee", 100);
+    let body = |qty: u32, user: &str, sale: &str| {
+        format!(
+            r#"{{"items":[{{"sku":"tee","qty":{qty}}}],"ttl_ms":60000,"user_id":"{user}","sale_id":"{sale}"}}"#
+        )
+    };
+    let r = s.post("/v1/reservations", &body(1, "ann", "noon"));
+    assert_eq!((r.status, r.code().as_str()), (422, "unknown_sale"));
+    let r = s.put("/v1/sales/noon", r#"{"per_user_limit": 2}"#);
+    assert_eq!((r.status, r.json()["per_user_limit"].as_u64()), (200, Some(2)));
+    assert_eq!(s.post("/v1/reservations", &body(2, "ann", "noon")).status, 201);
+    let r = s.post("/v1/reservations", &body(1, "ann", "noon"));
+    assert_eq!((r.status, r.code().as_str()), (429, "limit_exceeded"));
+    assert_eq!(s.post("/v1/reservations", &body(2, "bob", "noon")).status, 201);
+    assert_eq!(s.put("/v1/sales/noon", r#"{"per_user_limit": 0}"#).code(), "invalid_request");
+    assert_eq!(s.counts("tee"), (96, 4, 0));
+}
+
+#[test]
+fn idempotent_reserves_replay_and_conflict_also_after_a_restart() {
+    let dir = scratch();
+    let body = reserve_body("tee", 1, "u1");
+    let first = {
+        let s = TestServer::start(options(dir.path()));
+        s.stock("tee", 10);
+        let first = s.post_keyed("/v1/reservations", "order-42", &body);
+        assert_eq!(first.status, 201);
+        assert_eq!(first.header("idempotent-replayed"), None);
+        let again = s.post_keyed("/v1/reservations", "order-42", &body);
+        assert_eq!((again.status, again.body.as_slice()), (201, first.body.as_slice()), "the same response");
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        let other = s.post_keyed("/v1/reservations", "order-42", &reserve_body("tee", 2, "u1"));
+        assert_eq!((other.status, other.code().as_str()), (422, "idempotency_conflict"));
+        assert_eq!(s.counts("tee"), (9, 1, 0), "reserved once");
+        s.stop().expect("clean stop");
+        first
+    };
+    let s = TestServer::start(options(dir.path()));
+    let again = s.post_keyed("/v1/reservations", "order-42", &body);
+    assert_eq!((again.status, again.body.as_slice()), (201, first.body.as_slice()), "replayed after restart");
+    let other = s.post_keyed("/v1/reservations", "order-42", &reserve_body("tee", 3, "u1"));
+    assert_eq!(other.code(), "idempotency_conflict");
+    assert_eq!(s.counts("tee"), (9, 1, 0));
+}
+
+#[test]
+fn a_thousand_concurrent_reserves_sell_exactly_the_hundred_units() {
+    let dir = scratch();
+    let s = TestServer::start(options(dir.path()));
+    s.stock("hot", 100);
+    let addr = s.addr;
+    let replies = s.block_on(async move {
+        let tasks: Vec<_> = (0..1000)
+            .map(|i| {
+                let bytes =
+                    request("POST", "/v1/reservations", &[], Some(&reserve_body("hot", 1, &format!("u{i}"))));
+                tokio::spawn(send(addr, bytes))
+            })
+            .collect();
+        let mut replies = Vec::new();
+        for task in tasks {
+            replies.push(task.await.expect("task").expect("a response"));
+        }
+        replies
+    });
+    let won: Vec<String> = replies
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.json()["id"].as_str().expect("id").to_owned())
+        .collect();
+    let refused = replies.iter().filter(|r| r.status == 409 && r.code() == "insufficient_stock").count();
+    assert_eq!((won.len(), refused), (100, 900));
+    assert_eq!(s.counts("hot"), (0, 100, 0));
+
+    for id in &won[..50] {
+        assert_eq!(s.post(&format!("/v1/reservations/{id}/commit"), "").status, 200);
+    }
+    for id in &won[50..75] {
+        assert_eq!(s.post(&format!("/v1/reservations/{id}/release"), "").status, 200);
+    }
+    assert_eq!(s.counts("hot"), (25, 25, 50));
+    s.advance(60_001);
+    assert_eq!(s.counts("hot"), (50, 0, 50), "the last 25 expired");
+}
+
+#[test]
+fn health_readiness_metrics_and_the_api_description() {
+    let dir = scratch();
+    let s = TestServer::start(options(dir.path()));
+    assert_eq!(s.get("/healthz").json()["status"], "ok");
+    assert_eq!(s.get("/readyz").json()["status"], "ready");
+    s.stock("tee", 1);
+    let metrics = s.get("/metrics");
+    assert!(metrics.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    let text = metrics.text();
+    for name in [
+        "holdfast_http_requests_total{",
+        "holdfast_http_request_duration_seconds_bucket{",
+        "holdfast_operations_total{",
+        "holdfast_live_reservations ",
+        "holdfast_reservations_expired_total ",
+        "holdfast_wal_sync_seconds_bucket{",
+        "holdfast_wal_batch_records_bucket{",
+        "holdfast_snapshot_age_seconds ",
+        "holdfast_ready 1",
+    ] {
+        assert!(text.contains(name), "no {name} in /metrics");
+    }
+    assert!(s.metric("holdfast_wal_sync_seconds_count") >= 1.0, "the PUT was synced and observed");
+}
+
+/// Every route the router serves is in `/openapi.json`, with the method, and the reverse.
+#[test]
+fn the_openapi_description_matches_the_router() {
+    let dir = scratch();
+    let s = TestServer::start(options(dir.path()));
+    let doc: Value = s.get("/openapi.json").json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut described = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            described.push((method.to_ascii_uppercase(), path.clone()));
+        }
+    }
+    let served: Vec<(String, String)> =
+        ROUTES.iter().map(|r| (r.template().0.to_owned(), r.template().1.to_owned())).collect();
+    for route in &served {
+        assert!(described.contains(route), "{route:?} is served but not described");
+    }
+    for route in &described {
+        assert!(served.contains(route), "{route:?} is described but not served");
+        // And the router really answers it: a concrete path finds this route, not 404/405.
+        let concrete =
+            route.1.replace("{sku}", "tee").replace("{sale}", "noon").replace("{id}", "rsv_0000000000000001");
+        let method = route.0.parse::<hyper::Method>().expect("method");
+        let (found, _) = Route::find(&method, &concrete).unwrap_or_else(|p| panic!("{route:?}: {p:?}"));
+        assert_eq!(found.template(), (route.0.as_str(), route.1.as_str()));
+    }
+    // Every schema reference resolves.
+    let text = doc.to_string();
+    for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = &part[..part.find('"').expect("closing quote")];
+        assert!(doc["components"]["schemas"].get(name).is_some(), "dangling $ref {name}");
+    }
+}
+
+#[test]
+fn a_full_server_sheds_with_503_overloaded_and_retry_after() {
+    let dir = scratch();
+    let mut o = options(dir.path());
+    o.http.in_flight_max = 0;
+    let s = TestServer::start(o);
+    let r = s.put("/v1/skus/tee", r#"{"on_hand": 1}"#);
+    assert_eq!((r.status, r.code().as_str(), r.header("retry-after")), (503, "overloaded", Some("1")));
+    assert_eq!(s.get("/healthz").status, 200, "health is never shed");
+    assert_eq!(s.metric("holdfast_requests_shed_total"), 1.0);
+}

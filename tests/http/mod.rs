@@ -1,0 +1,8 @@
+//! The HTTP server over real sockets on 127.0.0.1: routes and codes, bad input, slow clients, and the
+//! real binary under SIGTERM and SIGKILL.
+
+mod api;
+mod bad_input;
+mod harness;
+mod process;
+mod slow;
