@@ -14,15 +14,10 @@
 //! the engine; `durable` is where they meet; `http` knows the engine's types only to convert them.
 
 pub mod clock;
+pub mod config;
 pub mod durable;
 pub mod engine;
-pub mod limits;
-mod sync;
-
-// The server's modules need tokio, which a loom build does not need to compile.
-#[cfg(not(holdfast_loom))]
-pub mod config;
-#[cfg(not(holdfast_loom))]
 pub mod http;
-#[cfg(not(holdfast_loom))]
+pub mod limits;
 pub mod serve;
+mod sync;
