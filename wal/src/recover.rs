@@ -14,7 +14,7 @@ use crate::format::{self, decode_frame, FrameProblem, Lsn, FRAME_ALIGN, SEGMENT_
 use crate::storage::{read_exact_at, Storage};
 
 /// Receives each replayed record; an `Err` stops opening with `WalError::Replay`.
-pub(crate) type Visit<'a> = dyn FnMut(Lsn, &[u8]) -> Result<(), String> + 'a;
+pub type Visit<'a> = dyn FnMut(Lsn, &[u8]) -> Result<(), String> + 'a;
 
 /// What opening found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,20 +84,33 @@ pub(crate) fn load(storage: &dyn Storage, name: &str) -> Result<LoadedSegment, W
 }
 
 /// Where the valid records of a segment end, and why.
-struct Scanned {
-    end: usize,
-    next_lsn: Lsn,
-    problem: Option<FrameProblem>,
+pub(crate) struct Scanned {
+    pub(crate) end: usize,
+    pub(crate) next_lsn: Lsn,
+    pub(crate) problem: Option<FrameProblem>,
 }
 
-fn scan_segment(
+pub(crate) fn scan_segment(
     seg: &LoadedSegment,
-    mut lsn: Lsn,
     from: Lsn,
     visit: &mut Visit<'_>,
 ) -> Result<Scanned, WalError> {
+    scan_frames(seg, &mut |lsn, _, payload| {
+        if lsn >= from {
+            visit(lsn, payload).map_err(|reason| WalError::Replay { lsn, reason })?;
+        }
+        Ok(())
+    })
+}
+
+/// Receives each valid frame: its LSN, offset in the segment, and payload.
+pub(crate) type FrameVisit<'a> = dyn FnMut(Lsn, usize, &[u8]) -> Result<(), WalError> + 'a;
+
+/// Hands each valid frame of `seg` in LSN order, from its first, to `visit` with its offset, and says
+/// where the valid frames end and why.
+pub(crate) fn scan_frames(seg: &LoadedSegment, visit: &mut FrameVisit<'_>) -> Result<Scanned, WalError> {
     let bytes = seg.bytes();
-    let mut pos = SEGMENT_HEADER_BYTES as usize;
+    let (mut lsn, mut pos) = (seg.first_lsn, SEGMENT_HEADER_BYTES as usize);
     loop {
         let frame = match decode_frame(&bytes[pos..]) {
             Ok(frame) if frame.lsn == lsn && frame.batch_lsn <= lsn => frame,
@@ -106,20 +119,30 @@ fn scan_segment(
             }
             Err(problem) => return Ok(Scanned { end: pos, next_lsn: lsn, problem: Some(problem) }),
         };
-        if lsn >= from {
-            visit(lsn, frame.payload).map_err(|reason| WalError::Replay { lsn, reason })?;
-        }
+        visit(lsn, pos, frame.payload)?;
         lsn += 1;
         pos += frame.bytes;
     }
 }
 
 /// Whether a valid frame from a batch opened after `lsn` lies in `bytes` at or after `from`.
-fn later_batch_in(bytes: &[u8], from: usize, lsn: Lsn) -> bool {
+pub(crate) fn later_batch_in(bytes: &[u8], from: usize, lsn: Lsn) -> bool {
     let end = non_zero_bytes(bytes) as usize;
     (from..end)
         .step_by(FRAME_ALIGN)
         .any(|p| decode_frame(&bytes[p..]).is_ok_and(|f| f.batch_lsn > lsn && f.lsn > lsn))
+}
+
+/// The torn-or-corrupt rule (see the top of this file): whether a batch opened after `lsn` was written
+/// after the damaged frame at `end` of `seg`, in it or in a `later` segment, which proves `lsn` synced.
+pub(crate) fn proven_synced(seg: &LoadedSegment, end: usize, lsn: Lsn, later: &[LoadedSegment]) -> bool {
+    later_batch_in(seg.bytes(), end + FRAME_ALIGN, lsn)
+        || later.iter().any(|s| later_batch_in(s.bytes(), SEGMENT_HEADER_BYTES as usize, lsn))
+}
+
+/// The bytes a cut at `end` of `seg` removes: its written bytes after `end`, and every later segment.
+pub(crate) fn tail_bytes(seg: &LoadedSegment, end: usize, later: &[LoadedSegment]) -> u64 {
+    non_zero_bytes(&seg.bytes()[end..]) + later.iter().map(|s| s.bytes().len() as u64).sum::<u64>()
 }
 
 /// The length of `bytes` without its zero tail. A segment is mostly preallocated zeros, so the tail is
@@ -177,7 +200,7 @@ pub(crate) fn recover(
                 ),
             });
         }
-        let scanned = scan_segment(&seg, seg.first_lsn, from, visit)?;
+        let scanned = scan_segment(&seg, from, visit)?;
         recovery.records += scanned.next_lsn - seg.first_lsn;
         recovery.next_lsn = scanned.next_lsn;
         match scanned.problem {
@@ -188,9 +211,7 @@ pub(crate) fn recover(
                 let lsn = scanned.next_lsn;
                 let later =
                     names[k + 1..].iter().map(|(_, n)| load(storage, n)).collect::<Result<Vec<_>, _>>()?;
-                let proven_synced = later_batch_in(seg.bytes(), scanned.end + FRAME_ALIGN, lsn)
-                    || later.iter().any(|s| later_batch_in(s.bytes(), SEGMENT_HEADER_BYTES as usize, lsn));
-                if proven_synced {
+                if proven_synced(&seg, scanned.end, lsn, &later) {
                     return Err(WalError::Corrupt {
                         file: name.clone(),
                         offset: scanned.end as u64,
@@ -198,8 +219,7 @@ pub(crate) fn recover(
                         reason: format!("{}, and later records follow it", problem.describe()),
                     });
                 }
-                let removed = non_zero_bytes(&seg.bytes()[scanned.end..])
-                    + later.iter().map(|s| s.bytes().len() as u64).sum::<u64>();
+                let removed = tail_bytes(&seg, scanned.end, &later);
                 cut_tail(storage, &seg, scanned.end, &later)?;
                 recovery.segments = k + 1;
                 if removed > 0 {

@@ -355,3 +355,120 @@ fn holdfast_wal_test_frame(out: &mut Vec<u8>, lsn: Lsn) {
     let start = 64 + (1..lsn).map(|i| holdfast_wal::frame_bytes(payload(i).len())).sum::<usize>();
     out.extend_from_slice(&bytes[start..start + holdfast_wal::frame_bytes(payload(lsn).len())]);
 }
+
+fn contents(storage: &MemStorage) -> Vec<(String, Vec<u8>)> {
+    let mut names = storage.list().expect("list");
+    names.sort();
+    names.into_iter().map(|n| (n.clone(), storage.read(&n).expect("listed file"))).collect()
+}
+
+fn inspect_all(storage: &MemStorage) -> (holdfast_wal::Inspection, Vec<Lsn>) {
+    let mut lsns = Vec::new();
+    let inspection = holdfast_wal::inspect(storage, &mut |r| {
+        lsns.push(r.lsn);
+        Ok(())
+    })
+    .expect("inspection reads");
+    (inspection, lsns)
+}
+
+/// The read-only inspection classifies a crashed log as recovery does, changes no byte, and `repair`
+/// then cuts exactly what recovery would.
+#[test]
+fn inspection_agrees_with_recovery_and_repair_cuts_the_same_tail() {
+    for seed in 0..120u64 {
+        let storage = MemStorage::new();
+        let options = if seed % 4 == 0 { small() } else { medium() };
+        let (wal, ..) = open(&storage, options.clone()).unwrap();
+        workload(&wal, 20 + seed % 50);
+        for i in 0..seed % 5 {
+            wal.append(&payload(100 + i)).unwrap();
+        }
+        let how = match seed % 3 {
+            0 => Crash::LoseUnsynced,
+            1 => Crash::Tear { seed },
+            _ => Crash::Scramble { seed },
+        };
+        let crashed = storage.crash(how);
+        drop(wal);
+        let before = contents(&crashed);
+        let (inspection, lsns) = inspect_all(&crashed);
+        assert_eq!(contents(&crashed), before, "seed {seed}: inspection wrote");
+        assert!(!inspection.is_corrupt(), "seed {seed}: {:?}", inspection.problems);
+
+        let repaired = crashed.crash(Crash::LoseUnsynced);
+        let recovery = holdfast_wal::repair(&repaired).unwrap();
+        assert_eq!(recovery.next_lsn, inspection.next_lsn, "seed {seed}");
+        assert_eq!(
+            lsns,
+            (1..inspection.next_lsn).collect::<Vec<_>>(),
+            "seed {seed}: every valid record, in order"
+        );
+        let torn: Vec<_> = inspection
+            .problems
+            .iter()
+            .map(|p| match p {
+                holdfast_wal::LogProblem::Torn(t) => t.clone(),
+                other => panic!("seed {seed}: {other:?}"),
+            })
+            .collect();
+        assert_eq!(torn.first(), recovery.torn.as_ref(), "seed {seed}: the same tail");
+        let (after, _) = inspect_all(&repaired);
+        assert!(after.is_intact(), "seed {seed}: still {:?} after repair", after.problems);
+        let (_, records, _) = open(&repaired, options).unwrap();
+        assert_eq!(records.len() as u64 + 1, inspection.next_lsn, "seed {seed}");
+    }
+}
+
+/// Corruption in two places is reported twice, each with its file, offset and LSN; a missing segment
+/// is reported as the records it held; `repair` refuses and changes nothing.
+#[test]
+fn inspection_names_every_damaged_place_and_repair_refuses_corruption() {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, small()).unwrap();
+    for i in 1..=900 {
+        let lsn = wal.append(&vec![(i % 251) as u8; 6_000]).unwrap();
+        wal.wait(lsn).unwrap();
+    }
+    wal.close().unwrap();
+    let mut names = storage.list().unwrap();
+    names.sort();
+    assert!(names.len() >= 4, "{} segments", names.len());
+    let first_frame = 64; // after the segment header
+    storage.corrupt(&names[0], first_frame + 48, &[0xAA]);
+    storage.corrupt(&names[2], first_frame + 48, &[0xAA]);
+    let before = contents(&storage);
+    let (inspection, _) = inspect_all(&storage);
+    let corrupt: Vec<_> = inspection
+        .problems
+        .iter()
+        .filter_map(|p| match p {
+            holdfast_wal::LogProblem::Corrupt { file, offset, lsn, .. } => {
+                Some((file.clone(), *offset, *lsn))
+            }
+            _ => None,
+        })
+        .collect();
+    let first_of = |n: &str| n.trim_end_matches(".wal").parse::<u64>().unwrap();
+    assert!(corrupt.contains(&(names[0].clone(), first_frame as u64, 1)), "{corrupt:?}");
+    assert!(corrupt.contains(&(names[2].clone(), first_frame as u64, first_of(&names[2]))), "{corrupt:?}");
+    assert!(matches!(holdfast_wal::repair(&storage), Err(WalError::Corrupt { .. })));
+    assert_eq!(contents(&storage), before, "a refused repair changes nothing");
+
+    // A missing middle segment: its records are named as missing.
+    let gone = MemStorage::new();
+    let (wal, ..) = open(&gone, small()).unwrap();
+    for _ in 1..=900 {
+        let lsn = wal.append(&[7u8; 6_000]).unwrap();
+        wal.wait(lsn).unwrap();
+    }
+    wal.close().unwrap();
+    let mut names = gone.list().unwrap();
+    names.sort();
+    gone.remove(&names[1]).unwrap();
+    let (inspection, _) = inspect_all(&gone);
+    let missing = inspection.problems.iter().any(|p| {
+        matches!(p, holdfast_wal::LogProblem::Corrupt { file, reason, .. } if *file == names[2] && reason.contains("missing"))
+    });
+    assert!(missing, "{:?}", inspection.problems);
+}
