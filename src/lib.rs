@@ -8,11 +8,13 @@
 //! - [`http`]: the HTTP API: accept loop, limits, routes, JSON, problem responses, metrics.
 //! - [`serve`]: recovery, the server, the expiry and snapshot tickers, shutdown in order.
 //! - [`config`]: `holdfast serve` settings from flags, environment and a TOML file.
+//! - [`admin`]: `holdfast wal …` and `holdfast snapshot …`, the SRE tools for a data directory.
 //! - `sync`: the locks and atomics the engine uses, swapped for loom's under `--cfg holdfast_loom`.
 //!
 //! The engine knows nothing of the log, HTTP or time; the log (crate `holdfast-wal`) knows nothing of
 //! the engine; `durable` is where they meet; `http` knows the engine's types only to convert them.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod durable;

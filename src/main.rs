@@ -1,5 +1,6 @@
 //! `holdfast`: the reservation server and its tools.
 //! - `holdfast serve`: the HTTP server (settings: `holdfast serve --help`).
+//! - `holdfast wal …`, `holdfast snapshot …`: the SRE tools for a data directory (`admin`).
 //! - `holdfast demo`: a simulated flash sale against the in-memory engine, with its invariants checked.
 //! - `holdfast crash-drill --data-dir DIR`: acknowledged reservations written through the write-ahead
 //!   log in DIR, one line per acknowledgement; kill it at any moment, run it again, nothing
@@ -14,6 +15,8 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: holdfast [serve] [--listen ADDR] [--data-dir DIR] [... see holdfast serve --help]
+       holdfast wal verify|stats|dump|replay|trace|repair DIR [...]   (holdfast wal --help)
+       holdfast snapshot create|list DIR
        holdfast demo [--users N] [--units N] [--threads N]
        holdfast crash-drill --data-dir DIR [--seconds N]
 
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
         // The server is what a bare `holdfast` runs.
         None => return serve(&[argv[0].clone(), "serve".into()]),
         Some("serve") => return serve(&argv),
+        Some("wal" | "snapshot") => return holdfast::admin::run(&argv),
         Some("demo" | "crash-drill") => {}
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -336,6 +340,10 @@ mod crash_drill {
                 sale: None,
                 idempotency_key: None,
             };
+            // Snapshots too are taken while the drill may be killed.
+            if thread == 0 && i % 512 == 511 {
+                d.snapshot(now_ms(), true).map_err(|e| e.to_string())?;
+            }
             let r = d.reserve(&req, now_ms()).map_err(|e| e.to_string())?;
             d.wal().wait(r.lsn).map_err(|e| e.to_string())?;
             let id = r.value.id;
@@ -348,10 +356,6 @@ mod crash_drill {
             let (logged, word) = ended.map_err(|e| e.to_string())?;
             d.wal().wait(logged.lsn).map_err(|e| e.to_string())?;
             ack(format!("{word} {id}"))?;
-            // Snapshots too are taken while the drill may be killed.
-            if thread == 0 && i % 512 == 511 {
-                d.snapshot(now_ms(), true).map_err(|e| e.to_string())?;
-            }
         }
         Ok(())
     }

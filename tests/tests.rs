@@ -1,6 +1,7 @@
 //! Integration tests, in one binary (one link instead of many).
 #![cfg(not(holdfast_loom))]
 
+mod admin;
 mod durable;
 mod engine;
 mod http;

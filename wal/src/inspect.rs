@@ -64,13 +64,21 @@ pub struct RecordAt<'a> {
     pub payload: &'a [u8],
 }
 
-/// Reads every segment of the log in `storage`, hands each valid record to `visit` in order (an `Err`
-/// from it stops the inspection with `WalError::Replay`), and reports every segment and problem.
+/// Receives each valid record of an inspection.
+pub type RecordVisit<'a> = dyn FnMut(RecordAt<'_>) -> Result<(), String> + 'a;
+
+/// Reads the segments of the log in `storage` that may hold LSNs of `from` or later (segments wholly
+/// before it are skipped: pass 1 for the whole log), hands each valid record of those segments to
+/// `visit` in order (an `Err` from it stops the inspection with `WalError::Replay`), and reports every
+/// segment read and every problem in them.
 pub fn inspect(
     storage: &dyn Storage,
-    visit: &mut dyn FnMut(RecordAt<'_>) -> Result<(), String>,
+    from: Lsn,
+    visit: &mut RecordVisit<'_>,
 ) -> Result<Inspection, WalError> {
-    let names = segment_names(storage)?;
+    let mut names = segment_names(storage)?;
+    let skip = names.iter().skip(1).take_while(|(next_first, _)| *next_first <= from).count();
+    names.drain(..skip);
     let first_lsn = names.first().map_or(1, |(lsn, _)| *lsn);
     let mut out =
         Inspection { segments: Vec::new(), first_lsn, next_lsn: first_lsn, records: 0, problems: Vec::new() };

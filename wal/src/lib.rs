@@ -20,6 +20,6 @@ pub use format::{
     frame_bytes, FrameProblem, Lsn, FORMAT_VERSION, FRAME_HEADER_BYTES, RECORD_BYTES_MAX,
     SEGMENT_HEADER_BYTES,
 };
-pub use inspect::{inspect, repair, Inspection, LogProblem, RecordAt, SegmentReport};
+pub use inspect::{inspect, repair, Inspection, LogProblem, RecordAt, RecordVisit, SegmentReport};
 pub use log::{Durability, FlushObserver, Observer, Wal, WalOptions, SEGMENT_BYTES_MIN};
 pub use recover::{read_range, Recovery, TornTail, Visit};

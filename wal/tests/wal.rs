@@ -364,7 +364,7 @@ fn contents(storage: &MemStorage) -> Vec<(String, Vec<u8>)> {
 
 fn inspect_all(storage: &MemStorage) -> (holdfast_wal::Inspection, Vec<Lsn>) {
     let mut lsns = Vec::new();
-    let inspection = holdfast_wal::inspect(storage, &mut |r| {
+    let inspection = holdfast_wal::inspect(storage, 1, &mut |r| {
         lsns.push(r.lsn);
         Ok(())
     })

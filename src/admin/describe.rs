@@ -1,0 +1,217 @@
+//! Log records and engine state as the tools print them: JSON (stable field names, for scripts) and
+//! one readable line (for people).
+
+use crate::engine::{Item, Record, ReservationView, Stock};
+use serde_json::{json, Map, Value};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Parses an RFC 3339 time (`2026-11-23T12:00:03Z`, fractions allowed) or Unix milliseconds.
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let at =
+        humantime::parse_rfc3339_weak(text).map_err(|e| format!("{text}: {e} (use RFC 3339 or Unix ms)"))?;
+    Ok(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// The record's kind, as `--kind` names it.
+pub fn kind(record: &Record) -> &'static str {
+    match record {
+        Record::StockSet { .. } => "stock_set",
+        Record::StockAdjusted { .. } => "stock_adjusted",
+        Record::SaleLimitSet { .. } => "sale_limit_set",
+        Record::Reserved(_) => "reserved",
+        Record::Extended { .. } => "extended",
+        Record::Committed { .. } => "committed",
+        Record::Released { .. } => "released",
+        Record::Expired { .. } => "expired",
+    }
+}
+
+pub const KINDS: [&str; 8] = [
+    "stock_set",
+    "stock_adjusted",
+    "sale_limit_set",
+    "reserved",
+    "extended",
+    "committed",
+    "released",
+    "expired",
+];
+
+fn items(items: &[Item]) -> Value {
+    Value::Array(items.iter().map(|i| json!({"sku": i.sku.as_str(), "qty": i.qty})).collect())
+}
+
+/// One record as a JSON object: `lsn`, `kind`, `at`, `at_ms`, then the kind's fields.
+pub fn record_json(lsn: u64, record: &Record) -> Value {
+    let mut m = Map::new();
+    m.insert("lsn".into(), json!(lsn));
+    m.insert("kind".into(), json!(kind(record)));
+    m.insert("at".into(), json!(time(record.at_ms())));
+    m.insert("at_ms".into(), json!(record.at_ms()));
+    let mut put = |k: &str, v: Value| {
+        m.insert(k.into(), v);
+    };
+    match record {
+        Record::StockSet { sku, on_hand, .. } => {
+            put("sku", json!(sku.as_str()));
+            put("on_hand", json!(on_hand));
+        }
+        Record::StockAdjusted { sku, delta, reason, .. } => {
+            put("sku", json!(sku.as_str()));
+            put("delta", json!(delta));
+            put("reason", json!(reason.as_str()));
+        }
+        Record::SaleLimitSet { sale, per_user_max, .. } => {
+            put("sale", json!(sale.as_str()));
+            put("per_user_limit", json!(per_user_max));
+        }
+        Record::Reserved(r) => {
+            put("id", json!(r.id.to_string()));
+            put("items", items(&r.items));
+            put("expires_at", json!(time(r.expires_at_ms)));
+            if let Some(user) = &r.user {
+                put("user", json!(user.as_str()));
+            }
+            if let Some(sale) = &r.sale {
+                put("sale", json!(sale.as_str()));
+            }
+            if let Some((key, _)) = &r.idempotency {
+                put("idempotency_key", json!(key.as_str()));
+            }
+        }
+        Record::Extended { id, expires_at_ms, .. } => {
+            put("id", json!(id.to_string()));
+            put("expires_at", json!(time(*expires_at_ms)));
+        }
+        Record::Committed { id, .. } | Record::Released { id, .. } | Record::Expired { id, .. } => {
+            put("id", json!(id.to_string()));
+        }
+    }
+    Value::Object(m)
+}
+
+/// One record as a readable line: `LSN  time  kind  details`.
+pub fn record_line(lsn: u64, record: &Record) -> String {
+    let details = match record {
+        Record::StockSet { sku, on_hand, .. } => format!("{sku} on_hand={on_hand}", sku = sku.as_str()),
+        Record::StockAdjusted { sku, delta, reason, .. } => {
+            format!("{} delta={delta:+} reason={:?}", sku.as_str(), reason.as_str())
+        }
+        Record::SaleLimitSet { sale, per_user_max, .. } => {
+            format!("{} per_user_limit={per_user_max}", sale.as_str())
+        }
+        Record::Reserved(r) => {
+            let what: Vec<String> = r.items.iter().map(|i| format!("{}x{}", i.qty, i.sku.as_str())).collect();
+            let mut line = format!("{} {} until {}", r.id, what.join(","), time(r.expires_at_ms));
+            if let Some(user) = &r.user {
+                line.push_str(&format!(" user={}", user.as_str()));
+            }
+            if let Some(sale) = &r.sale {
+                line.push_str(&format!(" sale={}", sale.as_str()));
+            }
+            if let Some((key, _)) = &r.idempotency {
+                line.push_str(&format!(" key={}", key.as_str()));
+            }
+            line
+        }
+        Record::Extended { id, expires_at_ms, .. } => format!("{id} until {}", time(*expires_at_ms)),
+        Record::Committed { id, .. } | Record::Released { id, .. } | Record::Expired { id, .. } => {
+            id.to_string()
+        }
+    };
+    format!("{lsn:>10}  {}  {:<14}  {details}", time(record.at_ms()), kind(record))
+}
+
+pub fn stock_json(sku: &str, s: &Stock) -> Value {
+    json!({"sku": sku, "on_hand": s.on_hand, "available": s.available, "reserved": s.reserved, "sold": s.sold})
+}
+
+pub fn reservation_json(v: &ReservationView) -> Value {
+    let mut out = json!({
+        "id": v.id.to_string(),
+        "state": v.state.as_str(),
+        "items": items(&v.items),
+        "created_at": time(v.created_at_ms),
+        "expires_at": time(v.expires_at_ms),
+    });
+    if let Some(ended) = v.ended_at_ms {
+        out["ended_at"] = json!(time(ended));
+    }
+    if let Some((sale, user)) = &v.holder {
+        out["sale"] = json!(sale.as_str());
+        out["user"] = json!(user.as_str());
+    }
+    out
+}
+
+/// Whether a record concerns a SKU, a reservation, a user or a sale (the filters of dump and trace).
+#[derive(Default)]
+pub struct Filter {
+    pub sku: Option<String>,
+    pub reservation: Option<String>,
+    pub user: Option<String>,
+    pub sale: Option<String>,
+}
+
+impl Filter {
+    /// `related` holds the ids of reservations seen to match (a commit names only its id).
+    pub fn matches(&self, record: &Record, related: &mut std::collections::HashSet<u64>) -> bool {
+        let id = match record {
+            Record::Reserved(r) => Some(r.id),
+            Record::Extended { id, .. } | Record::Committed { id, .. } | Record::Released { id, .. } => {
+                Some(*id)
+            }
+            Record::Expired { id, .. } => Some(*id),
+            _ => None,
+        };
+        if let Some(want) = &self.reservation {
+            if id.map(|i| i.to_string()).as_deref() != Some(want.as_str()) {
+                return false;
+            }
+        }
+        let by_reservation = |related: &mut std::collections::HashSet<u64>, hit: bool| {
+            if hit {
+                if let Some(id) = id {
+                    related.insert(id.raw());
+                }
+            }
+            hit || id.is_some_and(|id| related.contains(&id.raw()))
+        };
+        if let Some(sku) = &self.sku {
+            let hit = match record {
+                Record::StockSet { sku: s, .. } | Record::StockAdjusted { sku: s, .. } => s.as_str() == sku,
+                Record::Reserved(r) => r.items.iter().any(|i| i.sku.as_str() == sku),
+                _ => false,
+            };
+            if !by_reservation(related, hit) {
+                return false;
+            }
+        }
+        if let Some(user) = &self.user {
+            let hit =
+                matches!(record, Record::Reserved(r) if r.user.as_ref().is_some_and(|u| u.as_str() == user));
+            if !by_reservation(related, hit) {
+                return false;
+            }
+        }
+        if let Some(sale) = &self.sale {
+            let hit = match record {
+                Record::SaleLimitSet { sale: s, .. } => s.as_str() == sale,
+                Record::Reserved(r) => r.sale.as_ref().is_some_and(|s| s.as_str() == sale),
+                _ => false,
+            };
+            if !by_reservation(related, hit) {
+                return false;
+            }
+        }
+        true
+    }
+}
