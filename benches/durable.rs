@@ -24,8 +24,9 @@ fn config() -> EngineConfig {
     EngineConfig { ttl_ms_max: 3_600_000, ..EngineConfig::default() }
 }
 
+/// The log lives in `dir/wal`, as in a server's data directory, so the SRE tools can read it too.
 fn storage(dir: &std::path::Path) -> Arc<dyn Storage> {
-    Arc::new(FsStorage::new(dir).expect("dir"))
+    Arc::new(FsStorage::new(dir.join("wal")).expect("dir"))
 }
 
 fn requests() -> Vec<ReserveRequest> {
@@ -128,7 +129,40 @@ fn recovery(records: u64) -> (f64, f64) {
     }
     d.close().expect("close");
     let took = time_opening(dir.path(), |_, opened| assert_eq!(opened.replayed, records));
+    tools(dir.path(), records);
     (took, records as f64 / took)
+}
+
+/// Times `holdfast wal verify` and `holdfast wal replay` (the real binary) on the log, median of 3.
+fn tools(dir: &std::path::Path, records: u64) {
+    let d = dir.to_str().expect("utf-8");
+    let last = records.to_string();
+    let runs: [(&str, Vec<&str>); 2] = [
+        ("verify", vec!["wal", "verify", d]),
+        (
+            "replay",
+            vec!["wal", "replay", d, "--until-lsn", &last, "--sku", "sku-0000", "--output", "/dev/null"],
+        ),
+    ];
+    for (name, args) in runs {
+        let times = (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                let status = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast"))
+                    .args(&args)
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .expect("run holdfast");
+                assert!(status.success(), "holdfast {args:?} failed");
+                started.elapsed().as_secs_f64()
+            })
+            .collect();
+        let took = median(times);
+        println!(
+            "durable/wal_{name}: {records} records in {took:.2} s = {:.2} M records/s (median of 3)",
+            records as f64 / took / 1e6
+        );
+    }
 }
 
 fn snapshot_load(live: u64) -> f64 {

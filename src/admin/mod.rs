@@ -500,22 +500,10 @@ fn replay(args: &ReplayArgs, out: &mut Out<'_>) -> anyhow::Result<()> {
         Some((file, Ok(engine))) => (engine, file.lsn),
         _ => (Engine::new(EngineConfig::default())?, 0),
     };
-    let mut at = (from, 0u64);
-    let (inspection, undecodable) = scan(&storage, from + 1, &mut |lsn, record| {
-        if lsn <= cut {
-            if lsn != at.0 + 1 {
-                return Err(format!("record {} is missing (the log continues at {lsn})", at.0 + 1));
-            }
-            engine.apply(record).map_err(|e| format!("record {lsn} does not apply: {e}"))?;
-            at = (lsn, record.at_ms());
-        }
-        Ok(())
-    })?;
-    if let Some(u) = undecodable.iter().find(|u| u.lsn <= cut) {
-        anyhow::bail!("record {} in {} at offset {} does not decode: {}", u.lsn, u.file, u.offset, u.reason);
-    }
+    let (_, replayed) = crate::durable::replay_range(&storage, &engine, from + 1, cut)?;
+    let at = if replayed.records > 0 { (replayed.last_lsn, replayed.last_at_ms) } else { (from, 0) };
     if args.until_lsn.is_some() && at.0 < cut {
-        anyhow::bail!("the log ends at LSN {} (asked for {cut})", inspection.next_lsn - 1);
+        anyhow::bail!("the log ends at LSN {} (asked for {cut})", at.0);
     }
     let state = engine.export(at.1);
     let skus: Vec<Value> = state

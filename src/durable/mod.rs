@@ -190,32 +190,42 @@ impl PayloadBatch {
     }
 }
 
-/// Opens the log and replays records from `from` into `engine`, in two stages on two threads: the
-/// log's scan reads segments and checks every frame's checksum, and hands payloads over in batches;
-/// the other thread decodes and applies them in order. (Decoding stays on the applying thread, which
-/// also frees what decoding allocates: frees across threads cost more than they save.)
-fn replay_log(
-    storage: Arc<dyn Storage>,
-    options: WalOptions,
+/// What a replay applied: how many records, and the LSN and time of the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Replayed {
+    pub records: u64,
+    pub last_lsn: Lsn,
+    pub last_at_ms: u64,
+}
+
+/// Replays into `engine` the payloads that `source` hands to the visitor it is given, in two stages on
+/// two threads: `source` (the log's scan) reads segments and checks every frame's checksum on this
+/// thread, and payloads go over in batches to a thread that decodes and applies them in order, each
+/// LSN the one after the last. (Decoding stays on the applying thread, which also frees what decoding
+/// allocates: frees across threads cost more than they save.)
+fn pipelined<R>(
     engine: &Engine,
-    from: Lsn,
-) -> Result<(Wal, Recovery, u64), OpenError> {
+    source: impl FnOnce(&mut dyn FnMut(Lsn, &[u8]) -> Result<(), String>) -> R,
+) -> (R, Result<Replayed, WalError>) {
     let (batches, applier_input) = crossbeam_channel::bounded::<PayloadBatch>(8);
     std::thread::scope(|s| {
-        let applier = s.spawn(move || -> Result<u64, WalError> {
-            let mut applied = 0;
+        let applier = s.spawn(move || -> Result<Replayed, WalError> {
+            let mut done = Replayed::default();
             for batch in applier_input {
                 for (lsn, payload) in batch.iter() {
-                    let record = codec::decode(payload)
-                        .map_err(|e| WalError::Replay { lsn, reason: e.to_string() })?;
-                    engine.apply(&record).map_err(|e| WalError::Replay { lsn, reason: e.to_string() })?;
-                    applied += 1;
+                    let fail = |reason: String| WalError::Replay { lsn, reason };
+                    if done.records > 0 && lsn != done.last_lsn + 1 {
+                        return Err(fail(format!("record {} is missing", done.last_lsn + 1)));
+                    }
+                    let record = codec::decode(payload).map_err(|e| fail(e.to_string()))?;
+                    engine.apply(&record).map_err(|e| fail(e.to_string()))?;
+                    done = Replayed { records: done.records + 1, last_lsn: lsn, last_at_ms: record.at_ms() };
                 }
             }
-            Ok(applied)
+            Ok(done)
         });
         let mut batch = PayloadBatch::default();
-        let hand_over = |lsn: Lsn, payload: &[u8]| -> Result<(), String> {
+        let mut hand_over = |lsn: Lsn, payload: &[u8]| -> Result<(), String> {
             batch.push(lsn, payload);
             if batch.entries.len() == REPLAY_BATCH {
                 // A closed channel means the applier stopped on an error, which it reports below.
@@ -223,18 +233,49 @@ fn replay_log(
             }
             Ok(())
         };
-        let opened = Wal::open(storage, options, from, hand_over);
+        let produced = source(&mut hand_over);
         if !batch.entries.is_empty() {
             let _ = batches.send(std::mem::take(&mut batch));
         }
         drop(batches);
-        let applied = applier.join().expect("the applier does not panic");
-        match (opened, applied) {
-            (_, Err(e)) => Err(OpenError::Log(e)),
-            (Err(e), _) => Err(OpenError::Log(e)),
-            (Ok((wal, recovery)), Ok(applied)) => Ok((wal, recovery, applied)),
-        }
+        (produced, applier.join().expect("the applier does not panic"))
     })
+}
+
+/// Opens the log and replays records from `from` into `engine`.
+fn replay_log(
+    storage: Arc<dyn Storage>,
+    options: WalOptions,
+    engine: &Engine,
+    from: Lsn,
+) -> Result<(Wal, Recovery, u64), OpenError> {
+    let (opened, applied) = pipelined(engine, |visit| Wal::open(storage, options, from, visit));
+    match (opened, applied) {
+        (_, Err(e)) | (Err(e), _) => Err(OpenError::Log(e)),
+        (Ok((wal, recovery)), Ok(applied)) => Ok((wal, recovery, applied.records)),
+    }
+}
+
+/// Applies the records `from..=to` of the log in `storage` to `engine` without changing the log (it
+/// may be in use), as fast as recovery does. Also returns the inspection of the segments read, whose
+/// problems the caller may want to report.
+pub fn replay_range(
+    storage: &dyn Storage,
+    engine: &Engine,
+    from: Lsn,
+    to: Lsn,
+) -> Result<(holdfast_wal::Inspection, Replayed), WalError> {
+    let (inspected, applied) = pipelined(engine, |visit| {
+        holdfast_wal::inspect(storage, from, &mut |r| {
+            if (from..=to).contains(&r.lsn) {
+                visit(r.lsn, r.payload)?;
+            }
+            Ok(())
+        })
+    });
+    // The applier's error first: when it stops, the scan fails only because nobody takes its batches.
+    let applied = applied?;
+    Ok((inspected?, applied))
 }
 
 fn replay_into(engine: &Engine) -> impl FnMut(Lsn, &[u8]) -> Result<(), String> + '_ {
