@@ -472,3 +472,60 @@ fn inspection_names_every_damaged_place_and_repair_refuses_corruption() {
     });
     assert!(missing, "{:?}", inspection.problems);
 }
+
+/// Payloads of about 2 KB, so that a few thousand records fill several of the smallest segments.
+fn big(i: u64) -> Vec<u8> {
+    payload(i).repeat(2_000 / payload(i).len() + 1)
+}
+
+/// A tail reader follows a log being written, across segments, from any LSN it still holds, reading
+/// only what was acknowledged.
+#[test]
+fn a_tail_follows_a_log_while_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(FsStorage::new(dir.path()).unwrap()) as Arc<dyn Storage>;
+    for storage in [Arc::new(MemStorage::new()) as Arc<dyn Storage>, fs] {
+        let (wal, _) = Wal::open(storage.clone(), small(), 1, |_, _| Ok(())).unwrap();
+        let wal = Arc::new(wal);
+        let total = 3_000u64;
+        let writer = {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                for i in 1..=total {
+                    let lsn = wal.append(&big(i)).unwrap();
+                    if i % 13 == 0 || i == total {
+                        wal.wait(lsn).unwrap();
+                    }
+                }
+            })
+        };
+        let mut tail = holdfast_wal::Tail::new(storage.clone(), 1).unwrap();
+        let mut seen = 0u64;
+        while seen < total {
+            let to = wal.acked_lsn();
+            tail.read(to, 500, &mut |lsn, bytes| {
+                seen += 1;
+                if lsn != seen || bytes != big(lsn) {
+                    return Err(format!("record {lsn} out of order or damaged"));
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        writer.join().unwrap();
+        assert_eq!(tail.next_lsn(), total + 1);
+        assert!(storage.list().unwrap().len() > 2, "the log rotated segments");
+
+        // From the middle, and nothing beyond the acknowledged LSN.
+        let mut tail = holdfast_wal::Tail::new(storage.clone(), 1_234).unwrap();
+        let mut got = Vec::new();
+        tail.read(1_240, usize::MAX, &mut |lsn, _| {
+            got.push(lsn);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, (1_234..=1_240).collect::<Vec<_>>());
+        assert!(holdfast_wal::Tail::new(storage.clone(), total + 5).is_err(), "beyond the end");
+        Arc::try_unwrap(wal).ok().unwrap().close().unwrap();
+    }
+}
