@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit, property, concurrency and integration tests, then the loom
+# Runs every test of the workspace: unit, property, concurrency and integration tests (starting or
+# installing Postgres for those that need it), then the loom
 # models (in their own target directory, so they do not evict the main build). Usage: ops/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The Postgres tests need a server on 127.0.0.1:5432; they fail, never skip, without one.
+ops/postgres.sh
 
 echo "== cargo test (release: the concurrency and property tests want optimised code)"
 cargo test --release --workspace

@@ -5,7 +5,8 @@
 use crate::durable::SnapshotPolicy;
 use crate::engine::EngineConfig;
 use crate::http::HttpConfig;
-use crate::serve::ServeOptions;
+use crate::reconcile::mirror::MirrorOptions;
+use crate::serve::{DatabaseOptions, ServeOptions};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use holdfast_wal::{Durability, WalOptions};
@@ -117,6 +118,21 @@ pub struct ServeArgs {
     /// Keep log segments that snapshots already cover (for investigations) instead of removing them.
     #[arg(long, env = "HOLDFAST_KEEP_LOG", default_value_t = false)]
     pub keep_log: bool,
+
+    /// Postgres to mirror the log into (postgresql://user@host/db); with an empty data directory, the
+    /// state is first loaded from it (warm-start). Unset: no Postgres at all.
+    #[arg(long, env = "HOLDFAST_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Log bytes kept for a lagging mirror; beyond it segments are removed anyway (logged, with a
+    /// metric) and the mirror later resyncs from a snapshot.
+    #[arg(long, env = "HOLDFAST_MIRROR_LOG_BUDGET_BYTES", default_value_t = 8 << 30)]
+    pub mirror_log_budget_bytes: u64,
+    /// Records per mirror transaction at most.
+    #[arg(long, env = "HOLDFAST_MIRROR_BATCH_MAX", default_value_t = 20_000)]
+    pub mirror_batch_max: usize,
+    /// How often the server compares Postgres with the engine (drift check).
+    #[arg(long, env = "HOLDFAST_RECONCILE_EVERY", value_parser = duration, default_value = "5m")]
+    pub reconcile_every: Duration,
 }
 
 /// Parses `holdfast serve`'s settings from `argv` (program name and `serve` first), with the TOML file
@@ -217,6 +233,15 @@ impl ServeArgs {
                 remove_covered_segments: !self.keep_log,
             },
             expiry_tick: self.expiry_tick,
+            database: self.database_url.as_ref().map(|url| DatabaseOptions {
+                url: url.clone(),
+                mirror: MirrorOptions {
+                    batch_max: self.mirror_batch_max.max(1),
+                    log_budget_bytes: self.mirror_log_budget_bytes,
+                    ..MirrorOptions::default()
+                },
+                reconcile_every: self.reconcile_every,
+            }),
         })
     }
 }

@@ -8,6 +8,7 @@
 //! - [`http`]: the HTTP API: accept loop, limits, routes, JSON, problem responses, metrics.
 //! - [`serve`]: recovery, the server, the expiry and snapshot tickers, shutdown in order.
 //! - [`config`]: `holdfast serve` settings from flags, environment and a TOML file.
+//! - [`reconcile`]: Postgres: migrations, the mirror of the log, drift checks, warm-start, restocks.
 //! - [`admin`]: `holdfast wal …` and `holdfast snapshot …`, the SRE tools for a data directory.
 //! - `sync`: the locks and atomics the engine uses, swapped for loom's under `--cfg holdfast_loom`.
 //!
@@ -21,5 +22,6 @@ pub mod durable;
 pub mod engine;
 pub mod http;
 pub mod limits;
+pub mod reconcile;
 pub mod serve;
 mod sync;

@@ -17,6 +17,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage: holdfast [serve] [--listen ADDR] [--data-dir DIR] [... see holdfast serve --help]
        holdfast wal verify|stats|dump|replay|trace|repair DIR [...]   (holdfast wal --help)
        holdfast snapshot create|list DIR
+       holdfast db migrate --database-url URL
+       holdfast reconcile --database-url URL --data-dir DIR
        holdfast demo [--users N] [--units N] [--threads N]
        holdfast crash-drill --data-dir DIR [--seconds N]
 
@@ -137,7 +139,7 @@ fn main() -> ExitCode {
         // The server is what a bare `holdfast` runs.
         None => return serve(&[argv[0].clone(), "serve".into()]),
         Some("serve") => return serve(&argv),
-        Some("wal" | "snapshot") => return holdfast::admin::run(&argv),
+        Some("wal" | "snapshot" | "db" | "reconcile") => return holdfast::admin::run(&argv),
         Some("demo" | "crash-drill") => {}
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");

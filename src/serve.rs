@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::durable::{Durable, SnapshotPolicy};
 use crate::engine::EngineConfig;
 use crate::http::{self, metrics::Metrics, App, HttpConfig};
+use crate::reconcile::mirror::{Mirror, MirrorOptions, MirrorStatus};
 use anyhow::Context as _;
 use holdfast_wal::storage::FsStorage;
 use holdfast_wal::{Observer, WalOptions};
@@ -30,6 +31,17 @@ pub struct ServeOptions {
     pub snapshot: SnapshotPolicy,
     /// How often expired reservations are returned; they return within one tick of `expires_at`.
     pub expiry_tick: Duration,
+    /// Mirror the log into this Postgres database (and warm-start from it when the data directory is
+    /// empty).
+    pub database: Option<DatabaseOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseOptions {
+    pub url: String,
+    pub mirror: MirrorOptions,
+    /// How often the server compares Postgres with the engine (drift check).
+    pub reconcile_every: Duration,
 }
 
 /// Serves on `listener` until `shutdown` completes or the log fails. Returns an error for a failed
@@ -50,8 +62,9 @@ pub async fn run(
     }));
 
     let opened = tokio::task::spawn_blocking({
-        let (dir, engine) = (options.data_dir.clone(), options.engine.clone());
-        move || open(dir, engine, wal_options)
+        let (dir, engine, database) =
+            (options.data_dir.clone(), options.engine.clone(), options.database.clone());
+        move || open(dir, engine, wal_options, database.as_ref())
     })
     .await
     .context("recovery panicked")?;
@@ -68,6 +81,10 @@ pub async fn run(
 
     let fatal = Arc::new(Fatal::default());
     let tickers = Tickers::start(&durable, &app, &options, &fatal);
+    let postgres = match &options.database {
+        Some(db) => Some(Postgres::start(&durable, &app, db)?),
+        None => None,
+    };
     tokio::select! {
         () = shutdown => tracing::info!("shutting down: draining requests"),
         () = fatal.notified() => tracing::error!("shutting down: the log failed"),
@@ -76,6 +93,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = server.await;
     tickers.stop();
+    if let Some(postgres) = postgres {
+        postgres.stop();
+    }
     let result = tokio::task::spawn_blocking(move || durable.wal().wait(durable.wal().appended_lsn()))
         .await
         .context("the final sync panicked")?;
@@ -90,7 +110,12 @@ pub async fn run(
 
 /// Locks the data directory (one server per directory), then loads the newest snapshot and replays
 /// the log after it.
-fn open(dir: PathBuf, engine: EngineConfig, wal: WalOptions) -> anyhow::Result<(Arc<Durable>, File)> {
+fn open(
+    dir: PathBuf,
+    engine: EngineConfig,
+    wal: WalOptions,
+    database: Option<&DatabaseOptions>,
+) -> anyhow::Result<(Arc<Durable>, File)> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
     let lock_path = dir.join("LOCK");
@@ -105,6 +130,11 @@ fn open(dir: PathBuf, engine: EngineConfig, wal: WalOptions) -> anyhow::Result<(
     let started = Instant::now();
     let storage =
         FsStorage::new(dir.join("wal")).with_context(|| format!("opening {}/wal", dir.display()))?;
+    if let Some(db) = database {
+        if crate::reconcile::warm::is_empty(&storage)? {
+            warm_start(db, &storage, &engine)?;
+        }
+    }
     let (durable, opened) = Durable::open(Arc::new(storage), engine, wal).map_err(|e| {
         anyhow::anyhow!(
             "recovery of {} failed: {e}\n(inspect the log with: holdfast wal verify {})",
@@ -129,6 +159,91 @@ fn open(dir: PathBuf, engine: EngineConfig, wal: WalOptions) -> anyhow::Result<(
         "recovered"
     );
     Ok((Arc::new(durable), lock))
+}
+
+/// An empty data directory and a database: load the database's state first. Waits (retrying) for
+/// Postgres, since starting empty would sell stock the database says is gone.
+fn warm_start(db: &DatabaseOptions, storage: &FsStorage, engine: &EngineConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let pool = crate::reconcile::pool(&db.url)?;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let attempt = rt.block_on(async {
+            let mut client = pool.get().await?;
+            crate::reconcile::migrate(&mut client).await?;
+            crate::reconcile::warm::warm_start(&mut client, storage, engine).await
+        });
+        match attempt {
+            Ok(warmed) => {
+                tracing::info!(
+                    skus = warmed.skus,
+                    active_reservations = warmed.active_reservations,
+                    "warm-started from Postgres (the data directory was empty)"
+                );
+                return Ok(());
+            }
+            Err(e) if e.downcast_ref::<deadpool_postgres::PoolError>().is_some() => {
+                tracing::warn!(error = %e, retry_in = ?wait, "warm-start: Postgres unreachable; not ready until it is");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.context("warm-start from Postgres")),
+        }
+    }
+}
+
+/// The mirror and the periodic drift check.
+struct Postgres {
+    mirror: Mirror,
+    drift: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Postgres {
+    fn start(durable: &Arc<Durable>, app: &Arc<App>, db: &DatabaseOptions) -> anyhow::Result<Self> {
+        let pool = crate::reconcile::pool(&db.url)?;
+        let status = Arc::new(MirrorStatus::default());
+        let _ = app.metrics.mirror.set(status.clone());
+        let mirror = Mirror::start(durable.clone(), pool.clone(), db.mirror.clone(), status)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let drift = {
+            let (d, app, stop, every) = (durable.clone(), app.clone(), stop.clone(), db.reconcile_every);
+            std::thread::Builder::new()
+                .name("drift".into())
+                .spawn(move || drift_checks(&d, &app, &pool, every, &stop))?
+        };
+        Ok(Self { mirror, drift, stop })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.mirror.stop();
+        let _ = self.drift.join();
+    }
+}
+
+fn drift_checks(d: &Durable, app: &App, pool: &deadpool_postgres::Pool, every: Duration, stop: &AtomicBool) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let mut next = Instant::now() + every;
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        next = Instant::now() + every;
+        let storage = d.wal().storage().clone();
+        let checked = rt.block_on(async {
+            let mut client = pool.get().await?;
+            crate::reconcile::drift::check(&mut client, &*storage, d.config()).await
+        });
+        match checked {
+            Ok(report) => {
+                crate::reconcile::drift::log_report(&report);
+                app.metrics.record_drift(&report);
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "drift check could not run"),
+        }
+    }
 }
 
 /// A fatal error seen by a ticker, and the wake-up of the task waiting for one.

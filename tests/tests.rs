@@ -6,3 +6,4 @@ mod durable;
 mod engine;
 mod http;
 mod process;
+mod reconcile;

@@ -31,6 +31,27 @@ enum Cli {
     /// Take or list snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// The Postgres schema.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Compare Postgres with the engine at the LSN Postgres is at; exit 1 when they differ.
+    Reconcile {
+        #[arg(long, env = "HOLDFAST_DATABASE_URL")]
+        database_url: String,
+        #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply the schema migrations the database lacks (the server also does at start).
+    Migrate {
+        #[arg(long, env = "HOLDFAST_DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,6 +181,8 @@ pub fn run(argv: &[String]) -> ExitCode {
         Cli::Snapshot(SnapshotCommand::List { dir, json }) => {
             snapshot_list(&dir, json, out).map(|()| ExitCode::SUCCESS)
         }
+        Cli::Db(DbCommand::Migrate { database_url }) => db_migrate(&database_url, out),
+        Cli::Reconcile { database_url, data_dir, json } => reconcile(&database_url, &data_dir, json, out),
     };
     match result {
         Ok(code) => code,
@@ -666,4 +689,49 @@ fn snapshot_list(dir: &Path, as_json: bool, out: &mut Out<'_>) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+fn db_migrate(url: &str, out: &mut Out<'_>) -> anyhow::Result<ExitCode> {
+    let applied = crate::reconcile::migrate_command(url)?;
+    if applied.is_empty() {
+        writeln!(out, "the schema is up to date")?;
+    } else {
+        writeln!(out, "applied migrations {applied:?}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reconcile(url: &str, dir: &Path, as_json: bool, out: &mut Out<'_>) -> anyhow::Result<ExitCode> {
+    let storage = storage(dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let report = rt.block_on(async {
+        let pool = crate::reconcile::pool(url)?;
+        let mut client = pool.get().await?;
+        crate::reconcile::drift::check(&mut client, &storage, &EngineConfig::default()).await
+    })?;
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "compared at LSN {}: {} SKUs, {} active reservations",
+            report.lsn, report.skus_checked, report.active_reservations_checked
+        )?;
+        for d in &report.skus {
+            writeln!(
+                out,
+                "SKU {}: engine {:?}, postgres {:?} ([on_hand, available, reserved, sold])",
+                d.sku, d.engine, d.postgres
+            )?;
+        }
+        for d in &report.reservations {
+            writeln!(out, "reservation {}: engine {:?}, postgres {:?}", d.id, d.engine, d.postgres)?;
+        }
+        writeln!(
+            out,
+            "{}",
+            if report.is_clean() { "no drift" } else { "DRIFT: see ops/runbooks/postgres.md" }
+        )?;
+    }
+    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -162,6 +162,9 @@ pub struct Durable {
     last_snapshot: parking_lot::Mutex<(Lsn, u64)>,
     /// The LSN of `last_snapshot`, readable while a snapshot is being taken (the mutex is held then).
     snapshot_lsn: std::sync::atomic::AtomicU64,
+    /// The first LSN a reader of the log (the Postgres mirror) still needs: segments holding it or
+    /// later records are not removed. `Lsn::MAX`: nobody waits.
+    retention_floor: std::sync::atomic::AtomicU64,
 }
 
 /// Records handed from the log's scan to the applier at a time.
@@ -309,7 +312,8 @@ impl Durable {
         let last_snapshot = parking_lot::Mutex::new((from, 0));
         let opened = Opened { recovery, snapshot, skipped_snapshots, replayed };
         let snapshot_lsn = std::sync::atomic::AtomicU64::new(from);
-        Ok((Durable { engine, wal, config, last_snapshot, snapshot_lsn }, opened))
+        let retention_floor = std::sync::atomic::AtomicU64::new(Lsn::MAX);
+        Ok((Durable { engine, wal, config, last_snapshot, snapshot_lsn, retention_floor }, opened))
     }
 
     /// Takes a snapshot if `policy` says one is due at `now_ms`; the caller's periodic tick calls this.
@@ -356,15 +360,26 @@ impl Durable {
         }
         if remove_covered_segments {
             if let Some(oldest_kept) = all.get(SNAPSHOTS_KEPT.min(all.len()).saturating_sub(1)) {
-                self.wal.remove_segments_through(oldest_kept.lsn)?;
+                let floor = self.retention_floor.load(std::sync::atomic::Ordering::Relaxed);
+                self.wal.remove_segments_through(oldest_kept.lsn.min(floor.saturating_sub(1)))?;
             }
         }
         Ok(written)
     }
 
+    /// Keeps the records from `lsn` on in the log for a reader that still needs them (`Lsn::MAX`: none).
+    pub fn set_retention_floor(&self, lsn: Lsn) {
+        self.retention_floor.store(lsn, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The LSN the newest snapshot covers (0: none yet).
     pub fn last_snapshot_lsn(&self) -> Lsn {
         self.snapshot_lsn.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     /// The engine, for reads.

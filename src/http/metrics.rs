@@ -2,6 +2,8 @@
 //! things happen; gauges of state (live reservations, LSNs, snapshot age) are read when scraped.
 
 use crate::durable::Durable;
+use crate::reconcile::drift::DriftReport;
+use crate::reconcile::mirror::MirrorStatus;
 use holdfast_wal::FlushObserver;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,6 +75,28 @@ pub struct Metrics {
     /// When the last snapshot was written (or the server started), Unix ms.
     pub snapshot_at_ms: AtomicU64,
     ready: Gauge,
+    /// The Postgres mirror's state, when there is one.
+    pub mirror: OnceLock<Arc<MirrorStatus>>,
+    mirror_gauges: MirrorGauges,
+}
+
+/// The mirror's figures, copied from its status when scraped.
+#[derive(Default)]
+struct MirrorGauges {
+    applied_lsn: Gauge,
+    lag_records: Gauge,
+    lag_seconds: Gauge<f64, AtomicU64>,
+    records: Gauge,
+    batches: Gauge,
+    errors: Gauge,
+    connected: Gauge,
+    retention_released: Gauge,
+    resyncs: Gauge,
+    adjustments_applied: Gauge,
+    adjustments_refused: Gauge,
+    drift_skus: Gauge,
+    drift_reservations: Gauge,
+    drift_checks: Counter,
 }
 
 impl Metrics {
@@ -99,6 +123,8 @@ impl Metrics {
             snapshot_age_seconds: Gauge::default(),
             snapshot_at_ms: AtomicU64::new(now_ms),
             ready: Gauge::default(),
+            mirror: OnceLock::new(),
+            mirror_gauges: MirrorGauges::default(),
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.requests.clone());
@@ -137,7 +163,61 @@ impl Metrics {
             m.snapshot_age_seconds.clone(),
         );
         r.register("ready", "1 once recovery finished and while the server accepts work", m.ready.clone());
+        let g = &m.mirror_gauges;
+        r.register("mirror_applied_lsn", "Last LSN applied to Postgres", g.applied_lsn.clone());
+        r.register(
+            "mirror_lag_records",
+            "Records acknowledged but not yet in Postgres",
+            g.lag_records.clone(),
+        );
+        r.register(
+            "mirror_lag_seconds",
+            "Age of the oldest record not yet in Postgres",
+            g.lag_seconds.clone(),
+        );
+        r.register("mirror_records_applied", "Records applied to Postgres since start", g.records.clone());
+        r.register("mirror_batches", "Transactions the mirror committed since start", g.batches.clone());
+        r.register(
+            "mirror_errors",
+            "Mirror sessions interrupted (Postgres unreachable, errors)",
+            g.errors.clone(),
+        );
+        r.register("mirror_connected", "1 while the mirror holds a working connection", g.connected.clone());
+        r.register(
+            "mirror_retention_released",
+            "1 when the log outgrew its budget and stopped waiting for the mirror",
+            g.retention_released.clone(),
+        );
+        r.register("mirror_resyncs", "Times the mirror rewrote Postgres from a snapshot", g.resyncs.clone());
+        r.register(
+            "stock_adjustments_applied",
+            "Adjustments from holdfast_stock_adjustments applied",
+            g.adjustments_applied.clone(),
+        );
+        r.register(
+            "stock_adjustments_refused",
+            "Adjustments from holdfast_stock_adjustments refused",
+            g.adjustments_refused.clone(),
+        );
+        r.register(
+            "drift_skus",
+            "SKUs on which Postgres and the engine disagreed at the last check",
+            g.drift_skus.clone(),
+        );
+        r.register(
+            "drift_reservations",
+            "Reservations on which they disagreed at the last check",
+            g.drift_reservations.clone(),
+        );
+        r.register("drift_checks", "Drift checks run", g.drift_checks.clone());
         m
+    }
+
+    pub fn record_drift(&self, report: &DriftReport) {
+        let g = &self.mirror_gauges;
+        g.drift_skus.set(report.skus.len() as i64);
+        g.drift_reservations.set(report.reservations.len() as i64);
+        g.drift_checks.inc();
     }
 
     /// The text a scrape gets, with the state gauges read now.
@@ -148,6 +228,23 @@ impl Metrics {
             gauge(&self.appended_lsn, d.wal().appended_lsn());
             gauge(&self.acked_lsn, d.wal().acked_lsn());
             gauge(&self.snapshot_lsn, d.last_snapshot_lsn());
+        }
+        if let Some(status) = self.mirror.get() {
+            let g = &self.mirror_gauges;
+            let set = |gauge: &Gauge, v: &AtomicU64| {
+                gauge.set(i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX))
+            };
+            set(&g.applied_lsn, &status.applied_lsn);
+            set(&g.lag_records, &status.lag_records);
+            g.lag_seconds.set(status.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+            set(&g.records, &status.records_applied);
+            set(&g.batches, &status.batches);
+            set(&g.errors, &status.errors);
+            set(&g.resyncs, &status.resyncs);
+            set(&g.adjustments_applied, &status.adjustments_applied);
+            set(&g.adjustments_refused, &status.adjustments_refused);
+            g.connected.set(i64::from(status.connected.load(Ordering::Relaxed)));
+            g.retention_released.set(i64::from(status.retention_released.load(Ordering::Relaxed)));
         }
         let since = now_ms.saturating_sub(self.snapshot_at_ms.load(Ordering::Relaxed));
         self.snapshot_age_seconds.set(since as f64 / 1000.0);

@@ -27,6 +27,7 @@ pub fn options(dir: &Path) -> ServeOptions {
         wal: WalOptions::default(),
         snapshot: SnapshotPolicy::default(),
         expiry_tick: Duration::from_millis(10),
+        database: None,
     }
 }
 

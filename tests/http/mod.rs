@@ -3,6 +3,6 @@
 
 mod api;
 mod bad_input;
-mod harness;
-mod process;
+pub mod harness;
+pub mod process;
 mod slow;

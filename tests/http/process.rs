@@ -10,15 +10,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Process {
-    child: Child,
-    addr: SocketAddr,
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+/// A server left running by a failing test would outlive it (and hold its output open).
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn start(dir: &Path) -> Process {
+    start_with(dir, &[])
+}
+
+/// Starts `holdfast serve` on DIR and a free loopback port, with more flags.
+pub fn start_with(dir: &Path, flags: &[&str]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
         .arg(dir)
+        .args(flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -30,11 +44,11 @@ fn start(dir: &Path) -> Process {
     Process { child, addr }
 }
 
-fn call(rt: &tokio::runtime::Runtime, addr: SocketAddr, bytes: Vec<u8>) -> Reply {
+pub fn call(rt: &tokio::runtime::Runtime, addr: SocketAddr, bytes: Vec<u8>) -> Reply {
     rt.block_on(send(addr, bytes)).expect("a response")
 }
 
-fn wait_ready(rt: &tokio::runtime::Runtime, addr: SocketAddr) {
+pub fn wait_ready(rt: &tokio::runtime::Runtime, addr: SocketAddr) {
     for _ in 0..1000 {
         if rt.block_on(send(addr, request("GET", "/readyz", &[], None))).is_ok_and(|r| r.status == 200) {
             return;
@@ -44,7 +58,7 @@ fn wait_ready(rt: &tokio::runtime::Runtime, addr: SocketAddr) {
     panic!("not ready");
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt")
 }
 
@@ -84,9 +98,9 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
 }
 
 /// Acknowledged state per reservation id: `active` after a 201, `committed` after a 200 commit.
-type Acked = Arc<parking_lot::Mutex<HashMap<String, &'static str>>>;
+pub type Acked = Arc<parking_lot::Mutex<HashMap<String, &'static str>>>;
 
-async fn shopper(addr: SocketAddr, n: usize, acked: Acked) {
+pub async fn shopper(addr: SocketAddr, n: usize, acked: Acked) {
     for i in 0.. {
         let body = reserve_body(&format!("sku{}", i % 4), 1, &format!("u{n}"));
         let Ok(reply) = send(addr, request("POST", "/v1/reservations", &[], Some(&body))).await else {
