@@ -139,7 +139,7 @@ pub struct ServeArgs {
 /// filling in whatever flags and environment left at its default.
 pub fn parse_serve(argv: &[String]) -> Result<ServeArgs, clap::Error> {
     #[derive(Parser)]
-    #[command(name = "holdfast serve")]
+    #[command(name = "holdfast serve", bin_name = "holdfast serve")]
     struct Cli {
         #[command(flatten)]
         serve: ServeArgs,
