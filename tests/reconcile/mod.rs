@@ -158,6 +158,16 @@ fn assert_mirrored(rt: &tokio::runtime::Runtime, p: &Process, pg: &Pg, ids: &[St
     }
 }
 
+/// Waits until every row of `holdfast_stock_adjustments` is applied or refused.
+fn settle_adjustments(pg: &Pg) {
+    let pending = "SELECT 1 FROM holdfast_stock_adjustments WHERE applied_lsn IS NULL AND refused IS NULL";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pg.query(pending).is_empty() {
+        assert!(Instant::now() < deadline, "adjustments not taken");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn post(rt: &tokio::runtime::Runtime, addr: SocketAddr, path: &str, body: &str) -> Value {
     let reply = call(rt, addr, request("POST", path, &[], Some(body)));
     assert!(reply.status < 300, "{path}: {} {}", reply.status, reply.text());
@@ -218,12 +228,7 @@ fn the_mirror_equals_the_engine_takes_restocks_once_and_warm_starts() {
     let on_hand = |p: &Process, sku: &str| {
         call(&rt, p.addr, request("GET", &format!("/v1/skus/{sku}"), &[], None)).json()["on_hand"].as_u64()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let pending = "SELECT 1 FROM holdfast_stock_adjustments WHERE applied_lsn IS NULL AND refused IS NULL";
-    while !pg.query(pending).is_empty() {
-        assert!(Instant::now() < deadline, "adjustments not taken");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    settle_adjustments(&pg);
     assert_eq!((on_hand(&p, "tee"), on_hand(&p, "cap")), (Some(60), Some(48)));
     let refused = pg.query("SELECT count(*) FROM holdfast_stock_adjustments WHERE refused IS NOT NULL")[0]
         .get::<_, i64>(0);
@@ -233,7 +238,7 @@ fn the_mirror_equals_the_engine_takes_restocks_once_and_warm_starts() {
     let mut p = start_with(dir.path(), &flags);
     wait_ready(&rt, p.addr);
     pg.execute("INSERT INTO holdfast_stock_adjustments (sku, delta, reason) VALUES ('tee', 1, 'truck 2')");
-    std::thread::sleep(Duration::from_millis(1_500));
+    settle_adjustments(&pg);
     assert_mirrored(&rt, &p, &pg, &ids);
     assert_eq!((on_hand(&p, "tee"), on_hand(&p, "cap")), (Some(61), Some(48)), "each restock once");
     let d = dir.path().to_str().expect("utf-8");
