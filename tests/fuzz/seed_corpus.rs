@@ -1,7 +1,9 @@
 //! Writes real log records and a real snapshot state into `corpus/`, as seeds for the fuzz targets.
 
 use holdfast::durable::codec;
-use holdfast::engine::{Engine, EngineConfig, IdempotencyKey, Item, Reason, Record, ReserveRequest, SaleId, SkuId, UserId};
+use holdfast::engine::{
+    Engine, EngineConfig, IdempotencyKey, Item, Reason, Record, ReserveRequest, SaleId, SkuId, UserId,
+};
 
 fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
@@ -11,7 +13,9 @@ fn main() {
     let mut records: Vec<Record> = Vec::new();
     engine.set_stock(&sku, 10, 1_000, &mut records).expect("stock");
     engine.set_sale_limit(&sale, 3, 1_001, &mut records).expect("sale");
-    engine.adjust_stock(&sku, 5, &Reason::new("restock").expect("reason"), 1_002, &mut records).expect("adjust");
+    engine
+        .adjust_stock(&sku, 5, &Reason::new("restock").expect("reason"), 1_002, &mut records)
+        .expect("adjust");
     let req = ReserveRequest {
         items: vec![Item { sku: sku.clone(), qty: 2 }],
         ttl_ms: 60_000,
