@@ -49,7 +49,9 @@ impl Reservation {
 
 /// A shard's reservations, by id. The shard issues ids in sequence and forgets them in roughly the
 /// order it issued them, so they live in a ring indexed by `seq - base`: no hashing, and no stored key
-/// or hash per entry. Ids issued by another shard (the shard count changed since) go to `foreign`.
+/// or hash per entry. Ids issued by another shard (the shard count changed since) go to `foreign`, and
+/// so do own ids so far ahead of the ring that it would have to grow by more than `RING_LEAP_MAX`
+/// empty slots to hold them (a snapshot whose ids lie far apart must not allocate their whole span).
 pub(crate) struct Reservations {
     /// The shard whose ids live in the ring.
     shard: u16,
@@ -58,6 +60,9 @@ pub(crate) struct Reservations {
     ring: VecDeque<Option<Reservation>>,
     foreign: HashMap<ReservationId, Reservation, foldhash::fast::RandomState>,
 }
+
+/// The most empty slots one insert may add to a ring (beyond that, the id goes to `foreign`).
+const RING_LEAP_MAX: usize = 1 << 20;
 
 impl Reservations {
     fn new(shard: u16) -> Self {
@@ -72,18 +77,18 @@ impl Reservations {
     }
 
     pub(crate) fn get(&self, id: &ReservationId) -> Option<&Reservation> {
-        match self.slot(*id) {
-            Some(i) => self.ring.get(i)?.as_ref(),
-            None if id.shard() == self.shard => None,
-            None => self.foreign.get(id),
+        match self.slot(*id).and_then(|i| self.ring.get(i)) {
+            Some(Some(r)) => Some(r),
+            // Another shard's id, or an own id not in the ring (far ahead of it, or left behind).
+            _ if self.foreign.is_empty() => None,
+            _ => self.foreign.get(id),
         }
     }
 
     pub(crate) fn get_mut(&mut self, id: &ReservationId) -> Option<&mut Reservation> {
         match self.slot(*id) {
-            Some(i) => self.ring.get_mut(i)?.as_mut(),
-            None if id.shard() == self.shard => None,
-            None => self.foreign.get_mut(id),
+            Some(i) if self.ring.get(i).is_some_and(Option::is_some) => self.ring[i].as_mut(),
+            _ => self.foreign.get_mut(id),
         }
     }
 
@@ -101,7 +106,11 @@ impl Reservations {
             // Restoring or replaying a long-lived shard: start the ring at its first id, not at 1.
             self.base = id.seq();
         }
-        let i = self.slot(id).expect("an own id at or above the ring's base");
+        let i = match self.slot(id) {
+            Some(i) if i < self.ring.len() + RING_LEAP_MAX => i,
+            // Below the ring (its neighbours were forgotten first) or far ahead of it.
+            _ => return self.foreign.insert(id, r),
+        };
         if i >= self.ring.len() {
             self.ring.resize_with(i + 1, || None);
         }
@@ -111,9 +120,8 @@ impl Reservations {
     /// Forgets a reservation, and drops the leading empty slots so the ring does not grow forever.
     pub(crate) fn remove(&mut self, id: &ReservationId) {
         match self.slot(*id) {
-            Some(i) if i < self.ring.len() => self.ring[i] = None,
-            Some(_) => {}
-            None => drop(self.foreign.remove(id)),
+            Some(i) if self.ring.get(i).is_some_and(Option::is_some) => self.ring[i] = None,
+            _ => drop(self.foreign.remove(id)),
         }
         while matches!(self.ring.front(), Some(None)) {
             self.ring.pop_front();
@@ -123,7 +131,7 @@ impl Reservations {
 
     /// Whether an own id's sequence number lies below the ring: it was issued and forgotten.
     pub(crate) fn is_forgotten_seq(&self, id: ReservationId) -> bool {
-        id.shard() == self.shard && id.seq() < self.base
+        id.shard() == self.shard && id.seq() < self.base && !self.foreign.contains_key(&id)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (ReservationId, &Reservation)> {
@@ -252,5 +260,45 @@ impl<'e> Locked<'e> {
         let (_, guard) =
             self.guards.iter_mut().find(|(i, _)| *i == index).expect("the caller locked this shard");
         guard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reservation(created_at_ms: u64) -> Reservation {
+        Reservation {
+            lines: Lines::new(),
+            created_at_ms,
+            expires_at_ms: created_at_ms + 1,
+            ended_at_ms: 0,
+            state: ReservationState::Active,
+            holder: None,
+        }
+    }
+
+    /// Ids far apart (a restored snapshot, or a crafted one) do not make the ring as wide as their span.
+    #[test]
+    fn ids_far_apart_do_not_allocate_their_span() {
+        let mut r = Reservations::new(0);
+        let near = ReservationId::new(0, 5);
+        let far = ReservationId::new(0, 1 << 40);
+        assert!(r.insert(near, reservation(1)).is_none());
+        assert!(r.insert(far, reservation(2)).is_none());
+        assert!(r.ring.len() < 16, "ring of {} slots", r.ring.len());
+        assert_eq!(r.get(&far).map(|x| x.created_at_ms), Some(2));
+        assert_eq!(r.get(&near).map(|x| x.created_at_ms), Some(1));
+        r.get_mut(&far).expect("found").created_at_ms = 3;
+        assert_eq!(r.iter().count(), 2);
+        r.remove(&near);
+        assert!(!r.is_forgotten_seq(far) && r.get(&far).is_some(), "the far one outlives the ring");
+        r.remove(&far);
+        assert!(r.is_empty());
+        // The ring still grows densely for ids issued in sequence.
+        for seq in 10..2_000 {
+            r.insert(ReservationId::new(0, seq), reservation(seq));
+        }
+        assert!(r.foreign.is_empty() && r.ring.len() == 1_990);
     }
 }

@@ -71,7 +71,9 @@ impl Engine {
         let engine = Engine::new(config).map_err(RestoreError::Config)?;
         let fail = |detail: String| RestoreError::Invalid(ReplayError { detail });
         for (sku, stock) in &state.skus {
-            if stock.available + stock.reserved + stock.sold != stock.on_hand
+            let sum = stock.available.checked_add(stock.reserved).and_then(|n| n.checked_add(stock.sold));
+            if sum != Some(stock.on_hand)
+                || stock.on_hand > crate::limits::ON_HAND_MAX
                 || engine.catalog.find(sku.as_str()).is_some()
             {
                 return Err(fail(format!("SKU {sku} does not conserve units or appears twice: {stock:?}")));

@@ -529,3 +529,12 @@ fn forgetting_out_of_order_keeps_every_other_reservation_reachable() {
     assert_eq!(e.reservation(fresh, T0).map(|v| v.state), Some(ReservationState::Active));
     e.check_consistency().unwrap();
 }
+
+/// A state whose counters overflow when summed is refused, not wrapped into a pass.
+#[test]
+fn restore_refuses_counters_that_overflow() {
+    let sku = crate::engine::SkuId::new("tee").expect("sku");
+    let stock = crate::engine::Stock { on_hand: 1, available: u64::MAX, reserved: 2, sold: 0 };
+    let state = crate::engine::EngineState { skus: vec![(sku, stock)], ..Default::default() };
+    assert!(Engine::restore(EngineConfig { shards: 2, ..EngineConfig::default() }, &state).is_err());
+}
