@@ -3,6 +3,7 @@
 # its lag every second; then its catch-up rate on a backlog built while Postgres was away.
 # Usage: benches/wrk/mirror.sh [SECONDS] [CONNECTIONS]. Needs wrk, curl, psql and Postgres on
 # 127.0.0.1:5432 (ops/postgres.sh); uses a role and schema of its own, dropped afterwards.
+# HOLDFAST_BIN=path runs another build of the server (for comparisons side by side).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-20}
@@ -21,7 +22,7 @@ cleanup() {
         -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '$name'" \
         -c "DROP SCHEMA IF EXISTS $name CASCADE" -c "DROP ROLE IF EXISTS $name" >/dev/null
 }
-./target/release/holdfast serve --listen 127.0.0.1:$port --data-dir "$dir" --log warn --database-url "$url" >/dev/null 2>"$dir.log" &
+"${HOLDFAST_BIN:-./target/release/holdfast}" serve --listen 127.0.0.1:$port --data-dir "$dir" --log warn --database-url "$url" >/dev/null 2>"$dir.log" &
 pid=$!
 trap cleanup EXIT
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/readyz >/dev/null && break; sleep 0.1; done
