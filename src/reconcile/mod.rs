@@ -5,6 +5,7 @@
 //! keeps its checkpoint (`holdfast_mirror.applied_lsn`) in the transaction that applies the records, so
 //! a crash of either side neither skips nor repeats one. See `ops/runbooks/postgres.md`.
 
+mod batch;
 pub mod drift;
 pub mod mirror;
 pub mod warm;

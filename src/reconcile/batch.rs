@@ -1,0 +1,354 @@
+//! One batch of log records as one Postgres transaction: reservations, items and state-history events
+//! copied in (binary COPY), the changes to existing rows as set-based UPDATEs over arrays, SKU deltas
+//! computed in SQL from the items table, and the checkpoint moved from its old value. Stock and sale
+//! records set absolute values and are applied one by one between the changes around them.
+
+use super::mirror::ADJUSTMENT_PREFIX;
+use crate::engine::{EngineState, Record, ReservationState};
+use holdfast_wal::Lsn;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Transaction};
+
+pub(crate) fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+pub(crate) fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A reservation's final state, end time, expiry and LSN within a batch (`None`: unchanged).
+type Update = (Option<&'static str>, Option<SystemTime>, Option<SystemTime>, i64);
+
+/// Reservation changes and per-SKU deltas accumulated between two stock records.
+#[derive(Default)]
+struct Changes {
+    new_ids: Vec<String>,
+    new_created: Vec<SystemTime>,
+    new_expires: Vec<SystemTime>,
+    new_user: Vec<Option<String>>,
+    new_sale: Vec<Option<String>>,
+    new_key: Vec<Option<String>>,
+    new_lsn: Vec<i64>,
+    item_ids: Vec<String>,
+    item_skus: Vec<String>,
+    item_qty: Vec<i32>,
+    ev_lsn: Vec<i64>,
+    ev_ids: Vec<String>,
+    ev_kind: Vec<&'static str>,
+    ev_at: Vec<SystemTime>,
+    ev_expires: Vec<Option<SystemTime>>,
+    /// The final change of each reservation changed after it was made.
+    updates: HashMap<String, Update>,
+    /// Units reserved per SKU by the reserves here.
+    reserved: HashMap<String, i64>,
+    end_ids: Vec<String>,
+    end_kinds: Vec<&'static str>,
+    last_lsn: i64,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.ev_lsn.is_empty()
+    }
+
+    fn add(&mut self, lsn: Lsn, record: &Record) {
+        let l = signed(lsn);
+        self.last_lsn = l;
+        let event = |s: &mut Self, id: String, kind: &'static str, at: u64, expires: Option<u64>| {
+            s.ev_lsn.push(l);
+            s.ev_ids.push(id);
+            s.ev_kind.push(kind);
+            s.ev_at.push(time(at));
+            s.ev_expires.push(expires.map(time));
+        };
+        match record {
+            Record::Reserved(r) => {
+                let id = r.id.to_string();
+                self.new_ids.push(id.clone());
+                self.new_created.push(time(r.created_at_ms));
+                self.new_expires.push(time(r.expires_at_ms));
+                self.new_user.push(r.user.as_ref().map(|u| u.as_str().to_owned()));
+                self.new_sale.push(r.sale.as_ref().map(|s| s.as_str().to_owned()));
+                self.new_key.push(r.idempotency.as_ref().map(|(k, _)| k.as_str().to_owned()));
+                self.new_lsn.push(l);
+                for item in &r.items {
+                    self.item_ids.push(id.clone());
+                    self.item_skus.push(item.sku.as_str().to_owned());
+                    self.item_qty.push(item.qty as i32);
+                    *self.reserved.entry(item.sku.as_str().to_owned()).or_default() += i64::from(item.qty);
+                }
+                event(self, id, "reserved", r.created_at_ms, Some(r.expires_at_ms));
+            }
+            Record::Extended { id, expires_at_ms, at_ms } => {
+                let id = id.to_string();
+                let u = self.updates.entry(id.clone()).or_insert((None, None, None, l));
+                u.2 = Some(time(*expires_at_ms));
+                u.3 = l;
+                event(self, id, "extended", *at_ms, Some(*expires_at_ms));
+            }
+            Record::Committed { id, at_ms }
+            | Record::Released { id, at_ms }
+            | Record::Expired { id, at_ms } => {
+                let kind = match record {
+                    Record::Committed { .. } => ReservationState::Committed,
+                    Record::Released { .. } => ReservationState::Released,
+                    _ => ReservationState::Expired,
+                }
+                .as_str();
+                let id = id.to_string();
+                let u = self.updates.entry(id.clone()).or_insert((None, None, None, l));
+                (u.0, u.1, u.3) = (Some(kind), Some(time(*at_ms)), l);
+                self.end_ids.push(id.clone());
+                self.end_kinds.push(kind);
+                event(self, id, kind, *at_ms, None);
+            }
+            Record::StockSet { .. } | Record::StockAdjusted { .. } | Record::SaleLimitSet { .. } => {
+                unreachable!("stock records are applied one by one")
+            }
+        }
+    }
+
+    /// The statements, in an order where each sees what it needs: reservations and items first, then
+    /// the changes to them, then the SKU counters (ends find their units in the items table).
+    async fn apply(self, tx: &Transaction<'_>, generation: i32) -> anyhow::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        // New rows go in with binary COPY: the cheapest way into Postgres for many rows.
+        let copy = |sql: &'static str, types: &'static [Type]| async move {
+            let sink = tx.copy_in(sql).await?;
+            Ok::<_, tokio_postgres::Error>(Box::pin(BinaryCopyInWriter::new(sink, types)))
+        };
+        let mut w = copy(
+            "COPY holdfast_reservations (id, state, created_at, expires_at, user_id, sale, idempotency_key,
+                 created_lsn, updated_lsn) FROM STDIN BINARY",
+            &[
+                Type::TEXT,
+                Type::TEXT,
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT8,
+                Type::INT8,
+            ],
+        )
+        .await?;
+        for i in 0..self.new_ids.len() {
+            let row: [&(dyn ToSql + Sync); 9] = [
+                &self.new_ids[i],
+                &"active",
+                &self.new_created[i],
+                &self.new_expires[i],
+                &self.new_user[i],
+                &self.new_sale[i],
+                &self.new_key[i],
+                &self.new_lsn[i],
+                &self.new_lsn[i],
+            ];
+            w.as_mut().write(&row).await?;
+        }
+        w.as_mut().finish().await?;
+        let mut w = copy(
+            "COPY holdfast_reservation_items (reservation_id, sku, qty) FROM STDIN BINARY",
+            &[Type::TEXT, Type::TEXT, Type::INT4],
+        )
+        .await?;
+        for i in 0..self.item_ids.len() {
+            w.as_mut().write(&[&self.item_ids[i], &self.item_skus[i], &self.item_qty[i]]).await?;
+        }
+        w.as_mut().finish().await?;
+        let mut w = copy(
+            "COPY holdfast_reservation_events (generation, lsn, reservation_id, kind, at, expires_at) FROM STDIN BINARY",
+            &[Type::INT4, Type::INT8, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
+        )
+        .await?;
+        for i in 0..self.ev_lsn.len() {
+            let row: [&(dyn ToSql + Sync); 6] = [
+                &generation,
+                &self.ev_lsn[i],
+                &self.ev_ids[i],
+                &self.ev_kind[i],
+                &self.ev_at[i],
+                &self.ev_expires[i],
+            ];
+            w.as_mut().write(&row).await?;
+        }
+        w.as_mut().finish().await?;
+        if !self.updates.is_empty() {
+            let (mut ids, mut states, mut ended, mut expires, mut lsns) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            for (id, (state, end, exp, lsn)) in &self.updates {
+                ids.push(id.as_str());
+                states.push(*state);
+                ended.push(*end);
+                expires.push(*exp);
+                lsns.push(*lsn);
+            }
+            let n = tx
+                .execute(
+                    "UPDATE holdfast_reservations r
+                     SET state = COALESCE(t.state, r.state), ended_at = COALESCE(t.ended, r.ended_at),
+                         expires_at = COALESCE(t.exp, r.expires_at), updated_lsn = t.lsn
+                     FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::int8[])
+                         AS t(id, state, ended, exp, lsn)
+                     WHERE r.id = t.id AND r.state = 'active'",
+                    &[&ids, &states, &ended, &expires, &lsns],
+                )
+                .await?;
+            if n != ids.len() as u64 {
+                anyhow::bail!(
+                    "{} of {} reservations changed by records up to LSN {} are not active in Postgres: it has drifted \
+                     from the log (run holdfast reconcile)",
+                    ids.len() as u64 - n,
+                    ids.len(),
+                    self.last_lsn
+                );
+            }
+        }
+        let (skus, deltas): (Vec<String>, Vec<i64>) = self.reserved.into_iter().unzip();
+        tx.execute(
+            "UPDATE holdfast_skus s
+             SET available = s.available + d.da, reserved = s.reserved + d.dr, sold = s.sold + d.ds, updated_lsn = $5
+             FROM (SELECT sku, sum(da) AS da, sum(dr) AS dr, sum(ds) AS ds FROM (
+                     SELECT r.sku, -r.q AS da, r.q AS dr, 0::int8 AS ds FROM unnest($1::text[], $2::int8[]) AS r(sku, q)
+                     UNION ALL
+                     SELECT i.sku,
+                            CASE WHEN e.kind = 'committed' THEN 0 ELSE i.qty::int8 END,
+                            -i.qty::int8,
+                            CASE WHEN e.kind = 'committed' THEN i.qty::int8 ELSE 0 END
+                     FROM unnest($3::text[], $4::text[]) AS e(id, kind)
+                     JOIN holdfast_reservation_items i ON i.reservation_id = e.id
+                  ) x GROUP BY sku) d
+             WHERE s.sku = d.sku",
+            &[&skus, &deltas, &self.end_ids, &self.end_kinds, &self.last_lsn],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// A stock or sale record, applied on its own (it sets absolute values, or must see the deltas before it).
+async fn apply_stock(tx: &Transaction<'_>, lsn: Lsn, record: &Record) -> anyhow::Result<()> {
+    let l = signed(lsn);
+    match record {
+        Record::StockSet { sku, on_hand, .. } => {
+            tx.execute(
+                "INSERT INTO holdfast_skus (sku, on_hand, available, reserved, sold, updated_lsn)
+                 VALUES ($1, $2, $2, 0, 0, $3)
+                 ON CONFLICT (sku) DO UPDATE SET on_hand = EXCLUDED.on_hand,
+                     available = EXCLUDED.on_hand - holdfast_skus.reserved - holdfast_skus.sold,
+                     updated_lsn = EXCLUDED.updated_lsn",
+                &[&sku.as_str(), &signed(*on_hand), &l],
+            )
+            .await?;
+        }
+        Record::StockAdjusted { sku, delta, reason, .. } => {
+            tx.execute(
+                "UPDATE holdfast_skus SET on_hand = on_hand + $2, available = available + $2, updated_lsn = $3 WHERE sku = $1",
+                &[&sku.as_str(), delta, &l],
+            )
+            .await?;
+            if let Some(id) = adjustment_id(reason.as_str()) {
+                tx.execute(
+                    "UPDATE holdfast_stock_adjustments SET applied_lsn = $2, applied_at = now()
+                     WHERE id = $1 AND applied_lsn IS NULL",
+                    &[&id, &l],
+                )
+                .await?;
+            }
+        }
+        Record::SaleLimitSet { sale, per_user_max, .. } => {
+            tx.execute(
+                "INSERT INTO holdfast_sales (sale, per_user_limit, updated_lsn) VALUES ($1, $2, $3)
+                 ON CONFLICT (sale) DO UPDATE SET per_user_limit = EXCLUDED.per_user_limit, updated_lsn = EXCLUDED.updated_lsn",
+                &[&sale.as_str(), &(*per_user_max as i32), &l],
+            )
+            .await?;
+        }
+        _ => unreachable!("only stock and sale records"),
+    }
+    Ok(())
+}
+
+/// The id of the `holdfast_stock_adjustments` row an adjustment's reason names.
+pub fn adjustment_id(reason: &str) -> Option<i64> {
+    let rest = reason.strip_prefix(ADJUSTMENT_PREFIX)?;
+    rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
+}
+
+/// Applies `batch` (records `applied + 1 ..`) in one transaction that also moves the checkpoint from
+/// `applied`; a checkpoint that moved meanwhile (another mirror) aborts it.
+pub async fn apply_batch(client: &mut Client, applied: Lsn, batch: &[(Lsn, Record)]) -> anyhow::Result<()> {
+    let Some((last, _)) = batch.last() else { return Ok(()) };
+    let tx = client.transaction().await?;
+    let generation: i32 =
+        tx.query_one("SELECT generation FROM holdfast_mirror WHERE id = 1", &[]).await?.get(0);
+    let mut changes = Changes::default();
+    for (lsn, record) in batch {
+        match record {
+            Record::StockSet { .. } | Record::StockAdjusted { .. } | Record::SaleLimitSet { .. } => {
+                std::mem::take(&mut changes).apply(&tx, generation).await?;
+                apply_stock(&tx, *lsn, record).await?;
+            }
+            _ => changes.add(*lsn, record),
+        }
+    }
+    changes.apply(&tx, generation).await?;
+    let moved = tx
+        .execute(
+            "UPDATE holdfast_mirror SET applied_lsn = $1, applied_at = now() WHERE id = 1 AND applied_lsn = $2",
+            &[&signed(*last), &signed(applied)],
+        )
+        .await?;
+    if moved != 1 {
+        anyhow::bail!("the mirror checkpoint moved from LSN {applied} meanwhile: is another holdfast mirroring to this database?");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts an engine state (SKUs, sales, reservations with their items) into empty mirror tables.
+pub async fn write_state(tx: &Transaction<'_>, state: &EngineState, lsn: Lsn) -> anyhow::Result<()> {
+    let l = signed(lsn);
+    for (sku, s) in &state.skus {
+        tx.execute(
+            "INSERT INTO holdfast_skus (sku, on_hand, available, reserved, sold, updated_lsn) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&sku.as_str(), &signed(s.on_hand), &signed(s.available), &signed(s.reserved), &signed(s.sold), &l],
+        )
+        .await?;
+    }
+    for (sale, limit) in &state.sales {
+        tx.execute(
+            "INSERT INTO holdfast_sales (sale, per_user_limit, updated_lsn) VALUES ($1, $2, $3)",
+            &[&sale.as_str(), &(*limit as i32), &l],
+        )
+        .await?;
+    }
+    for r in &state.reservations {
+        let id = r.id.to_string();
+        let (sale, user) = match &r.holder {
+            Some((s, u)) => (Some(s.as_str()), Some(u.as_str())),
+            None => (None, None),
+        };
+        tx.execute(
+            "INSERT INTO holdfast_reservations (id, state, created_at, expires_at, ended_at, user_id, sale, created_lsn, updated_lsn)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+            &[&id, &r.state.as_str(), &time(r.created_at_ms), &time(r.expires_at_ms), &r.ended_at_ms.map(time), &user, &sale, &l],
+        )
+        .await?;
+        for item in &r.items {
+            tx.execute(
+                "INSERT INTO holdfast_reservation_items (reservation_id, sku, qty) VALUES ($1, $2, $3)",
+                &[&id, &item.sku.as_str(), &(item.qty as i32)],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
