@@ -344,6 +344,39 @@ fn read_only_tools_work_beside_a_running_server() {
     let (code, _, err) = holdfast(&["wal", "repair", d, "--yes"]);
     assert_eq!(code, 1);
     assert!(err.contains("in use"), "{err}");
+
+    // `dump --follow` prints reservations as the server makes them.
+    let addr: std::net::SocketAddr = line.trim().trim_start_matches("listening on ").parse().expect("address");
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(["wal", "dump", d, "--follow", "--kind", "reserved", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dump --follow");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().expect("piped")));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let rt = crate::http::process::runtime();
+    let put = crate::http::harness::request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 10}"#));
+    assert_eq!(crate::http::process::call(&rt, addr, put).status, 200);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let body = crate::http::harness::reserve_body("tee", 1, &format!("u{i}"));
+        let reply = crate::http::process::call(&rt, addr, crate::http::harness::request("POST", "/v1/reservations", &[], Some(&body)));
+        ids.push(reply.json()["id"].as_str().expect("id").to_owned());
+    }
+    let mut followed = Vec::new();
+    while followed.len() < ids.len() {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("dump --follow printed the reservation");
+        let record: Value = serde_json::from_str(&line).expect("JSON");
+        followed.push(record["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(followed, ids);
+    follow.kill().expect("kill");
+    follow.wait().expect("reaped");
     server.kill().expect("kill");
     server.wait().expect("reaped");
 }
