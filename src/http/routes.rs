@@ -164,7 +164,13 @@ static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 /// Answers one request. Never fails and never panics outward: every path ends in a response.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
     let started = Instant::now();
-    let request_id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    // The caller's X-Request-Id when it sends a usable one (so its traces and ours meet), else ours.
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .filter(|v| (1..=64).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(REQUEST_IDS.fetch_add(1, Ordering::Relaxed)));
     let found = Route::find(req.method(), req.uri().path());
     let label = found.as_ref().map_or("unmatched", |(route, _)| route.label());
     let mut response = match found {
@@ -176,23 +182,23 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
                 Ok(Ok(response)) => response,
                 Ok(Err(problem)) => problem.response(),
                 Err(_) => {
-                    tracing::error!(request_id, route = label, "handler panicked");
+                    tracing::error!(request_id = ?request_id, route = label, "handler panicked");
                     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").response()
                 }
             }
         }
     };
     let status = response.status().as_u16();
-    response.headers_mut().insert("x-request-id", HeaderValue::from(request_id));
+    response.headers_mut().insert("x-request-id", request_id.clone());
     let metrics = &app.metrics;
     metrics.requests.get_or_create(&super::metrics::RequestLabels { route: label, status }).inc();
     let took = started.elapsed();
     metrics.latency.get_or_create(&super::metrics::RouteLabels { route: label }).observe(took.as_secs_f64());
     // 503s (shedding, recovery, readiness) are expected and counted; 500 and 507 need a person.
     if status == 500 || status == 507 {
-        tracing::warn!(request_id, route = label, status, micros = took.as_micros() as u64, "request failed");
+        tracing::warn!(request_id = ?request_id, route = label, status, micros = took.as_micros() as u64, "request failed");
     } else {
-        tracing::debug!(request_id, route = label, status, micros = took.as_micros() as u64, "request");
+        tracing::debug!(request_id = ?request_id, route = label, status, micros = took.as_micros() as u64, "request");
     }
     response
 }

@@ -346,7 +346,8 @@ fn read_only_tools_work_beside_a_running_server() {
     assert!(err.contains("in use"), "{err}");
 
     // `dump --follow` prints reservations as the server makes them.
-    let addr: std::net::SocketAddr = line.trim().trim_start_matches("listening on ").parse().expect("address");
+    let addr: std::net::SocketAddr =
+        line.trim().trim_start_matches("listening on ").parse().expect("address");
     let mut follow = Command::new(env!("CARGO_BIN_EXE_holdfast"))
         .args(["wal", "dump", d, "--follow", "--kind", "reserved", "--json"])
         .stdout(std::process::Stdio::piped())
@@ -365,12 +366,18 @@ fn read_only_tools_work_beside_a_running_server() {
     let mut ids = Vec::new();
     for i in 0..3 {
         let body = crate::http::harness::reserve_body("tee", 1, &format!("u{i}"));
-        let reply = crate::http::process::call(&rt, addr, crate::http::harness::request("POST", "/v1/reservations", &[], Some(&body)));
+        let reply = crate::http::process::call(
+            &rt,
+            addr,
+            crate::http::harness::request("POST", "/v1/reservations", &[], Some(&body)),
+        );
         ids.push(reply.json()["id"].as_str().expect("id").to_owned());
     }
     let mut followed = Vec::new();
     while followed.len() < ids.len() {
-        let line = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("dump --follow printed the reservation");
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("dump --follow printed the reservation");
         let record: Value = serde_json::from_str(&line).expect("JSON");
         followed.push(record["id"].as_str().expect("id").to_owned());
     }

@@ -204,6 +204,9 @@ fn health_readiness_metrics_and_the_api_description() {
     let dir = scratch();
     let s = TestServer::start(options(dir.path()));
     assert_eq!(s.get("/healthz").json()["status"], "ok");
+    let traced = s.send(request("GET", "/healthz", &[("X-Request-Id", "checkout-7f3a")], None));
+    assert_eq!(traced.header("x-request-id"), Some("checkout-7f3a"), "the caller's request id comes back");
+    assert!(s.get("/healthz").header("x-request-id").is_some_and(|id| !id.is_empty()), "or one of ours");
     assert_eq!(s.get("/readyz").json()["status"], "ready");
     s.stock("tee", 1);
     let metrics = s.get("/metrics");
