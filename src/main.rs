@@ -268,13 +268,13 @@ mod crash_drill {
     use holdfast_wal::WalOptions;
     use std::io::Write;
     use std::sync::Arc;
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant};
 
     const SKUS: u64 = 8;
     const THREADS: u64 = 4;
 
     fn now_ms() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        holdfast::clock::Clock::now_ms(&holdfast::clock::SystemClock)
     }
 
     pub fn run(mut args: impl Iterator<Item = String>) -> Result<(), String> {

@@ -3,12 +3,9 @@
 
 use crate::engine::{Item, Record, ReservationView, Stock};
 use serde_json::{json, Map, Value};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
-/// RFC 3339 with milliseconds, UTC.
-pub fn time(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
+pub use crate::clock::rfc3339 as time;
 
 /// Parses an RFC 3339 time (`2026-11-23T12:00:03Z`, fractions allowed) or Unix milliseconds.
 pub fn parse_time(text: &str) -> Result<u64, String> {

@@ -1,9 +1,9 @@
 //! The JSON of the v1 API. Engine types are not serialisable; these are, and convert to and from them.
 //! Unknown fields are refused, so a typo is an error rather than a silently ignored setting.
 
+use crate::clock::rfc3339;
 use crate::engine::{ReservationView, Stock};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, UNIX_EPOCH};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,11 +64,6 @@ pub struct ReservationOut {
     pub expires_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
-}
-
-/// RFC 3339 with milliseconds, UTC.
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 impl From<&ReservationView> for ReservationOut {

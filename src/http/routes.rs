@@ -365,7 +365,7 @@ impl Handler<'_> {
         let out = dto::Reserved {
             id: id.clone(),
             state: "active",
-            expires_at: dto::rfc3339(logged.value.expires_at_ms),
+            expires_at: crate::clock::rfc3339(logged.value.expires_at_ms),
             items: &body.items,
         };
         let mut response = json(StatusCode::CREATED, &out);

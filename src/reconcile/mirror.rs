@@ -11,7 +11,7 @@ use holdfast_wal::snapshot;
 use holdfast_wal::{Lsn, Tail};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 /// The prefix of the reason of an adjustment that came from `holdfast_stock_adjustments` row `id`.
@@ -150,7 +150,7 @@ fn run(
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::clock::Clock::now_ms(&crate::clock::SystemClock)
 }
 
 /// One connection's worth of mirroring: catch up, then follow; returns `Ok` only when stopped.
