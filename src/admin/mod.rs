@@ -248,12 +248,7 @@ fn checked_snapshots(storage: &FsStorage) -> anyhow::Result<Vec<(SnapshotFile, R
     Ok(files
         .into_iter()
         .map(|file| {
-            let engine = snapshot::read_snapshot(storage, &file)
-                .map_err(|e| e.to_string())
-                .and_then(|p| codec::decode_state(p.bytes()).map_err(|e| e.0))
-                .and_then(|state| {
-                    Engine::restore(EngineConfig::default(), &state).map_err(|e| e.to_string())
-                });
+            let engine = crate::durable::load_snapshot(storage, &EngineConfig::default(), &file);
             (file, engine)
         })
         .collect())

@@ -3,7 +3,7 @@
 use super::describe::{self, time};
 use super::{checked_snapshots, problem_json, scan, storage, Out, ReplayArgs};
 use crate::durable::Durable;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::EngineConfig;
 use holdfast_wal::storage::FsStorage;
 use holdfast_wal::{LogProblem, Lsn, WalOptions};
 use serde_json::{json, Value};
@@ -53,16 +53,7 @@ pub(super) fn replay(args: &ReplayArgs, out: &mut Out<'_>) -> anyhow::Result<()>
         }
         (None, None) => unreachable!("clap requires one of them"),
     };
-    // The newest usable snapshot at or before the cut, then the records after it.
-    let base = checked_snapshots(&storage)?
-        .into_iter()
-        .filter(|(f, e)| f.lsn <= cut && e.is_ok())
-        .max_by_key(|(f, _)| f.lsn);
-    let (engine, from) = match base {
-        Some((file, Ok(engine))) => (engine, file.lsn),
-        _ => (Engine::new(EngineConfig::default())?, 0),
-    };
-    let (_, replayed) = crate::durable::replay_range(&storage, &engine, from + 1, cut)?;
+    let (engine, from, replayed) = crate::durable::engine_at(&storage, &EngineConfig::default(), cut)?;
     let at = if replayed.records > 0 { (replayed.last_lsn, replayed.last_at_ms) } else { (from, 0) };
     if args.until_lsn.is_some() && at.0 < cut {
         anyhow::bail!("the log ends at LSN {} (asked for {cut})", at.0);

@@ -12,8 +12,8 @@
 pub mod codec;
 
 use crate::engine::{
-    ConfigError, Engine, EngineConfig, Reason, Record, RecordSink, ReservationError, ReservationId,
-    ReserveError, ReserveRequest, Reserved, SaleId, SinkRefused, SkuId, Stock, StockError,
+    ConfigError, Engine, EngineConfig, EngineState, Reason, Record, RecordSink, ReservationError,
+    ReservationId, ReserveError, ReserveRequest, Reserved, SaleId, SinkRefused, SkuId, Stock, StockError,
 };
 use holdfast_wal::snapshot::{self, SnapshotFile};
 use holdfast_wal::storage::Storage;
@@ -108,23 +108,57 @@ pub const SNAPSHOTS_KEPT: usize = 2;
 /// Snapshots that could not be used: file name and why.
 type Skipped = Vec<(String, String)>;
 
-/// The newest snapshot that reads, decodes and restores, and those that did not.
-fn newest_usable(
+/// A snapshot file's state, read (checksum checked) and decoded, or why it cannot be.
+pub fn snapshot_state(storage: &dyn Storage, file: &SnapshotFile) -> Result<EngineState, String> {
+    let payload = snapshot::read_snapshot(storage, file).map_err(|e| e.to_string())?;
+    codec::decode_state(payload.bytes()).map_err(|e| e.to_string())
+}
+
+/// A snapshot file restored into an engine (which checks it), or why it cannot be.
+pub fn load_snapshot(
     storage: &dyn Storage,
     config: &EngineConfig,
+    file: &SnapshotFile,
+) -> Result<Engine, String> {
+    let state = snapshot_state(storage, file)?;
+    Engine::restore(config.clone(), &state).map_err(|e| e.to_string())
+}
+
+/// The newest snapshot at or before `max_lsn` that loads, and the newer ones that did not.
+pub fn newest_usable(
+    storage: &dyn Storage,
+    config: &EngineConfig,
+    max_lsn: Lsn,
 ) -> Result<(Option<(Engine, SnapshotFile)>, Skipped), WalError> {
     let mut skipped = Vec::new();
-    for file in snapshot::list_snapshots(storage)? {
-        let restored = snapshot::read_snapshot(storage, &file)
-            .map_err(|e| e.to_string())
-            .and_then(|payload| codec::decode_state(payload.bytes()).map_err(|e| e.to_string()))
-            .and_then(|state| Engine::restore(config.clone(), &state).map_err(|e| e.to_string()));
-        match restored {
+    for file in snapshot::list_snapshots(storage)?.into_iter().filter(|f| f.lsn <= max_lsn) {
+        match load_snapshot(storage, config, &file) {
             Ok(engine) => return Ok((Some((engine, file)), skipped)),
             Err(why) => skipped.push((file.name, why)),
         }
     }
     Ok((None, skipped))
+}
+
+/// The engine's state after record `lsn` (`Lsn::MAX`: the log's end), rebuilt without changing anything
+/// from the newest usable snapshot at or before it and the log after it: the engine, the snapshot's
+/// LSN (0: none), and what was replayed on top. The caller checks that the log reached `lsn`.
+pub fn engine_at(
+    storage: &dyn Storage,
+    config: &EngineConfig,
+    lsn: Lsn,
+) -> Result<(Engine, Lsn, Replayed), OpenError> {
+    let (base, _) = newest_usable(storage, config, lsn).map_err(OpenError::Log)?;
+    let (engine, from) = match base {
+        Some((engine, file)) => (engine, file.lsn),
+        None => (Engine::new(config.clone()).map_err(OpenError::Config)?, 0),
+    };
+    let replayed = if lsn > from {
+        replay_range(storage, &engine, from + 1, lsn).map_err(OpenError::Log)?.1
+    } else {
+        Replayed::default()
+    };
+    Ok((engine, from, replayed))
 }
 
 impl std::error::Error for OpenError {}
@@ -296,7 +330,8 @@ impl Durable {
         config: EngineConfig,
         options: WalOptions,
     ) -> Result<(Durable, Opened), OpenError> {
-        let (base, skipped_snapshots) = newest_usable(&*storage, &config).map_err(OpenError::Log)?;
+        let (base, skipped_snapshots) =
+            newest_usable(&*storage, &config, Lsn::MAX).map_err(OpenError::Log)?;
         let (engine, snapshot) = match base {
             Some((engine, file)) => (engine, Some(file)),
             None => (Engine::new(config.clone()).map_err(OpenError::Config)?, None),
@@ -344,7 +379,7 @@ impl Durable {
     pub fn snapshot(&self, now_ms: u64, remove_covered_segments: bool) -> Result<SnapshotFile, WalError> {
         let storage = &**self.wal.storage();
         let to = self.wal.acked_lsn();
-        let (base, _) = newest_usable(storage, &self.config)?;
+        let (base, _) = newest_usable(storage, &self.config, Lsn::MAX)?;
         let (engine, from) = match base {
             Some((engine, file)) => (engine, file.lsn),
             None => (Engine::new(self.config.clone()).expect("the engine's own config is valid"), 0),

@@ -4,9 +4,7 @@
 //! Drift is reported (JSON, log lines, metrics), never repaired: counts of reserved and sold units are
 //! for a person to decide on, with this evidence.
 
-use crate::durable::{codec, replay_range};
 use crate::engine::{Engine, EngineConfig, ReservationState};
-use holdfast_wal::snapshot;
 use holdfast_wal::storage::Storage;
 use holdfast_wal::Lsn;
 use serde::Serialize;
@@ -45,28 +43,11 @@ impl DriftReport {
 }
 
 /// The engine's state after LSN `lsn` of the log in `storage`, read without changing anything.
-pub fn engine_at(storage: &dyn Storage, config: &EngineConfig, lsn: Lsn) -> anyhow::Result<Engine> {
-    let mut base = None;
-    for file in snapshot::list_snapshots(storage)?.into_iter().filter(|f| f.lsn <= lsn) {
-        let restored = snapshot::read_snapshot(storage, &file)
-            .map_err(|e| e.to_string())
-            .and_then(|p| codec::decode_state(p.bytes()).map_err(|e| e.0))
-            .and_then(|s| Engine::restore(config.clone(), &s).map_err(|e| e.to_string()));
-        if let Ok(engine) = restored {
-            base = Some((engine, file.lsn));
-            break;
-        }
-    }
-    let (engine, from) = match base {
-        Some(base) => base,
-        None => (Engine::new(config.clone())?, 0),
-    };
-    if lsn > from {
-        let (_, replayed) = replay_range(storage, &engine, from + 1, lsn)?;
-        let reached = if replayed.records > 0 { replayed.last_lsn } else { from };
-        if reached < lsn {
-            anyhow::bail!("the log holds records only up to LSN {reached}, not {lsn}");
-        }
+fn engine_at(storage: &dyn Storage, config: &EngineConfig, lsn: Lsn) -> anyhow::Result<Engine> {
+    let (engine, from, replayed) = crate::durable::engine_at(storage, config, lsn)?;
+    let reached = if replayed.records > 0 { replayed.last_lsn } else { from };
+    if reached < lsn {
+        anyhow::bail!("the log holds records only up to LSN {reached}, not {lsn}");
     }
     Ok(engine)
 }

@@ -268,10 +268,7 @@ async fn resync(client: &mut Client, durable: &Durable, status: &MirrorStatus) -
     // Blocking reads are fine here: the mirror's runtime runs on its own thread.
     let (state, lsn) = (|| -> anyhow::Result<(EngineState, Lsn)> {
         for file in snapshot::list_snapshots(&*storage)? {
-            let decoded = snapshot::read_snapshot(&*storage, &file)
-                .map_err(|e| e.to_string())
-                .and_then(|p| codec::decode_state(p.bytes()).map_err(|e| e.0));
-            if let Ok(state) = decoded {
+            if let Ok(state) = crate::durable::snapshot_state(&*storage, &file) {
                 return Ok((state, file.lsn));
             }
         }
