@@ -111,17 +111,17 @@ impl App {
     }
 
     /// Counts a request in, or refuses it when `in_flight_max` are already in progress.
-    fn enter(self: &Arc<Self>) -> Option<InFlight> {
+    fn enter(&self) -> Option<InFlight<'_>> {
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(self.clone());
+        let guard = InFlight(self);
         (before < self.config.in_flight_max).then_some(guard)
     }
 }
 
 /// One request in progress; counted out when dropped.
-struct InFlight(Arc<App>);
+struct InFlight<'a>(&'a App);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

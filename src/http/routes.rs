@@ -58,25 +58,7 @@ pub const ROUTES: [Route; 13] = [
 ];
 
 impl Route {
-    pub fn template(self) -> (&'static str, &'static str) {
-        match self {
-            Route::PutSku => ("PUT", "/v1/skus/{sku}"),
-            Route::GetSku => ("GET", "/v1/skus/{sku}"),
-            Route::AdjustSku => ("POST", "/v1/skus/{sku}/adjust"),
-            Route::Reserve => ("POST", "/v1/reservations"),
-            Route::GetReservation => ("GET", "/v1/reservations/{id}"),
-            Route::Commit => ("POST", "/v1/reservations/{id}/commit"),
-            Route::Release => ("POST", "/v1/reservations/{id}/release"),
-            Route::Extend => ("POST", "/v1/reservations/{id}/extend"),
-            Route::PutSale => ("PUT", "/v1/sales/{sale}"),
-            Route::Metrics => ("GET", "/metrics"),
-            Route::Healthz => ("GET", "/healthz"),
-            Route::Readyz => ("GET", "/readyz"),
-            Route::OpenApi => ("GET", "/openapi.json"),
-        }
-    }
-
-    /// The metrics label: method and path template.
+    /// The route as the metrics label it: method and path template, as the OpenAPI description names it.
     pub fn label(self) -> &'static str {
         match self {
             Route::PutSku => "PUT /v1/skus/{sku}",
@@ -93,6 +75,11 @@ impl Route {
             Route::Readyz => "GET /readyz",
             Route::OpenApi => "GET /openapi.json",
         }
+    }
+
+    /// The method and the path template, split from the label.
+    pub fn template(self) -> (&'static str, &'static str) {
+        self.label().split_once(' ').expect("a label is `METHOD path`")
     }
 
     /// The route `method path` asks for and its one path parameter, 404 for a path no route has, 405
@@ -221,13 +208,10 @@ async fn dispatch(
         app.metrics.shed.inc();
         return Err(Problem::overloaded("too many requests in progress; retry shortly"));
     };
-    let d = app
-        .durable()
-        .ok_or_else(|| {
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "recovering; not ready yet")
-        })?
-        .clone();
-    let h = Handler { app, d: &d, now_ms: app.clock.now_ms() };
+    let d = app.durable().ok_or_else(|| {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "recovering; not ready yet")
+    })?;
+    let h = Handler { app, d, now_ms: app.clock.now_ms() };
     match route {
         Route::PutSku => h.put_sku(&param, req).await,
         Route::GetSku => h.get_sku(&param).await,

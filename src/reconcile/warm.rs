@@ -106,7 +106,7 @@ pub async fn load_state(client: &Client, config: &EngineConfig) -> anyhow::Resul
     let mut max_seq = 0;
     for row in client.query("SELECT id FROM holdfast_reservations", &[]).await? {
         if let Some(id) = ReservationId::parse(row.get::<_, &str>(0)) {
-            max_seq = max_seq.max(id.raw() & ((1 << 48) - 1));
+            max_seq = max_seq.max(id.seq());
         }
     }
     state.next_seqs = vec![max_seq + 1; config.shards];
