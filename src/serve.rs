@@ -305,7 +305,6 @@ impl Tickers {
                     let now_ms = app.clock.now_ms();
                     match d.snapshot_if_due(now_ms, &policy) {
                         Ok(Some(file)) => {
-                            app.metrics.snapshot_at_ms.store(now_ms, Ordering::Relaxed);
                             tracing::info!(snapshot = %file.name, lsn = file.lsn, "snapshot written");
                         }
                         Ok(None) => {}

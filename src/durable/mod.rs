@@ -196,6 +196,8 @@ pub struct Durable {
     last_snapshot: parking_lot::Mutex<(Lsn, u64)>,
     /// The LSN of `last_snapshot`, readable while a snapshot is being taken (the mutex is held then).
     snapshot_lsn: std::sync::atomic::AtomicU64,
+    /// When this process took its last snapshot (Unix ms; 0: none yet), read like `snapshot_lsn`.
+    snapshot_at_ms: std::sync::atomic::AtomicU64,
     /// The first LSN a reader of the log (the Postgres mirror) still needs: segments holding it or
     /// later records are not removed. `Lsn::MAX`: nobody waits.
     retention_floor: std::sync::atomic::AtomicU64,
@@ -348,7 +350,10 @@ impl Durable {
         let opened = Opened { recovery, snapshot, skipped_snapshots, replayed };
         let snapshot_lsn = std::sync::atomic::AtomicU64::new(from);
         let retention_floor = std::sync::atomic::AtomicU64::new(Lsn::MAX);
-        Ok((Durable { engine, wal, config, last_snapshot, snapshot_lsn, retention_floor }, opened))
+        let snapshot_at_ms = std::sync::atomic::AtomicU64::new(0);
+        let durable =
+            Durable { engine, wal, config, last_snapshot, snapshot_lsn, snapshot_at_ms, retention_floor };
+        Ok((durable, opened))
     }
 
     /// Takes a snapshot if `policy` says one is due at `now_ms`; the caller's periodic tick calls this.
@@ -369,6 +374,7 @@ impl Durable {
         let file = self.snapshot(now_ms, policy.remove_covered_segments)?;
         *last = (file.lsn, now_ms);
         self.snapshot_lsn.store(file.lsn, std::sync::atomic::Ordering::Relaxed);
+        self.snapshot_at_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
         Ok(Some(file))
     }
 
@@ -407,9 +413,10 @@ impl Durable {
         self.retention_floor.store(lsn, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The LSN the newest snapshot covers (0: none yet).
-    pub fn last_snapshot_lsn(&self) -> Lsn {
-        self.snapshot_lsn.load(std::sync::atomic::Ordering::Relaxed)
+    /// The LSN the newest snapshot covers (0: none yet), and when this process took it (Unix ms; 0 when it has taken none: the snapshot was loaded).
+    pub fn last_snapshot(&self) -> (Lsn, u64) {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        (load(&self.snapshot_lsn), load(&self.snapshot_at_ms))
     }
 
     /// The engine's configuration.

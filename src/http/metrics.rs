@@ -72,8 +72,8 @@ pub struct Metrics {
     acked_lsn: Gauge,
     snapshot_lsn: Gauge,
     snapshot_age_seconds: Gauge<f64, AtomicU64>,
-    /// When the last snapshot was written (or the server started), Unix ms.
-    pub snapshot_at_ms: AtomicU64,
+    /// When the server started (Unix ms): the snapshot age counts from it until the first snapshot.
+    started_ms: u64,
     ready: Gauge,
     /// The Postgres mirror's state, when there is one.
     pub mirror: OnceLock<Arc<MirrorStatus>>,
@@ -121,7 +121,7 @@ impl Metrics {
             acked_lsn: Gauge::default(),
             snapshot_lsn: Gauge::default(),
             snapshot_age_seconds: Gauge::default(),
-            snapshot_at_ms: AtomicU64::new(now_ms),
+            started_ms: now_ms,
             ready: Gauge::default(),
             mirror: OnceLock::new(),
             mirror_gauges: MirrorGauges::default(),
@@ -222,12 +222,15 @@ impl Metrics {
 
     /// The text a scrape gets, with the state gauges read now.
     pub fn render(&self, durable: Option<&Durable>, ready: bool, now_ms: u64) -> String {
+        let mut snapshot_at_ms = 0;
         if let Some(d) = durable {
             let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
             gauge(&self.live_reservations, d.engine().active_reservations() as u64);
             gauge(&self.appended_lsn, d.wal().appended_lsn());
             gauge(&self.acked_lsn, d.wal().acked_lsn());
-            gauge(&self.snapshot_lsn, d.last_snapshot_lsn());
+            let (lsn, at_ms) = d.last_snapshot();
+            gauge(&self.snapshot_lsn, lsn);
+            snapshot_at_ms = at_ms;
         }
         if let Some(status) = self.mirror.get() {
             let g = &self.mirror_gauges;
@@ -246,7 +249,7 @@ impl Metrics {
             g.connected.set(i64::from(status.connected.load(Ordering::Relaxed)));
             g.retention_released.set(i64::from(status.retention_released.load(Ordering::Relaxed)));
         }
-        let since = now_ms.saturating_sub(self.snapshot_at_ms.load(Ordering::Relaxed));
+        let since = now_ms.saturating_sub(if snapshot_at_ms > 0 { snapshot_at_ms } else { self.started_ms });
         self.snapshot_age_seconds.set(since as f64 / 1000.0);
         self.ready.set(i64::from(ready));
         let mut text = String::with_capacity(16 * 1024);
