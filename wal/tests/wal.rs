@@ -132,27 +132,34 @@ fn workload(wal: &Wal, records: u64) -> Lsn {
     acked
 }
 
+/// A log that a seeded workload wrote and a seeded crash hit (losing, tearing or scrambling the
+/// unsynced tail, with a batch in flight or not): the crashed disk, its options, the last LSN
+/// acknowledged, and how it crashed.
+fn crashed_log(seed: u64) -> (MemStorage, WalOptions, Lsn, Crash) {
+    let storage = MemStorage::new();
+    let options = if seed.is_multiple_of(4) { small() } else { medium() };
+    let (wal, ..) = open(&storage, options.clone()).expect("a new log opens");
+    let appended = 20 + seed % 50;
+    let acked = workload(&wal, appended);
+    for i in appended + 1..=appended + seed % 5 {
+        wal.append(&payload(i)).expect("append");
+    }
+    let how = match seed % 3 {
+        0 => Crash::LoseUnsynced,
+        1 => Crash::Tear { seed },
+        _ => Crash::Scramble { seed },
+    };
+    let crashed = storage.crash(how);
+    drop(wal);
+    (crashed, options, acked, how)
+}
+
 #[test]
 fn every_crash_keeps_what_was_acknowledged_and_cuts_the_rest() {
     // Seeds over three ways to crash: losing, tearing, and scrambling the unsynced tail.
     let seeds: u64 = std::env::var("WAL_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
     for seed in 0..seeds {
-        let storage = MemStorage::new();
-        let options = if seed % 4 == 0 { small() } else { medium() };
-        let (wal, ..) = open(&storage, options.clone()).unwrap();
-        let appended = 20 + seed % 50;
-        let acked = workload(&wal, appended);
-        // More records go in unsynced: the crash happens with a batch in flight or not.
-        for i in appended + 1..=appended + seed % 5 {
-            wal.append(&payload(i)).unwrap();
-        }
-        let how = match seed % 3 {
-            0 => Crash::LoseUnsynced,
-            1 => Crash::Tear { seed },
-            _ => Crash::Scramble { seed },
-        };
-        let crashed = storage.crash(how);
-        drop(wal);
+        let (crashed, options, acked, how) = crashed_log(seed);
         let (wal, records, recovery) =
             open(&crashed, options.clone()).unwrap_or_else(|e| panic!("seed {seed} ({how:?}): {e}"));
         check_prefix(&records, acked);
@@ -377,20 +384,7 @@ fn inspect_all(storage: &MemStorage) -> (holdfast_wal::Inspection, Vec<Lsn>) {
 #[test]
 fn inspection_agrees_with_recovery_and_repair_cuts_the_same_tail() {
     for seed in 0..120u64 {
-        let storage = MemStorage::new();
-        let options = if seed % 4 == 0 { small() } else { medium() };
-        let (wal, ..) = open(&storage, options.clone()).unwrap();
-        workload(&wal, 20 + seed % 50);
-        for i in 0..seed % 5 {
-            wal.append(&payload(100 + i)).unwrap();
-        }
-        let how = match seed % 3 {
-            0 => Crash::LoseUnsynced,
-            1 => Crash::Tear { seed },
-            _ => Crash::Scramble { seed },
-        };
-        let crashed = storage.crash(how);
-        drop(wal);
+        let (crashed, options, ..) = crashed_log(seed);
         let before = contents(&crashed);
         let (inspection, lsns) = inspect_all(&crashed);
         assert_eq!(contents(&crashed), before, "seed {seed}: inspection wrote");
