@@ -361,6 +361,7 @@ fn read_only_tools_work_beside_a_running_server() {
         }
     });
     let rt = crate::http::process::runtime();
+    crate::http::process::wait_ready(&rt, addr);
     let put = crate::http::harness::request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 10}"#));
     assert_eq!(crate::http::process::call(&rt, addr, put).status, 200);
     let mut ids = Vec::new();
