@@ -20,6 +20,9 @@ pub const REASON_BYTES_MAX: usize = 256;
 pub const SHARDS_MAX: usize = 1024;
 /// A reservation's lifetime from creation to `expires_at`, however often it is extended.
 pub const HOLD_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// Shoppers in one sale's waiting room, and SKUs one room gates.
+pub const ROOM_JOINERS_MAX: u32 = 5_000_000;
+pub const ROOM_SKUS_MAX: usize = 64;
 /// A per-user limit in a sale.
 pub const PER_USER_UNITS_MAX: u32 = 1_000_000;
 

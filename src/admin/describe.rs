@@ -23,6 +23,10 @@ pub fn kind(record: &Record) -> &'static str {
         Record::StockSet { .. } => "stock_set",
         Record::StockAdjusted { .. } => "stock_adjusted",
         Record::SaleLimitSet { .. } => "sale_limit_set",
+        Record::SaleConfigured { .. } => "sale_configured",
+        Record::QueueJoined { .. } => "queue_joined",
+        Record::QueueOpened { .. } => "queue_opened",
+        Record::QueueAdmitted { .. } => "queue_admitted",
         Record::Reserved(_) => "reserved",
         Record::Extended { .. } => "extended",
         Record::Committed { .. } => "committed",
@@ -31,10 +35,14 @@ pub fn kind(record: &Record) -> &'static str {
     }
 }
 
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 12] = [
     "stock_set",
     "stock_adjusted",
     "sale_limit_set",
+    "sale_configured",
+    "queue_joined",
+    "queue_opened",
+    "queue_admitted",
     "reserved",
     "extended",
     "committed",
@@ -69,6 +77,25 @@ pub fn record_json(lsn: u64, record: &Record) -> Value {
         Record::SaleLimitSet { sale, per_user_max, .. } => {
             put("sale", json!(sale.as_str()));
             put("per_user_limit", json!(per_user_max));
+        }
+        Record::SaleConfigured { sale, per_user_max, room, .. } => {
+            put("sale", json!(sale.as_str()));
+            put("per_user_limit", json!(per_user_max));
+            put("skus", json!(room.skus.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
+            put("opens_at", json!(time(room.opens_at_ms)));
+            put("admission_rate", json!(room.admit_per_s));
+            put("max_active", json!(room.max_active));
+            put("session_ms", json!(room.session_ms));
+            put("order", json!(room.order.as_str()));
+        }
+        Record::QueueJoined { sale, user, .. } => {
+            put("sale", json!(sale.as_str()));
+            put("user", json!(user.as_str()));
+        }
+        Record::QueueOpened { sale, .. } => put("sale", json!(sale.as_str())),
+        Record::QueueAdmitted { sale, count, .. } => {
+            put("sale", json!(sale.as_str()));
+            put("count", json!(count));
         }
         Record::Reserved(r) => {
             put("id", json!(r.id.to_string()));
@@ -105,6 +132,19 @@ pub fn record_line(lsn: u64, record: &Record) -> String {
         Record::SaleLimitSet { sale, per_user_max, .. } => {
             format!("{} per_user_limit={per_user_max}", sale.as_str())
         }
+        Record::SaleConfigured { sale, per_user_max, room, .. } => format!(
+            "{} per_user_limit={per_user_max} opens={} rate={}/s max_active={} session={}ms order={} skus={}",
+            sale.as_str(),
+            time(room.opens_at_ms),
+            room.admit_per_s,
+            room.max_active,
+            room.session_ms,
+            room.order.as_str(),
+            room.skus.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+        ),
+        Record::QueueJoined { sale, user, .. } => format!("{} user={}", sale.as_str(), user.as_str()),
+        Record::QueueOpened { sale, .. } => sale.as_str().to_owned(),
+        Record::QueueAdmitted { sale, count, .. } => format!("{} count={count}", sale.as_str()),
         Record::Reserved(r) => {
             let what: Vec<String> = r.items.iter().map(|i| format!("{}x{}", i.qty, i.sku.as_str())).collect();
             let mut line = format!("{} {} until {}", r.id, what.join(","), time(r.expires_at_ms));
@@ -193,15 +233,22 @@ impl Filter {
             }
         }
         if let Some(user) = &self.user {
-            let hit =
-                matches!(record, Record::Reserved(r) if r.user.as_ref().is_some_and(|u| u.as_str() == user));
+            let hit = match record {
+                Record::Reserved(r) => r.user.as_ref().is_some_and(|u| u.as_str() == user),
+                Record::QueueJoined { user: u, .. } => u.as_str() == user,
+                _ => false,
+            };
             if !by_reservation(related, hit) {
                 return false;
             }
         }
         if let Some(sale) = &self.sale {
             let hit = match record {
-                Record::SaleLimitSet { sale: s, .. } => s.as_str() == sale,
+                Record::SaleLimitSet { sale: s, .. }
+                | Record::SaleConfigured { sale: s, .. }
+                | Record::QueueJoined { sale: s, .. }
+                | Record::QueueOpened { sale: s, .. }
+                | Record::QueueAdmitted { sale: s, .. } => s.as_str() == sale,
                 Record::Reserved(r) => r.sale.as_ref().is_some_and(|s| s.as_str() == sale),
                 _ => false,
             };

@@ -6,7 +6,8 @@
 //! engine's validating constructors. (The log's CRC already vouched for the bytes.)
 
 use crate::engine::{
-    IdempotencyKey, Item, NameError, Reason, Record, ReservationId, ReservedRecord, SaleId, SkuId, UserId,
+    IdempotencyKey, Item, NameError, QueueOrder, Reason, Record, ReservationId, ReservedRecord, RoomConfig,
+    RoomState, SaleId, SkuId, UserId,
 };
 use rkyv::rancor;
 
@@ -25,6 +26,55 @@ enum LogRecord {
     Committed { id: u64, at_ms: u64 },
     Released { id: u64, at_ms: u64 },
     Expired { id: u64, at_ms: u64 },
+    // Added after format version 1 was first written: appended, and small enough not to change the
+    // archived enum's size (the room is boxed), so the records of version 1 read unchanged.
+    SaleConfigured { sale: String, per_user_max: u32, room: Box<LogRoom>, at_ms: u64 },
+    QueueJoined { sale: String, user: String, at_ms: u64 },
+    QueueOpened { sale: String, at_ms: u64 },
+    QueueAdmitted { sale: String, count: u32, at_ms: u64 },
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+struct LogRoom {
+    skus: Vec<String>,
+    opens_at_ms: u64,
+    admit_per_s: u32,
+    max_active: u32,
+    session_ms: u64,
+    /// 0 fifo, 1 lottery.
+    order: u8,
+    seed: u64,
+}
+
+fn log_room(c: &RoomConfig) -> LogRoom {
+    LogRoom {
+        skus: c.skus.iter().map(|s| s.to_string()).collect(),
+        opens_at_ms: c.opens_at_ms,
+        admit_per_s: c.admit_per_s,
+        max_active: c.max_active,
+        session_ms: c.session_ms,
+        order: match c.order {
+            QueueOrder::Fifo => 0,
+            QueueOrder::Lottery => 1,
+        },
+        seed: c.seed,
+    }
+}
+
+fn room_config(r: &ArchivedLogRoom) -> Result<RoomConfig, Invalid> {
+    Ok(RoomConfig {
+        skus: r.skus.iter().map(|s| SkuId::new(s)).collect::<Result<_, _>>()?,
+        opens_at_ms: r.opens_at_ms.to_native(),
+        admit_per_s: r.admit_per_s.to_native(),
+        max_active: r.max_active.to_native(),
+        session_ms: r.session_ms.to_native(),
+        order: match r.order {
+            0 => QueueOrder::Fifo,
+            1 => QueueOrder::Lottery,
+            other => return Err(Invalid::Code("queue order", other)),
+        },
+        seed: r.seed.to_native(),
+    })
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
@@ -77,6 +127,19 @@ fn to_log(record: &Record) -> LogRecord {
         Record::Committed { id, at_ms } => LogRecord::Committed { id: id.raw(), at_ms: *at_ms },
         Record::Released { id, at_ms } => LogRecord::Released { id: id.raw(), at_ms: *at_ms },
         Record::Expired { id, at_ms } => LogRecord::Expired { id: id.raw(), at_ms: *at_ms },
+        Record::SaleConfigured { sale, per_user_max, room, at_ms } => LogRecord::SaleConfigured {
+            sale: s(sale),
+            per_user_max: *per_user_max,
+            room: Box::new(log_room(room)),
+            at_ms: *at_ms,
+        },
+        Record::QueueJoined { sale, user, at_ms } => {
+            LogRecord::QueueJoined { sale: s(sale), user: s(user), at_ms: *at_ms }
+        }
+        Record::QueueOpened { sale, at_ms } => LogRecord::QueueOpened { sale: s(sale), at_ms: *at_ms },
+        Record::QueueAdmitted { sale, count, at_ms } => {
+            LogRecord::QueueAdmitted { sale: s(sale), count: *count, at_ms: *at_ms }
+        }
     }
 }
 
@@ -135,12 +198,14 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
     from_archived(archived).map_err(|e| match e {
         Invalid::Name(e) => bad(e),
         Invalid::Id(raw) => bad(format_args!("reservation id {raw:#x} is not valid")),
+        Invalid::Code(what, code) => bad(format_args!("{what} code {code} is not valid")),
     })
 }
 
 enum Invalid {
     Name(NameError),
     Id(u64),
+    Code(&'static str, u8),
 }
 
 impl From<NameError> for Invalid {
@@ -197,6 +262,25 @@ fn from_archived(r: &ArchivedLogRecord) -> Result<Record, Invalid> {
         ArchivedLogRecord::Expired { id: raw, at_ms } => {
             Record::Expired { id: id(raw)?, at_ms: at_ms.to_native() }
         }
+        ArchivedLogRecord::SaleConfigured { sale, per_user_max, room, at_ms } => Record::SaleConfigured {
+            sale: SaleId::new(sale)?,
+            per_user_max: per_user_max.to_native(),
+            room: Box::new(room_config(room)?),
+            at_ms: at_ms.to_native(),
+        },
+        ArchivedLogRecord::QueueJoined { sale, user, at_ms } => Record::QueueJoined {
+            sale: SaleId::new(sale)?,
+            user: UserId::new(user)?,
+            at_ms: at_ms.to_native(),
+        },
+        ArchivedLogRecord::QueueOpened { sale, at_ms } => {
+            Record::QueueOpened { sale: SaleId::new(sale)?, at_ms: at_ms.to_native() }
+        }
+        ArchivedLogRecord::QueueAdmitted { sale, count, at_ms } => Record::QueueAdmitted {
+            sale: SaleId::new(sale)?,
+            count: count.to_native(),
+            at_ms: at_ms.to_native(),
+        },
     })
 }
 
@@ -246,6 +330,52 @@ mod tests {
         ]
     }
 
+    fn queue_sample() -> Vec<Record> {
+        let sale = SaleId::new("noon").expect("valid");
+        let room = RoomConfig {
+            skus: vec![SkuId::new("tee-L").expect("valid"), SkuId::new("tee-M").expect("valid")],
+            opens_at_ms: 1_000,
+            admit_per_s: 500,
+            max_active: 2_000,
+            session_ms: 60_000,
+            order: QueueOrder::Lottery,
+            seed: u64::MAX - 7,
+        };
+        vec![
+            Record::SaleConfigured { sale: sale.clone(), per_user_max: 2, room: Box::new(room), at_ms: 9 },
+            Record::QueueJoined { sale: sale.clone(), user: UserId::new("u@x").expect("valid"), at_ms: 10 },
+            Record::QueueOpened { sale: sale.clone(), at_ms: 11 },
+            Record::QueueAdmitted { sale, count: 40, at_ms: 12 },
+        ]
+    }
+
+    #[test]
+    fn queue_records_round_trip() {
+        for record in queue_sample() {
+            assert_eq!(round_trip(&record), Ok(record));
+        }
+    }
+
+    /// Bytes written by the first release of format version 1 (before waiting rooms), one record a
+    /// line: they must read the same with every later build of the same version.
+    #[test]
+    fn records_written_before_waiting_rooms_still_read() {
+        let fixture = include_str!("records-v1.hex");
+        let decoded: Vec<Record> = fixture
+            .lines()
+            .map(|line| {
+                let bytes: Vec<u8> = (0..line.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&line[i..i + 2], 16).expect("hex"))
+                    .collect();
+                let words = aligned(&bytes);
+                decode(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()]).expect("decodes")
+            })
+            .collect();
+        assert_eq!(decoded, sample());
+        assert_eq!(std::mem::size_of::<ArchivedLogRecord>(), 112, "the archived record's size changed");
+    }
+
     #[test]
     fn every_kind_of_record_round_trips() {
         for record in sample() {
@@ -288,7 +418,32 @@ mod tests {
 }
 
 pub const STATE_MAGIC: [u8; 4] = *b"HFST";
-pub const STATE_FORMAT_VERSION: u32 = 1;
+/// Version 2 added waiting rooms; version 1 snapshots (without them) still read.
+pub const STATE_FORMAT_VERSION: u32 = 2;
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapStateV2 {
+    base: SnapState,
+    rooms: Vec<SnapRoom>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapRoom {
+    sale: String,
+    config: LogRoom,
+    joiners: Vec<SnapJoiner>,
+    opened_at_ms: Option<u64>,
+    order: Vec<u32>,
+    entrants: Vec<u32>,
+    late: Vec<u32>,
+    batches: Vec<(u32, u64)>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapJoiner {
+    user: String,
+    at_ms: u64,
+}
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapState {
@@ -404,10 +559,23 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
             .collect(),
         next_seqs: state.next_seqs.clone(),
     };
+    let rooms = (state.rooms.iter())
+        .map(|r| SnapRoom {
+            sale: r.sale.to_string(),
+            config: log_room(&r.config),
+            joiners: (r.joiners.iter())
+                .map(|(u, at)| SnapJoiner { user: u.to_string(), at_ms: *at })
+                .collect(),
+            opened_at_ms: r.opened_at_ms,
+            order: r.order.clone(),
+            entrants: r.entrants.clone(),
+            late: r.late.clone(),
+            batches: r.batches.clone(),
+        })
+        .collect();
     let mut out = Vec::new();
-    out.extend_from_slice(&STATE_MAGIC);
-    out.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
+    prefix(&mut out, STATE_MAGIC, STATE_FORMAT_VERSION);
+    let snap = SnapStateV2 { base: snap, rooms };
     out.extend_from_slice(
         &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
     );
@@ -417,8 +585,14 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
 /// Decodes and validates a snapshot payload (16-byte aligned).
 pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, DecodeError> {
     use crate::engine::{EngineState, RememberedKey, ReservationState, ReservationView, Stock};
-    let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
-    let snap = rkyv::access::<ArchivedSnapState, rancor::Error>(body).map_err(bad)?;
+    let (snap, rooms) = match unprefix(payload, STATE_MAGIC, 1, "snapshot") {
+        Ok(body) => (rkyv::access::<ArchivedSnapState, rancor::Error>(body).map_err(bad)?, None),
+        Err(_) => {
+            let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
+            let v2 = rkyv::access::<ArchivedSnapStateV2, rancor::Error>(body).map_err(bad)?;
+            (&v2.base, Some(&v2.rooms))
+        }
+    };
     let name_err = |e: NameError| bad(e);
     let id_of = |raw: &rkyv::rend::u64_le| {
         ReservationId::from_raw(raw.to_native()).ok_or_else(|| bad("invalid reservation id"))
@@ -477,5 +651,26 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
         state.counters.push((sale, user, c.units.to_native()));
     }
     state.next_seqs = snap.next_seqs.iter().map(|n| n.to_native()).collect();
+    for r in rooms.into_iter().flat_map(|rooms| rooms.iter()) {
+        let invalid = |e: Invalid| match e {
+            Invalid::Name(e) => bad(e),
+            Invalid::Id(raw) => bad(format_args!("id {raw}")),
+            Invalid::Code(what, code) => bad(format_args!("{what} code {code} is not valid")),
+        };
+        let joiners = (r.joiners.iter())
+            .map(|j| Ok((UserId::new(&j.user).map_err(name_err)?, j.at_ms.to_native())))
+            .collect::<Result<Vec<_>, DecodeError>>()?;
+        let u32s = |v: &rkyv::vec::ArchivedVec<rkyv::rend::u32_le>| v.iter().map(|n| n.to_native()).collect();
+        state.rooms.push(RoomState {
+            sale: SaleId::new(&r.sale).map_err(name_err)?,
+            config: room_config(&r.config).map_err(invalid)?,
+            joiners,
+            opened_at_ms: r.opened_at_ms.as_ref().map(|t| t.to_native()),
+            order: u32s(&r.order),
+            entrants: u32s(&r.entrants),
+            late: u32s(&r.late),
+            batches: r.batches.iter().map(|b| (b.0.to_native(), b.1.to_native())).collect(),
+        });
+    }
     Ok(state)
 }

@@ -11,6 +11,7 @@ mod holders;
 mod idempotency;
 mod ids;
 mod lifecycle;
+mod queue;
 mod record;
 mod replay;
 mod reserve;
@@ -21,6 +22,10 @@ mod types;
 
 pub use config::{ConfigError, EngineConfig};
 pub use ids::{IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId};
+pub use queue::{
+    Joined, QueueError, QueueOrder, QueueState, QueueView, RoomConfig, RoomState, RoomTick, RoomView,
+    ADMIT_PER_S_MAX, SESSION_MS_MAX, SESSION_MS_MIN,
+};
 pub use record::{Record, RecordSink, ReservedRecord, SinkRefused};
 pub use replay::ReplayError;
 pub use state::{EngineState, RememberedKey, RestoreError};
@@ -46,6 +51,10 @@ pub struct Engine {
     sales: DashMap<SaleId, u32, foldhash::fast::RandomState>,
     counters: Counters,
     keys: KeyTable,
+    /// Waiting rooms of gated sales.
+    rooms: crate::sync::RwLock<
+        std::collections::HashMap<SaleId, std::sync::Arc<Mutex<queue::Room>>, foldhash::fast::RandomState>,
+    >,
 }
 
 impl Engine {
@@ -57,6 +66,7 @@ impl Engine {
             sales: DashMap::with_hasher(Default::default()),
             counters: Counters::new(),
             keys: KeyTable::new(config.idempotency_window_ms, config.idempotency_keys_max),
+            rooms: crate::sync::RwLock::new(Default::default()),
             config,
         })
     }
@@ -113,6 +123,11 @@ impl Engine {
         self.sales.get(sale).map(|limit| *limit)
     }
 
+    /// Units `user` holds or has bought in `sale`.
+    pub fn held(&self, sale: &SaleId, user: &UserId) -> u64 {
+        self.counters.lock(user).held(sale, user)
+    }
+
     /// A reservation as of `now_ms`. An ended one can be read until `ended_retention_ms` after it ended.
     pub fn reservation(&self, id: ReservationId, now_ms: u64) -> Option<ReservationView> {
         let store = self.store_of(id);
@@ -148,5 +163,7 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod queue_tests;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 //! Records carry outcomes, not requests: replay never re-runs a decision, so it cannot decide otherwise.
 
 use super::ids::{IdempotencyKey, Reason, ReservationId, SaleId, SkuId, UserId};
+use super::queue::RoomConfig;
 use super::types::Item;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,30 @@ pub enum Record {
     SaleLimitSet {
         sale: SaleId,
         per_user_max: u32,
+        at_ms: u64,
+    },
+    /// A sale's per-user limit and its waiting room were set.
+    SaleConfigured {
+        sale: SaleId,
+        per_user_max: u32,
+        room: Box<RoomConfig>,
+        at_ms: u64,
+    },
+    /// A shopper joined a sale's queue, behind everyone who joined before.
+    QueueJoined {
+        sale: SaleId,
+        user: UserId,
+        at_ms: u64,
+    },
+    /// A sale's waiting room opened (a lottery drew its order).
+    QueueOpened {
+        sale: SaleId,
+        at_ms: u64,
+    },
+    /// The next `count` shoppers in a sale's queue were admitted.
+    QueueAdmitted {
+        sale: SaleId,
+        count: u32,
         at_ms: u64,
     },
     Reserved(ReservedRecord),
@@ -67,6 +92,10 @@ impl Record {
             Record::StockSet { at_ms, .. }
             | Record::StockAdjusted { at_ms, .. }
             | Record::SaleLimitSet { at_ms, .. }
+            | Record::SaleConfigured { at_ms, .. }
+            | Record::QueueJoined { at_ms, .. }
+            | Record::QueueOpened { at_ms, .. }
+            | Record::QueueAdmitted { at_ms, .. }
             | Record::Extended { at_ms, .. }
             | Record::Committed { at_ms, .. }
             | Record::Released { at_ms, .. }

@@ -55,6 +55,12 @@ impl Engine {
             Record::SaleLimitSet { sale, per_user_max, .. } => {
                 self.sales.insert(sale.clone(), *per_user_max);
             }
+            Record::SaleConfigured { .. }
+            | Record::QueueJoined { .. }
+            | Record::QueueOpened { .. }
+            | Record::QueueAdmitted { .. } => {
+                self.replay_queue(record).map_err(|detail| ReplayError { detail })?
+            }
             Record::Reserved(r) => self.replay_reserved(r)?,
             Record::Extended { id, expires_at_ms, .. } => {
                 let mut locked = self.replay_lock_active(*id)?;

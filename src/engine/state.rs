@@ -20,6 +20,8 @@ pub struct EngineState {
     pub counters: Vec<(SaleId, UserId, u64)>,
     /// The next sequence number each shard issues.
     pub next_seqs: Vec<u64>,
+    /// Waiting rooms, by sale.
+    pub rooms: Vec<super::RoomState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +64,7 @@ impl Engine {
         state.keys.sort_by(|a, b| a.key.cmp(&b.key));
         state.counters = self.counters.all();
         state.counters.sort();
+        state.rooms = self.export_rooms();
         state
     }
 
@@ -86,6 +89,7 @@ impl Engine {
         for (sale, limit) in &state.sales {
             engine.sales.insert(sale.clone(), *limit);
         }
+        engine.restore_rooms(&state.rooms).map_err(fail)?;
         for view in &state.reservations {
             engine.restore_reservation(view).map_err(fail)?;
         }

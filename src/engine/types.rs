@@ -81,6 +81,8 @@ pub enum RequestError {
     /// Stock outside `0..=ON_HAND_MAX`, or a zero adjustment.
     StockOutOfRange,
     PerUserLimitOutOfRange,
+    /// A waiting room's SKUs, rate, capacity or session length out of bounds.
+    RoomOutOfRange,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

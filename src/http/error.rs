@@ -98,6 +98,7 @@ pub fn request_error(e: RequestError) -> Problem {
         RequestError::Name(e) => e.to_string(),
         RequestError::StockOutOfRange => "stock or adjustment out of range".to_owned(),
         RequestError::PerUserLimitOutOfRange => "per-user limit out of range".to_owned(),
+        RequestError::RoomOutOfRange => "waiting room settings out of range".to_owned(),
     };
     Problem::invalid(detail)
 }

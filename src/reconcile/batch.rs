@@ -106,8 +106,14 @@ impl Changes {
                 self.end_kinds.push(kind);
                 event(self, id, kind, *at_ms, None);
             }
-            Record::StockSet { .. } | Record::StockAdjusted { .. } | Record::SaleLimitSet { .. } => {
-                unreachable!("stock records are applied one by one")
+            Record::StockSet { .. }
+            | Record::StockAdjusted { .. }
+            | Record::SaleLimitSet { .. }
+            | Record::SaleConfigured { .. }
+            | Record::QueueJoined { .. }
+            | Record::QueueOpened { .. }
+            | Record::QueueAdmitted { .. } => {
+                unreachable!("stock and sale records are applied one by one, queue records not at all")
             }
         }
     }
@@ -263,7 +269,8 @@ async fn apply_stock(tx: &Transaction<'_>, lsn: Lsn, record: &Record) -> anyhow:
                 .await?;
             }
         }
-        Record::SaleLimitSet { sale, per_user_max, .. } => {
+        Record::SaleLimitSet { sale, per_user_max, .. }
+        | Record::SaleConfigured { sale, per_user_max, .. } => {
             tx.execute(
                 "INSERT INTO holdfast_sales (sale, per_user_limit, updated_lsn) VALUES ($1, $2, $3)
                  ON CONFLICT (sale) DO UPDATE SET per_user_limit = EXCLUDED.per_user_limit, updated_lsn = EXCLUDED.updated_lsn",
@@ -292,10 +299,16 @@ pub async fn apply_batch(client: &mut Client, applied: Lsn, batch: &[(Lsn, Recor
     let mut changes = Changes::default();
     for (lsn, record) in batch {
         match record {
-            Record::StockSet { .. } | Record::StockAdjusted { .. } | Record::SaleLimitSet { .. } => {
+            Record::StockSet { .. }
+            | Record::StockAdjusted { .. }
+            | Record::SaleLimitSet { .. }
+            | Record::SaleConfigured { .. } => {
                 std::mem::take(&mut changes).apply(&tx, generation).await?;
                 apply_stock(&tx, *lsn, record).await?;
             }
+            // Waiting rooms are not mirrored: positions matter only while a sale runs, and the log
+            // holds them. (Their sale's limit is, through `SaleConfigured`.)
+            Record::QueueJoined { .. } | Record::QueueOpened { .. } | Record::QueueAdmitted { .. } => {}
             _ => changes.add(*lsn, record),
         }
     }
