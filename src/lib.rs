@@ -25,3 +25,4 @@ pub mod limits;
 pub mod reconcile;
 pub mod serve;
 mod sync;
+pub mod waitroom;

@@ -68,7 +68,7 @@ pub async fn run(
     })
     .await
     .context("recovery panicked")?;
-    let (durable, lock) = match opened {
+    let (durable, signer, lock) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             let _ = stop_tx.send(true);
@@ -76,7 +76,7 @@ pub async fn run(
             return Err(e);
         }
     };
-    app.set_ready(durable.clone());
+    app.set_ready(durable.clone(), signer);
     tracing::info!("ready");
 
     let fatal = Arc::new(Fatal::default());
@@ -115,7 +115,7 @@ fn open(
     engine: EngineConfig,
     wal: WalOptions,
     database: Option<&DatabaseOptions>,
-) -> anyhow::Result<(Arc<Durable>, File)> {
+) -> anyhow::Result<(Arc<Durable>, crate::waitroom::Signer, File)> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
     let lock_path = dir.join("LOCK");
@@ -158,7 +158,9 @@ fn open(
         millis = started.elapsed().as_millis() as u64,
         "recovered"
     );
-    Ok((Arc::new(durable), lock))
+    let signer = crate::waitroom::Signer::load_or_create(&dir)
+        .with_context(|| format!("the waiting room's key in {}", dir.display()))?;
+    Ok((Arc::new(durable), signer, lock))
 }
 
 /// An empty data directory and a database: load the database's state first. Waits (retrying) for
@@ -287,6 +289,13 @@ impl Tickers {
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "expiry could not be logged; retrying next tick")
+                        }
+                    }
+                    // Admission after expiry: units that just came back admit the next in line.
+                    match d.admit_due(app.clock.now_ms()) {
+                        Ok(ticks) => app.metrics.rooms(&ticks.value),
+                        Err(e) => {
+                            tracing::error!(error = %e, "admission could not be logged; retrying next tick")
                         }
                     }
                     if let Some(cause) = d.wal().poisoned() {

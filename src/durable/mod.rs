@@ -12,8 +12,9 @@
 pub mod codec;
 
 use crate::engine::{
-    ConfigError, Engine, EngineConfig, EngineState, Reason, Record, RecordSink, ReservationError,
-    ReservationId, ReserveError, ReserveRequest, Reserved, SaleId, SinkRefused, SkuId, Stock, StockError,
+    ConfigError, Engine, EngineConfig, EngineState, Joined, QueueError, Reason, Record, RecordSink,
+    ReservationError, ReservationId, ReserveError, ReserveRequest, Reserved, RoomConfig, RoomTick, SaleId,
+    SinkRefused, SkuId, Stock, StockError, UserId,
 };
 use holdfast_wal::snapshot::{self, SnapshotFile};
 use holdfast_wal::storage::Storage;
@@ -509,6 +510,43 @@ impl Durable {
         self.logged(StockError::LogRefused, |sink| {
             self.engine.set_sale_limit(sale, per_user_max, now_ms, sink)
         })
+    }
+
+    pub fn configure_sale(
+        &self,
+        sale: &SaleId,
+        per_user_max: u32,
+        room: &RoomConfig,
+        now_ms: u64,
+    ) -> Result<Logged<RoomConfig>, Refused<QueueError>> {
+        self.logged(QueueError::LogRefused, |sink| {
+            self.engine.configure_sale(sale, per_user_max, room, now_ms, sink)
+        })
+    }
+
+    pub fn join_queue(
+        &self,
+        sale: &SaleId,
+        user: &UserId,
+        now_ms: u64,
+    ) -> Result<Logged<Joined>, Refused<QueueError>> {
+        self.logged(QueueError::LogRefused, |sink| self.engine.join_queue(sale, user, now_ms, sink))
+    }
+
+    /// Opens and admits what is due in every waiting room (see `Engine::admit_due`); a log failure
+    /// leaves the rest for the next tick and is returned.
+    pub fn admit_due(&self, now_ms: u64) -> Result<Logged<Vec<RoomTick>>, WalError> {
+        let mut error = None;
+        let logged = self.logged((), |sink| {
+            let ticks = self.engine.admit_due(now_ms, sink);
+            error = sink.error.take();
+            Ok::<_, ()>(ticks)
+        });
+        match (logged, error) {
+            (_, Some(e)) => Err(e),
+            (Ok(logged), None) => Ok(logged),
+            (Err(_), None) => unreachable!("admitting does not fail"),
+        }
     }
 
     /// Expires what is due. Nobody waits on an expiry, but it is logged like any mutation; a log

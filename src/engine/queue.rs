@@ -136,6 +136,9 @@ pub struct RoomTick {
     /// The sale turned sold out at this tick (it was not at the last).
     pub sold_out_now: bool,
     pub waiting: u64,
+    /// How long each shopper admitted at this tick waited, counted from when they joined or, if they
+    /// joined before opening, from the opening.
+    pub waits_ms: Vec<u64>,
 }
 
 /// A room's state as plain values: what a snapshot holds.
@@ -148,6 +151,8 @@ pub struct RoomState {
     pub opened_at_ms: Option<u64>,
     /// Arrival indices in admission order (after a lottery's draw, or any time for fifo).
     pub order: Vec<u32>,
+    /// Arrivals who have reserved in the sale (derived from the reservations' records).
+    pub reserved: Vec<u32>,
     /// A lottery before its draw: arrivals before `opens_at` (drawn), and after it (queued behind).
     pub entrants: Vec<u32>,
     pub late: Vec<u32>,
@@ -165,6 +170,9 @@ pub(super) struct Room {
     order: Vec<u32>,
     /// Index in `order` of each arrival; `UNRANKED` while a lottery has not drawn it.
     rank: Vec<u32>,
+    /// Whether each arrival has reserved in the sale: an admitted shopper who has is no longer waiting
+    /// to reserve, even once the hold ended (an abandoned hold's units go to the next in line).
+    reserved: Vec<bool>,
     entrants: Vec<u32>,
     late: Vec<u32>,
     batches: Vec<(u32, u64)>,
@@ -185,6 +193,7 @@ impl Room {
             opened_at_ms: None,
             order: Vec::new(),
             rank: Vec::new(),
+            reserved: Vec::new(),
             entrants: Vec::new(),
             late: Vec::new(),
             batches: Vec::new(),
@@ -209,6 +218,7 @@ impl Room {
         self.joiners.push((user.clone(), at_ms));
         self.by_user.insert(user.clone(), arrival);
         self.rank.push(UNRANKED);
+        self.reserved.push(false);
         if self.config.order == QueueOrder::Fifo || self.opened_at_ms.is_some() {
             self.rank[arrival as usize] = self.order.len() as u32;
             self.order.push(arrival);
@@ -282,6 +292,7 @@ impl Room {
             joiners: self.joiners.clone(),
             opened_at_ms: self.opened_at_ms,
             order: self.order.clone(),
+            reserved: (0..self.joiners.len() as u32).filter(|&a| self.reserved[a as usize]).collect(),
             entrants: self.entrants.clone(),
             late: self.late.clone(),
             batches: self.batches.clone(),
@@ -294,6 +305,10 @@ impl Room {
         let n = s.joiners.len();
         let mut room = Room::new(s.config.clone());
         room.rank = vec![UNRANKED; n];
+        room.reserved = vec![false; n];
+        for &a in &s.reserved {
+            *room.reserved.get_mut(a as usize).ok_or(format!("room {sale}: arrival {a} is unknown"))? = true;
+        }
         for (arrival, (user, at_ms)) in s.joiners.iter().enumerate() {
             if room.by_user.insert(user.clone(), arrival as u32).is_some() {
                 return Err(format!("room {sale}: {user} joined twice"));
@@ -479,7 +494,14 @@ impl Engine {
         let mut ticks = Vec::with_capacity(rooms.len());
         for (sale, room) in rooms {
             let mut room = room.lock();
-            let mut tick = RoomTick { sale, opened: false, admitted: 0, sold_out_now: false, waiting: 0 };
+            let mut tick = RoomTick {
+                sale,
+                opened: false,
+                admitted: 0,
+                sold_out_now: false,
+                waiting: 0,
+                waits_ms: vec![],
+            };
             if room.opened_at_ms.is_none() && now_ms >= room.config.opens_at_ms {
                 let record = Record::QueueOpened { sale: tick.sale.clone(), at_ms: now_ms };
                 if sink.append(&record).is_err() {
@@ -495,8 +517,16 @@ impl Engine {
                     if sink.append(&record).is_err() {
                         break;
                     }
+                    let (from, opened_at) = (room.admitted(), room.opened_at_ms.unwrap_or(now_ms));
                     room.apply_admit(count, now_ms);
                     tick.admitted = count;
+                    tick.waits_ms = (from..room.admitted())
+                        .map(|rank| {
+                            now_ms.saturating_sub(
+                                room.joiners[room.order[rank as usize] as usize].1.max(opened_at),
+                            )
+                        })
+                        .collect();
                 }
             }
             let sold_out = self.sold_out(&room.config);
@@ -518,10 +548,11 @@ impl Engine {
         let limit = u64::from(self.sale_limit(sale.as_str()).unwrap_or(1));
         let (mut active, mut pending) = (0u64, 0u64);
         for rank in room.live_from(now_ms)..room.admitted() {
-            let user = &room.joiners[room.order[rank as usize] as usize].0;
+            let arrival = room.order[rank as usize] as usize;
+            let user = &room.joiners[arrival].0;
             let held = self.counters.lock(user).held(sale, user);
             active += u64::from(held < limit);
-            pending += u64::from(held == 0);
+            pending += u64::from(held == 0 && !room.reserved[arrival]);
         }
         room.active = active;
         room.pending = pending;
@@ -531,6 +562,17 @@ impl Engine {
             (room.tokens as u64).min(room_for).min(units_for).min(room.waiting()).min(u64::from(u32::MAX));
         room.tokens -= count as f64;
         count as u32
+    }
+
+    /// Notes that `user` reserved in `sale` (live and in replay, after the reservation's locks are
+    /// released: the room's lock comes before them).
+    pub(super) fn note_reserved(&self, sale: &SaleId, user: &UserId) {
+        if let Some(room) = self.room(sale.as_str()) {
+            let mut room = room.lock();
+            if let Some(&arrival) = room.by_user.get(user) {
+                room.reserved[arrival as usize] = true;
+            }
+        }
     }
 
     pub(super) fn replay_queue(&self, record: &Record) -> Result<(), String> {

@@ -101,6 +101,10 @@ impl Engine {
         let mut counters = r.user.as_ref().filter(|_| r.sale.is_some()).map(|u| self.counters.lock(u));
         debug_assert!(counters.is_none() || units(&r.items) > 0);
         self.apply_reserved(&mut locked, &lines, counters.as_deref_mut(), keys.as_deref_mut(), r);
+        drop((locked, counters, keys));
+        if let (Some(sale), Some(user)) = (&r.sale, &r.user) {
+            self.note_reserved(sale, user);
+        }
         Ok(())
     }
 

@@ -97,6 +97,10 @@ impl Engine {
         sink.append(&record).map_err(|_| ReserveError::LogRefused)?;
         let Record::Reserved(record) = &record else { unreachable!("built as Reserved above") };
         self.apply_reserved(&mut locked, &lines, counters.as_deref_mut(), key_shard.as_deref_mut(), record);
+        drop((locked, counters, key_shard));
+        if let (Some(sale), Some(user)) = (&record.sale, &record.user) {
+            self.note_reserved(sale, user);
+        }
         Ok(reserved)
     }
 

@@ -26,6 +26,9 @@ pub struct Reserve {
     pub user_id: String,
     #[serde(default)]
     pub sale_id: Option<String>,
+    /// The admission token a gated sale's waiting room gave this user.
+    #[serde(default)]
+    pub admission: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -90,12 +93,87 @@ pub struct Adjust {
 #[serde(deny_unknown_fields)]
 pub struct SetSale {
     pub per_user_limit: u32,
+    /// The waiting room: present together (`skus`, `opens_at`, `admission_rate` required, the rest
+    /// defaulted), or all absent for a sale without one.
+    #[serde(default)]
+    pub skus: Option<Vec<String>>,
+    #[serde(default)]
+    pub opens_at: Option<String>,
+    #[serde(default)]
+    pub admission_rate: Option<u32>,
+    #[serde(default)]
+    pub max_active: Option<u32>,
+    #[serde(default)]
+    pub session_ms: Option<u64>,
+    #[serde(default)]
+    pub order: Option<String>,
+}
+
+impl SetSale {
+    pub fn has_room(&self) -> bool {
+        self.skus.is_some()
+            || self.opens_at.is_some()
+            || self.admission_rate.is_some()
+            || self.max_active.is_some()
+            || self.session_ms.is_some()
+            || self.order.is_some()
+    }
 }
 
 #[derive(Serialize)]
 pub struct SaleOut<'a> {
     pub sale: &'a str,
     pub per_user_limit: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_room: Option<RoomOut>,
+}
+
+#[derive(Serialize)]
+pub struct RoomOut {
+    pub skus: Vec<String>,
+    pub opens_at: String,
+    pub admission_rate: u32,
+    pub max_active: u32,
+    pub session_ms: u64,
+    pub order: &'static str,
+    pub opened_at: Option<String>,
+    pub joined: u64,
+    pub admitted: u64,
+    pub waiting: u64,
+    /// Admitted shoppers still shopping, and those of them yet to reserve (as of the last tick).
+    pub active: u64,
+    pub pending: u64,
+    pub sold_out: bool,
+    /// The most polls per second the waiting shoppers make if each follows its hint.
+    pub worst_case_polls_per_s: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinQueue {
+    pub user_id: String,
+}
+
+/// A shopper's place: `status` is `waiting`, `admitted`, `sold_out` or `session_over`.
+#[derive(Serialize, Default)]
+pub struct QueueOut {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joined_at: Option<String>,
+    /// 1: next to be admitted. Absent before a lottery's draw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta: Option<String>,
+    /// When to ask again; absent when there is nothing more to wait for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission_expires_at: Option<String>,
 }
 
 /// The body commit and release accept: nothing, or an empty object.

@@ -22,6 +22,11 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SaleLabels {
+    pub sale: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: &'static str,
 }
@@ -63,6 +68,10 @@ pub struct Metrics {
     pub latency: HistogramFamily<RouteLabels>,
     pub outcomes: Family<OutcomeLabels, Counter>,
     pub expired: Counter,
+    room_waiting: Family<SaleLabels, Gauge>,
+    room_admitted: Family<SaleLabels, Counter>,
+    room_sold_out: Family<SaleLabels, Counter>,
+    room_wait_seconds: Histogram,
     pub connections: Gauge,
     pub connections_refused: Counter,
     pub shed: Counter,
@@ -100,6 +109,24 @@ struct MirrorGauges {
 }
 
 impl Metrics {
+    /// Counts what an admission tick did in each waiting room.
+    pub fn rooms(&self, ticks: &[crate::engine::RoomTick]) {
+        for tick in ticks {
+            let sale = SaleLabels { sale: tick.sale.as_str().to_owned() };
+            self.room_waiting.get_or_create(&sale).set(tick.waiting as i64);
+            if tick.admitted > 0 {
+                self.room_admitted.get_or_create(&sale).inc_by(u64::from(tick.admitted));
+            }
+            if tick.sold_out_now {
+                self.room_sold_out.get_or_create(&sale).inc();
+                tracing::info!(sale = %tick.sale, waiting = tick.waiting, "sold out: telling every waiting shopper");
+            }
+            for wait in &tick.waits_ms {
+                self.room_wait_seconds.observe(*wait as f64 / 1000.0);
+            }
+        }
+    }
+
     pub fn new(now_ms: u64) -> Self {
         let wal = Arc::new(WalMetrics {
             sync_seconds: latency_histogram(),
@@ -112,6 +139,11 @@ impl Metrics {
             latency: Family::new_with_constructor(latency_histogram),
             outcomes: Family::default(),
             expired: Counter::default(),
+            room_waiting: Family::default(),
+            room_admitted: Family::default(),
+            room_sold_out: Family::default(),
+            // 0.1 s .. about 55 min.
+            room_wait_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 16)),
             connections: Gauge::default(),
             connections_refused: Counter::default(),
             shed: Counter::default(),
@@ -135,6 +167,18 @@ impl Metrics {
             m.outcomes.clone(),
         );
         r.register("reservations_expired", "Reservations expired by the server", m.expired.clone());
+        r.register("waitroom_waiting", "Shoppers waiting in each sale's queue", m.room_waiting.clone());
+        r.register("waitroom_admitted", "Shoppers admitted, by sale", m.room_admitted.clone());
+        r.register(
+            "waitroom_sold_out_announcements",
+            "Times a sale turned sold out and its waiting shoppers were told so",
+            m.room_sold_out.clone(),
+        );
+        r.register(
+            "waitroom_wait_seconds",
+            "Time from joining (or the opening, for who joined before) to admission",
+            m.room_wait_seconds.clone(),
+        );
         r.register("connections_open", "Open client connections", m.connections.clone());
         r.register(
             "connections_refused",

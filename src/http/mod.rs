@@ -12,6 +12,7 @@ mod error;
 pub mod metrics;
 pub mod openapi;
 mod routes;
+mod sales;
 
 pub use routes::{Route, ROUTES};
 
@@ -73,6 +74,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Set once recovery finished; until then `/readyz` says 503 and the API refuses with `unavailable`.
     durable: OnceLock<Arc<Durable>>,
+    /// Signs waiting-room tickets and admissions with the data directory's key; set with `durable`.
+    signer: OnceLock<crate::waitroom::Signer>,
     in_flight: AtomicUsize,
     /// Set when shutdown begins (signal, or a fatal log error); `/readyz` turns 503 at once.
     stopping: AtomicBool,
@@ -85,16 +88,22 @@ impl App {
             clock,
             metrics,
             durable: OnceLock::new(),
+            signer: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         })
     }
 
     /// Marks recovery done: the API starts answering.
-    pub fn set_ready(&self, durable: Arc<Durable>) {
-        if self.durable.set(durable).is_err() {
+    pub fn set_ready(&self, durable: Arc<Durable>, signer: crate::waitroom::Signer) {
+        // The signer first: a request that sees the engine ready also finds the signer.
+        if self.signer.set(signer).is_err() || self.durable.set(durable).is_err() {
             panic!("the server is made ready once");
         }
+    }
+
+    pub fn signer(&self) -> Option<&crate::waitroom::Signer> {
+        self.signer.get()
     }
 
     pub fn durable(&self) -> Option<&Arc<Durable>> {

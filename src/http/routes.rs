@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-type Reply = Response<Full<Bytes>>;
+pub(super) type Reply = Response<Full<Bytes>>;
 
 /// A route the server serves. `template` is its method and path as the OpenAPI description names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub enum Route {
     Release,
     Extend,
     PutSale,
+    GetSale,
+    JoinQueue,
+    PollQueue,
     Metrics,
     Healthz,
     Readyz,
@@ -41,7 +44,7 @@ pub enum Route {
 }
 
 /// Every route, for the OpenAPI check and the metrics' labels.
-pub const ROUTES: [Route; 13] = [
+pub const ROUTES: [Route; 16] = [
     Route::PutSku,
     Route::GetSku,
     Route::AdjustSku,
@@ -51,6 +54,9 @@ pub const ROUTES: [Route; 13] = [
     Route::Release,
     Route::Extend,
     Route::PutSale,
+    Route::GetSale,
+    Route::JoinQueue,
+    Route::PollQueue,
     Route::Metrics,
     Route::Healthz,
     Route::Readyz,
@@ -70,6 +76,9 @@ impl Route {
             Route::Release => "POST /v1/reservations/{id}/release",
             Route::Extend => "POST /v1/reservations/{id}/extend",
             Route::PutSale => "PUT /v1/sales/{sale}",
+            Route::GetSale => "GET /v1/sales/{sale}",
+            Route::JoinQueue => "POST /v1/sales/{sale}/queue",
+            Route::PollQueue => "GET /v1/sales/{sale}/queue/{ticket}",
             Route::Metrics => "GET /metrics",
             Route::Healthz => "GET /healthz",
             Route::Readyz => "GET /readyz",
@@ -115,7 +124,18 @@ impl Route {
                 (post.then_some(route), id, "POST")
             }
             [Some("v1"), Some("sales"), Some(sale), None, None] if !sale.is_empty() => {
-                (put.then_some(Route::PutSale), sale, "PUT")
+                let route = if get { Some(Route::GetSale) } else { put.then_some(Route::PutSale) };
+                (route, sale, "GET, PUT")
+            }
+            [Some("v1"), Some("sales"), Some(sale), Some("queue"), None] if !sale.is_empty() => {
+                (post.then_some(Route::JoinQueue), sale, "POST")
+            }
+            [Some("v1"), Some("sales"), Some(sale), Some("queue"), Some(ticket)]
+                if !sale.is_empty() && !ticket.is_empty() =>
+            {
+                // The route's parameter is the whole `sale/queue/ticket`; the handler splits it.
+                let param = path.strip_prefix("/v1/sales/").unwrap_or_default();
+                (get.then_some(Route::PollQueue), param, "GET")
             }
             [Some(name), None, None, None, None] => {
                 let route = match name {
@@ -221,6 +241,9 @@ async fn dispatch(
         Route::Commit | Route::Release => h.end(route, &param, req).await,
         Route::Extend => h.extend(&param, req).await,
         Route::PutSale => h.put_sale(&param, req).await,
+        Route::GetSale => h.get_sale(&param).await,
+        Route::JoinQueue => h.join_queue(&param, req).await,
+        Route::PollQueue => h.poll_queue(&param).await,
         Route::Metrics | Route::Healthz | Route::Readyz | Route::OpenApi => unreachable!("answered above"),
     }
 }
@@ -251,7 +274,7 @@ fn openapi() -> Reply {
     response
 }
 
-fn json(status: StatusCode, body: &impl Serialize) -> Reply {
+pub(super) fn json(status: StatusCode, body: &impl Serialize) -> Reply {
     let bytes = serde_json::to_vec(body).expect("response types serialize");
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
@@ -259,21 +282,21 @@ fn json(status: StatusCode, body: &impl Serialize) -> Reply {
     response
 }
 
-struct Handler<'a> {
-    app: &'a App,
-    d: &'a Durable,
-    now_ms: u64,
+pub(super) struct Handler<'a> {
+    pub(super) app: &'a App,
+    pub(super) d: &'a Durable,
+    pub(super) now_ms: u64,
 }
 
 impl Handler<'_> {
     /// Waits until the log holds, on stable storage, every record up to `lsn`.
-    async fn synced(&self, lsn: holdfast_wal::Lsn) -> Result<(), Problem> {
+    pub(super) async fn synced(&self, lsn: holdfast_wal::Lsn) -> Result<(), Problem> {
         self.d.wal().durable(lsn).await.map_err(|e| error::log_error(&e))
     }
 
     /// Waits until everything applied so far is durable: a read must not show what a crash could take
     /// back. (Records are appended before they are applied, so the appended LSN covers what was read.)
-    async fn synced_reads(&self) -> Result<(), Problem> {
+    pub(super) async fn synced_reads(&self) -> Result<(), Problem> {
         self.synced(self.d.wal().appended_lsn()).await
     }
 
@@ -282,12 +305,12 @@ impl Handler<'_> {
     }
 
     /// Counts the outcome of a mutation and passes it on.
-    fn counted<T>(&self, op: &'static str, result: Result<T, Problem>) -> Result<T, Problem> {
+    pub(super) fn counted<T>(&self, op: &'static str, result: Result<T, Problem>) -> Result<T, Problem> {
         self.outcome(op, result.as_ref().map_or_else(|p| p.code, |_| "ok"));
         result
     }
 
-    async fn body<T: DeserializeOwned>(&self, req: Request<Incoming>) -> Result<T, Problem> {
+    pub(super) async fn body<T: DeserializeOwned>(&self, req: Request<Incoming>) -> Result<T, Problem> {
         let bytes = read_body(self.app, req, true).await?;
         parse_json(&bytes)
     }
@@ -321,20 +344,13 @@ impl Handler<'_> {
         Ok(json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), logged.value)))
     }
 
-    async fn put_sale(&self, sale: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
-        let sale = SaleId::new(sale)?;
-        let body: dto::SetSale = self.body(req).await?;
-        let logged = self.d.set_sale_limit(&sale, body.per_user_limit, self.now_ms);
-        let logged = self.counted("set_sale", logged.map_err(|e| error::stock_error(&e)))?;
-        self.synced(logged.lsn).await?;
-        let out = dto::SaleOut { sale: sale.as_str(), per_user_limit: body.per_user_limit };
-        Ok(json(StatusCode::OK, &out))
-    }
-
     async fn reserve(&self, req: Request<Incoming>) -> Result<Reply, Problem> {
         let key = idempotency_key(&req)?;
         let body: dto::Reserve = self.body(req).await?;
         let request = reserve_request(&body, key)?;
+        if let Some(sale) = &request.sale {
+            self.check_admission(sale, &body.user_id, body.admission.as_deref())?;
+        }
         let result = self.d.reserve(&request, self.now_ms);
         let logged = match result {
             Ok(logged) => logged,

@@ -6,3 +6,4 @@ mod bad_input;
 pub mod harness;
 pub mod process;
 mod slow;
+mod waitroom;

@@ -1,0 +1,208 @@
+//! The waiting room over HTTP: order, the draw, tickets and admissions, sold-out, re-admission after
+//! an expiry, and a restart in the middle of a sale. The test moves the server's clock.
+
+use super::harness::{options, TestServer, T0_MS};
+use holdfast::clock::rfc3339;
+use serde_json::Value;
+
+const OPENS_IN_MS: u64 = 60_000;
+
+/// A sale `noon` over SKU `tee` (with `units`), opening a minute after the test clock's start.
+fn sale(s: &TestServer, units: u64, order: &str, rate: u32, session_ms: u64) {
+    s.stock("tee", units);
+    let body = format!(
+        r#"{{"per_user_limit":1,"skus":["tee"],"opens_at":"{}","admission_rate":{rate},"max_active":1000,"session_ms":{session_ms},"order":"{order}"}}"#,
+        rfc3339(T0_MS + OPENS_IN_MS)
+    );
+    let reply = s.put("/v1/sales/noon", &body);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+fn join(s: &TestServer, user: &str) -> Value {
+    let reply = s.post("/v1/sales/noon/queue", &format!(r#"{{"user_id":"{user}"}}"#));
+    assert!(reply.status == 201 || reply.status == 200, "{}", reply.text());
+    reply.json()
+}
+
+fn poll(s: &TestServer, ticket: &str) -> Value {
+    let reply = s.get(&format!("/v1/sales/noon/queue/{ticket}"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
+fn ticket(v: &Value) -> String {
+    v["ticket"].as_str().unwrap_or_else(|| panic!("no ticket in {v}")).to_owned()
+}
+
+fn reserve(s: &TestServer, user: &str, admission: Option<&str>, ttl_ms: u64) -> super::harness::Reply {
+    let admission = admission.map_or(String::new(), |a| format!(r#","admission":"{a}""#));
+    s.post(
+        "/v1/reservations",
+        &format!(
+            r#"{{"items":[{{"sku":"tee","qty":1}}],"ttl_ms":{ttl_ms},"user_id":"{user}","sale_id":"noon"{admission}}}"#
+        ),
+    )
+}
+
+/// Moves the clock to the opening, and a little past it so the rate has admitted `n` shoppers.
+fn open_and_admit(s: &TestServer, ms_after_opening: u64) {
+    s.clock.advance(OPENS_IN_MS);
+    s.advance(0);
+    s.advance(ms_after_opening);
+}
+
+#[test]
+fn fifo_places_shoppers_in_order_of_arrival_and_admits_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start(options(dir.path()));
+    sale(&s, 100, "fifo", 2, 60_000);
+    let tickets: Vec<String> = (0..5)
+        .map(|i| {
+            let v = join(&s, &format!("u{i}"));
+            assert_eq!((v["status"].as_str(), v["position"].as_u64()), (Some("waiting"), Some(i + 1)), "{v}");
+            assert!(v["poll_after_ms"].as_u64().is_some() && v["eta"].is_string(), "{v}");
+            ticket(&v)
+        })
+        .collect();
+    let again = join(&s, "u0");
+    assert_eq!(again["position"].as_u64(), Some(1), "joining again keeps the place");
+    open_and_admit(&s, 1_000);
+    let states: Vec<Value> = tickets.iter().map(|t| poll(&s, t)).collect();
+    let statuses: Vec<&str> = states.iter().map(|v| v["status"].as_str().unwrap_or("?")).collect();
+    assert_eq!(statuses, ["admitted", "admitted", "waiting", "waiting", "waiting"], "2/s for 1 s");
+    assert_eq!(states[2]["position"].as_u64(), Some(1));
+    let sale = s.get("/v1/sales/noon").json();
+    assert_eq!(sale["waiting_room"]["admitted"].as_u64(), Some(2), "{sale}");
+    assert_eq!(sale["waiting_room"]["waiting"].as_u64(), Some(3), "{sale}");
+}
+
+#[test]
+fn lottery_draws_the_early_shoppers_at_opening_and_queues_later_ones_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start(options(dir.path()));
+    sale(&s, 100, "lottery", 1, 60_000);
+    let early: Vec<String> = (0..30)
+        .map(|i| {
+            let v = join(&s, &format!("early{i}"));
+            assert!(v.get("position").is_none(), "no place before the draw: {v}");
+            ticket(&v)
+        })
+        .collect();
+    s.clock.advance(OPENS_IN_MS);
+    s.advance(0);
+    let late = ticket(&join(&s, "late"));
+    // The rate (1/s) admits nobody while the clock stands at the opening: every place is a position.
+    let mut places: Vec<u64> =
+        early.iter().map(|t| poll(&s, t)["position"].as_u64().expect("placed after the draw")).collect();
+    assert_ne!(places, (1..=30).collect::<Vec<_>>(), "drawn, not in order of arrival");
+    places.sort_unstable();
+    assert_eq!(places, (1..=30).collect::<Vec<_>>(), "every early shopper placed once");
+    let late = poll(&s, &late);
+    assert_eq!(late["position"].as_u64(), Some(31), "the later arrival is behind every early one: {late}");
+}
+
+#[test]
+fn forged_foreign_and_expired_tickets_and_admissions_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start(options(dir.path()));
+    sale(&s, 100, "fifo", 100, 2_000);
+    let other =
+        r#"{"per_user_limit":1,"skus":["tee"],"opens_at":"2027-01-15T08:01:00Z","admission_rate":10}"#;
+    assert_eq!(s.put("/v1/sales/dusk", other).status, 200);
+    let ada = ticket(&join(&s, "ada"));
+    let mut forged = ada.clone().into_bytes();
+    forged[5] = if forged[5] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).expect("ascii");
+    let reply = s.get(&format!("/v1/sales/noon/queue/{forged}"));
+    assert_eq!((reply.status, reply.code()), (403, "invalid_ticket".into()));
+    let reply = s.get(&format!("/v1/sales/dusk/queue/{ada}"));
+    assert_eq!((reply.status, reply.code()), (403, "invalid_ticket".into()), "another sale's ticket");
+    assert!(reply.json()["detail"].as_str().unwrap_or("").contains("another sale"));
+
+    // No admission, before being admitted.
+    let reply = reserve(&s, "ada", None, 60_000);
+    assert_eq!((reply.status, reply.code()), (403, "not_admitted".into()));
+    let reply = reserve(&s, "ada", Some(&ada), 60_000);
+    assert_eq!((reply.status, reply.code()), (403, "not_admitted".into()), "a ticket is not an admission");
+
+    open_and_admit(&s, 100);
+    let admitted = poll(&s, &ada);
+    assert_eq!(admitted["status"], "admitted", "{admitted}");
+    let token = admitted["admission"].as_str().expect("token").to_owned();
+    let reply = reserve(&s, "bob", Some(&token), 60_000);
+    assert_eq!((reply.status, reply.code()), (403, "not_admitted".into()), "someone else's admission");
+    // The session is 2 s: past it, the admission is refused and the poll says so.
+    s.advance(2_500);
+    let reply = reserve(&s, "ada", Some(&token), 60_000);
+    assert_eq!((reply.status, reply.code()), (403, "not_admitted".into()), "expired");
+    assert!(reply.json()["detail"].as_str().unwrap_or("").contains("expired"));
+    assert_eq!(poll(&s, &ada)["status"], "session_over");
+    // The ticket itself expires a day after the opening.
+    s.advance(25 * 60 * 60 * 1000);
+    let reply = s.get(&format!("/v1/sales/noon/queue/{ada}"));
+    assert_eq!((reply.status, reply.code()), (403, "invalid_ticket".into()), "expired ticket");
+    assert_eq!(s.counts("tee"), (100, 0, 0), "nothing was reserved");
+}
+
+#[test]
+fn sold_out_is_told_to_everyone_waiting_and_an_expired_hold_readmits_the_next() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start(options(dir.path()));
+    sale(&s, 1, "fifo", 100, 60_000);
+    let tickets: Vec<String> = (0..4).map(|i| ticket(&join(&s, &format!("u{i}")))).collect();
+    open_and_admit(&s, 1_000);
+    let states: Vec<String> =
+        tickets.iter().map(|t| poll(&s, t)["status"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(states, ["admitted", "waiting", "waiting", "waiting"], "one unit: one shopper admitted");
+
+    // u0 reserves with a short hold and abandons it: the unit comes back and u1 is admitted.
+    let token = poll(&s, &tickets[0])["admission"].as_str().expect("token").to_owned();
+    let reply = reserve(&s, "u0", Some(&token), 1_000);
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    s.advance(100);
+    assert_eq!(poll(&s, &tickets[1])["status"], "waiting", "a held unit may come back: still waiting");
+    s.advance(1_000);
+    s.advance(100);
+    let u1 = poll(&s, &tickets[1]);
+    assert_eq!(u1["status"], "admitted", "{u1}");
+    // u1 buys it: nothing available, nothing held; everyone still waiting is told at once.
+    let reply = reserve(&s, "u1", u1["admission"].as_str(), 60_000);
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let id = reply.json()["id"].as_str().expect("id").to_owned();
+    assert_eq!(s.post(&format!("/v1/reservations/{id}/commit"), "{}").status, 200);
+    s.advance(50);
+    for t in &tickets[2..] {
+        let v = poll(&s, t);
+        assert_eq!(v["status"], "sold_out", "{v}");
+        assert!(v.get("poll_after_ms").is_none(), "nothing more to wait for: {v}");
+    }
+    assert_eq!(join(&s, "latecomer")["status"], "sold_out");
+    assert_eq!(s.metric("holdfast_waitroom_sold_out_announcements_total"), 1.0);
+    assert_eq!(s.counts("tee"), (0, 0, 1));
+}
+
+#[test]
+fn a_restart_mid_sale_keeps_every_place_and_admission() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tickets, before) = {
+        let s = TestServer::start(options(dir.path()));
+        sale(&s, 100, "lottery", 3, 60_000);
+        let tickets: Vec<String> = (0..12).map(|i| ticket(&join(&s, &format!("u{i}")))).collect();
+        open_and_admit(&s, 1_000);
+        let before: Vec<Value> = tickets.iter().map(|t| poll(&s, t)).collect();
+        s.stop().expect("stops");
+        (tickets, before)
+    };
+    let s = TestServer::start_at(options(dir.path()), T0_MS + OPENS_IN_MS + 1_100);
+    let after: Vec<Value> = tickets.iter().map(|t| poll(&s, t)).collect();
+    let places = |vs: &[Value]| -> Vec<(String, Option<u64>)> {
+        vs.iter().map(|v| (v["status"].as_str().unwrap_or("").to_owned(), v["position"].as_u64())).collect()
+    };
+    assert_eq!(places(&after), places(&before), "the same draw, the same admissions, after a restart");
+    assert!(before.iter().filter(|v| v["status"] == "admitted").count() >= 3, "{before:?}");
+    // An admission given before the restart still buys.
+    let admitted = after.iter().position(|v| v["status"] == "admitted").expect("someone admitted");
+    let token = after[admitted]["admission"].as_str().expect("token");
+    let reply = reserve(&s, &format!("u{admitted}"), Some(token), 60_000);
+    assert_eq!(reply.status, 201, "{}", reply.text());
+}
