@@ -227,7 +227,7 @@ impl Handler<'_> {
                     status: "waiting",
                     position: ahead.map(|a| a + 1),
                     eta: Some(rfc3339(self.now_ms + eta_in)),
-                    poll_after_ms: Some(waitroom::poll_after_ms(eta_in)),
+                    poll_after_ms: Some(waitroom::poll_after_ms(eta_in, &claims.user, self.now_ms)),
                     ..QueueOut::default()
                 }
             }

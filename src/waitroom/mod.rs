@@ -21,8 +21,17 @@ pub fn eta_in_ms(ahead: u64, rate: u32, now_ms: u64, opens_at_ms: u64) -> u64 {
     opens_at_ms.saturating_sub(now_ms) + ahead.saturating_mul(1000).div_ceil(u64::from(rate.max(1)))
 }
 
-pub fn poll_after_ms(eta_in_ms: u64) -> u64 {
+/// The interval for a shopper expected in `eta_in_ms`, before jitter.
+pub fn poll_interval_ms(eta_in_ms: u64) -> u64 {
     eta_in_ms.clamp(POLL_MIN_MS, POLL_MAX_MS)
+}
+
+/// The hint itself: the interval shortened by up to half, by a draw from `user` and `now_ms`, so that
+/// shoppers who arrived together (everyone, at opening) do not come back together.
+pub fn poll_after_ms(eta_in_ms: u64, user: &str, now_ms: u64) -> u64 {
+    let interval = poll_interval_ms(eta_in_ms);
+    let draw = xxhash_rust::xxh3::xxh3_64_with_seed(user.as_bytes(), now_ms);
+    interval - draw % (interval / 2).max(1)
 }
 
 /// Before a lottery's draw nobody knows their place. For the hint, a shopper is given a stand-in place
@@ -32,12 +41,17 @@ pub fn stand_in_place(user: &str, entrants: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(user.as_bytes()) % entrants.max(1)
 }
 
-/// The most polls per second `waiting` shoppers make when every one follows its hint, at `rate`
-/// admissions per second once the room is open: the first `rate·MIN` shoppers poll every `MIN`, the
-/// shopper `a` places from the front every `a / rate` up to `MAX`, and everyone behind every `MAX`.
+/// The most polls per second `waiting` shoppers make, on average, when every one follows its hint, at
+/// `rate` admissions per second once the room is open: the first `rate·MIN` shoppers poll every `MIN`,
+/// the shopper `a` places from the front every `a / rate` up to `MAX`, and everyone behind every `MAX`.
 /// Summed: `rate·(1 + ln(MAX/MIN)) + (waiting − rate·MAX)/MAX`, bounded by the admission rate and
-/// growing with the queue only as `waiting / MAX`.
+/// growing with the queue only as `waiting / MAX`; the jitter (an interval shortened by a uniform
+/// share of up to half) multiplies it by the mean of 1/(1 − u/2), which is 2·ln 2.
 pub fn worst_case_polls_per_s(waiting: u64, rate: u32) -> f64 {
+    2.0 * std::f64::consts::LN_2 * unjittered_polls_per_s(waiting, rate)
+}
+
+fn unjittered_polls_per_s(waiting: u64, rate: u32) -> f64 {
     let (rate, n) = (f64::from(rate.max(1)), waiting as f64);
     let (min_s, max_s) = (POLL_MIN_MS as f64 / 1000.0, POLL_MAX_MS as f64 / 1000.0);
     let front = n.min(rate * min_s); // poll every MIN
@@ -57,9 +71,10 @@ mod tests {
     #[test]
     fn worst_case_poll_rate_is_the_sum_of_the_hints() {
         for (waiting, rate) in [(100_000u64, 2_000u32), (5_000, 500), (1_000_000, 10_000), (10, 1)] {
-            let summed: f64 =
-                (0..waiting).map(|ahead| 1000.0 / poll_after_ms(eta_in_ms(ahead, rate, 0, 0)) as f64).sum();
-            let closed = worst_case_polls_per_s(waiting, rate);
+            let summed: f64 = (0..waiting)
+                .map(|ahead| 1000.0 / poll_interval_ms(eta_in_ms(ahead, rate, 0, 0)) as f64)
+                .sum();
+            let closed = unjittered_polls_per_s(waiting, rate);
             assert!(summed <= closed, "{waiting} at {rate}/s: {summed} vs {closed}");
             assert!(rate < 100 || closed / summed < 1.01, "{waiting} at {rate}/s: {summed} vs {closed}");
         }
@@ -67,10 +82,19 @@ mod tests {
 
     #[test]
     fn hints_grow_with_the_distance_to_the_front() {
-        let hint = |ahead| poll_after_ms(eta_in_ms(ahead, 1_000, 0, 0));
+        let hint = |ahead| poll_interval_ms(eta_in_ms(ahead, 1_000, 0, 0));
         assert_eq!(hint(0), POLL_MIN_MS);
         assert_eq!(hint(5_000), 5_000);
         assert_eq!(hint(1_000_000), POLL_MAX_MS);
-        assert_eq!(poll_after_ms(eta_in_ms(0, 1_000, 0, 60_000)), POLL_MAX_MS, "far from opening");
+        assert_eq!(poll_interval_ms(eta_in_ms(0, 1_000, 0, 60_000)), POLL_MAX_MS, "far from opening");
+    }
+
+    /// Jittered hints stay within half the interval and average out to the factor the bound uses.
+    #[test]
+    fn jitter_spreads_hints_over_the_second_half_of_the_interval() {
+        let hints: Vec<u64> = (0..100_000).map(|u| poll_after_ms(15_000, &format!("u{u}"), 7)).collect();
+        assert!(hints.iter().all(|h| (7_500..=15_000).contains(h)));
+        let mean_rate: f64 = hints.iter().map(|h| 15_000.0 / *h as f64).sum::<f64>() / hints.len() as f64;
+        assert!((mean_rate - 2.0 * std::f64::consts::LN_2).abs() < 0.01, "{mean_rate}");
     }
 }

@@ -1,0 +1,118 @@
+//! A bounded pool of HTTP/1.1 keep-alive connections that every simulated shopper shares: a request
+//! waits for a free connection (which is latency the shopper sees, and is counted), so a hundred
+//! thousand shoppers need only as many sockets as `connections`.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+struct Job {
+    method: hyper::Method,
+    path: String,
+    body: Option<Bytes>,
+    reply: oneshot::Sender<Result<Reply, String>>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    jobs: async_channel::Sender<Job>,
+}
+
+impl Client {
+    /// Starts `connections` workers against `addr`.
+    pub fn new(addr: SocketAddr, connections: usize) -> Client {
+        let (jobs, queue) = async_channel::unbounded::<Job>();
+        for _ in 0..connections {
+            tokio::spawn(worker(addr, queue.clone()));
+        }
+        Client { jobs }
+    }
+
+    pub async fn call(
+        &self,
+        method: hyper::Method,
+        path: String,
+        body: Option<String>,
+    ) -> Result<Reply, String> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { method, path, body: body.map(Bytes::from), reply };
+        self.jobs.send(job).await.map_err(|_| "the client stopped".to_owned())?;
+        answer.await.map_err(|_| "the connection worker stopped".to_owned())?
+    }
+
+    pub async fn get(&self, path: String) -> Result<Reply, String> {
+        self.call(hyper::Method::GET, path, None).await
+    }
+
+    pub async fn put(&self, path: String, body: String) -> Result<Reply, String> {
+        self.call(hyper::Method::PUT, path, Some(body)).await
+    }
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) =
+        http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// One connection: takes the next job, sends it, answers; reconnects (with a short backoff) when the
+/// connection breaks, failing only the job that was on it.
+async fn worker(addr: SocketAddr, queue: async_channel::Receiver<Job>) {
+    let mut sender: Option<Sender> = None;
+    while let Ok(job) = queue.recv().await {
+        let mut attempts = 0;
+        let conn = loop {
+            let usable = match &mut sender {
+                Some(s) => s.ready().await.is_ok(),
+                None => false,
+            };
+            if usable {
+                break Ok(sender.as_mut().expect("checked above"));
+            }
+            attempts += 1;
+            match connect(addr).await {
+                Ok(s) => sender = Some(s),
+                Err(e) if attempts >= 3 => break Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50 * attempts)).await,
+            }
+        };
+        let result = match conn {
+            Err(e) => Err(e),
+            Ok(conn) => send(conn, &job).await,
+        };
+        if result.is_err() {
+            sender = None;
+        }
+        let _ = job.reply.send(result);
+    }
+}
+
+async fn send(conn: &mut Sender, job: &Job) -> Result<Reply, String> {
+    let mut request = Request::builder().method(job.method.clone()).uri(&job.path).header("host", "holdfast");
+    if job.body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request =
+        request.body(Full::new(job.body.clone().unwrap_or_default())).map_err(|e| format!("request: {e}"))?;
+    let response = conn.send_request(request).await.map_err(|e| format!("send: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+    Ok(Reply { status, body })
+}

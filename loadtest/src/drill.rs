@@ -1,0 +1,390 @@
+//! Running a drill: the sale and its stock made through the API, then every shopper on their own
+//! schedule (open model: a shopper arrives on time whether or not the server keeps up), and latency
+//! measured from when each request was meant to be sent, so a slow server cannot hide its queue
+//! (coordinated omission): waiting for a free connection counts.
+
+use crate::client::{Client, Reply};
+use crate::scenario::Scenario;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::time::sleep_until;
+
+pub const ROUTES: [&str; 5] = ["join", "poll", "reserve", "commit", "release"];
+
+/// How a shopper's visit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Bought,
+    Released,
+    /// Walked away from a hold, left to expire.
+    Abandoned,
+    /// Told by the waiting room that nothing is left.
+    SoldOut,
+    /// Admitted, but every attempt found no unit available.
+    NoStock,
+    /// Admitted, but the admission ran out before buying.
+    SessionOver,
+    Error,
+    /// Still going when the drill's deadline came.
+    Deadline,
+}
+
+/// What one shopper saw, kept for the verification and the fairness figures.
+#[derive(Debug, Clone, Default)]
+pub struct Shopper {
+    pub outcome: Option<Outcome>,
+    /// Server times (Unix ms): when the queue took them, when they were admitted.
+    pub joined_at_ms: Option<u64>,
+    pub admitted_at_ms: Option<u64>,
+    /// Units in reservations the server acknowledged (201), and of those, committed (200).
+    pub reserved_units: u64,
+    pub bought_units: u64,
+    pub errors: Vec<String>,
+}
+
+/// One second of the drill.
+#[derive(Default, Clone)]
+pub struct Second {
+    pub requests: [u64; ROUTES.len()],
+    pub errors: u64,
+    pub latency: Option<Histogram<u64>>,
+    pub arrived: u64,
+    pub waiting: u64,
+    pub admitted: u64,
+    pub done: u64,
+}
+
+pub struct Stats {
+    pub latency: Vec<Mutex<Histogram<u64>>>,
+    pub statuses: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    pub timeline: Mutex<Vec<Second>>,
+    pub arrived: AtomicU64,
+    pub waiting: AtomicU64,
+    pub admitted: AtomicU64,
+    pub done: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs to 10 minutes, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            latency: ROUTES.iter().map(|_| Mutex::new(histogram())).collect(),
+            statuses: Mutex::default(),
+            timeline: Mutex::default(),
+            arrived: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    fn second(&self, at: Instant, start: Instant) -> usize {
+        at.saturating_duration_since(start).as_secs() as usize
+    }
+
+    fn record(&self, route: usize, intended: Instant, start: Instant, status: Option<u16>) {
+        let now = Instant::now();
+        let micros = now.saturating_duration_since(intended).as_micros().max(1) as u64;
+        let mut timeline = self.timeline.lock();
+        let s = self.second(now, start);
+        if timeline.len() <= s {
+            timeline.resize(s + 1, Second::default());
+        }
+        let second = &mut timeline[s];
+        match status {
+            Some(status) => {
+                second.requests[route] += 1;
+                second.latency.get_or_insert_with(histogram).saturating_record(micros);
+                drop(timeline);
+                self.latency[route].lock().saturating_record(micros);
+                *self.statuses.lock().entry((ROUTES[route], status)).or_default() += 1;
+                if status >= 500 {
+                    self.errors.fetch_add(1, Relaxed);
+                }
+            }
+            None => {
+                second.errors += 1;
+                drop(timeline);
+                self.errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+pub struct Drill {
+    pub scenario: Scenario,
+    client: Client,
+    pub stats: Stats,
+    pub start: Instant,
+    pub opening: Instant,
+    pub opens_at_ms: u64,
+    deadline: Instant,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn json(reply: &Reply) -> Value {
+    serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
+}
+
+fn parse_time(v: &Value) -> Option<u64> {
+    let t = humantime::parse_rfc3339(v.as_str()?).ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
+impl Drill {
+    /// Creates the drill's stock and sale on the server (opening `opens_in_ms` from now).
+    pub async fn setup(scenario: Scenario, client: Client) -> anyhow::Result<Arc<Drill>> {
+        let s = &scenario;
+        let reply = client.put(format!("/v1/skus/{}", s.sku), format!(r#"{{"on_hand":{}}}"#, s.units)).await;
+        let reply = reply.map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            reply.status == 200,
+            "creating the stock: {} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+        let opens_at_ms = unix_ms() + s.opens_in_ms;
+        let sale = serde_json::json!({
+            "per_user_limit": s.per_user_limit,
+            "skus": [s.sku],
+            "opens_at": rfc3339(opens_at_ms),
+            "admission_rate": s.admission_rate,
+            "max_active": s.max_active,
+            "session_ms": s.session_ms,
+            "order": match s.order { crate::scenario::Order::Fifo => "fifo", crate::scenario::Order::Lottery => "lottery" },
+        });
+        let reply = client
+            .put(format!("/v1/sales/{}", s.sale), sale.to_string())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            reply.status == 200,
+            "creating the sale: {} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+        let start = Instant::now();
+        let opening = start + Duration::from_millis(opens_at_ms.saturating_sub(unix_ms()));
+        let deadline = start + scenario.deadline();
+        Ok(Arc::new(Drill { scenario, client, stats: Stats::new(), start, opening, opens_at_ms, deadline }))
+    }
+
+    fn at(&self, seconds_from_opening: f64) -> Instant {
+        if seconds_from_opening >= 0.0 {
+            self.opening + Duration::from_secs_f64(seconds_from_opening)
+        } else {
+            self.opening
+                .checked_sub(Duration::from_secs_f64(-seconds_from_opening))
+                .unwrap_or(self.start)
+                .max(self.start)
+        }
+    }
+
+    /// Sends a request meant to go at `intended`, records it, and returns the reply (None: no reply).
+    async fn request(
+        &self,
+        route: usize,
+        intended: Instant,
+        path: String,
+        body: Option<String>,
+    ) -> Option<Reply> {
+        sleep_until(intended.into()).await;
+        let method = match (route, &body) {
+            (_, None) => hyper::Method::GET,
+            _ => hyper::Method::POST,
+        };
+        match self.client.call(method, path, body).await {
+            Ok(reply) => {
+                self.stats.record(route, intended, self.start, Some(reply.status));
+                Some(reply)
+            }
+            Err(_) => {
+                self.stats.record(route, intended, self.start, None);
+                None
+            }
+        }
+    }
+
+    /// One shopper's visit.
+    pub async fn shopper(self: Arc<Self>, i: u64) -> Shopper {
+        let mut me = Shopper::default();
+        let outcome = self.visit(i, &mut me).await;
+        me.outcome = Some(outcome);
+        self.stats.done.fetch_add(1, Relaxed);
+        me
+    }
+
+    async fn visit(&self, i: u64, me: &mut Shopper) -> Outcome {
+        let s = &self.scenario;
+        let user = format!("drill-user-{i}");
+        let arrive = self.at(s.arrival_at(i));
+        let sale = &s.sale;
+        let joined = self.request(
+            0,
+            arrive,
+            format!("/v1/sales/{sale}/queue"),
+            Some(format!(r#"{{"user_id":"{user}"}}"#)),
+        );
+        let Some(reply) = joined.await else { return Outcome::Error };
+        self.stats.arrived.fetch_add(1, Relaxed);
+        let mut state = json(&reply);
+        if reply.status != 201 && reply.status != 200 {
+            me.errors.push(format!("join: {} {state}", reply.status));
+            return Outcome::Error;
+        }
+        me.joined_at_ms = parse_time(&state["joined_at"]);
+        let ticket = state["ticket"].as_str().unwrap_or_default().to_owned();
+        self.stats.waiting.fetch_add(1, Relaxed);
+        let waited = loop {
+            match state["status"].as_str() {
+                Some("admitted") => break None,
+                Some("sold_out") => break Some(Outcome::SoldOut),
+                Some("session_over") => break Some(Outcome::SessionOver),
+                Some("waiting") => {}
+                _ => {
+                    me.errors.push(format!("poll: {state}"));
+                    break Some(Outcome::Error);
+                }
+            }
+            let next =
+                Instant::now() + Duration::from_millis(state["poll_after_ms"].as_u64().unwrap_or(1_000));
+            if next > self.deadline {
+                break Some(Outcome::Deadline);
+            }
+            let Some(reply) = self.request(1, next, format!("/v1/sales/{sale}/queue/{ticket}"), None).await
+            else {
+                break Some(Outcome::Error);
+            };
+            state = json(&reply);
+            if reply.status != 200 {
+                me.errors.push(format!("poll: {} {state}", reply.status));
+                break Some(Outcome::Error);
+            }
+        };
+        self.stats.waiting.fetch_sub(1, Relaxed);
+        if let Some(outcome) = waited {
+            return outcome;
+        }
+        self.stats.admitted.fetch_add(1, Relaxed);
+        let expires = parse_time(&state["admission_expires_at"]);
+        me.admitted_at_ms = expires.map(|e| e.saturating_sub(s.session_ms));
+        let admission = state["admission"].as_str().unwrap_or_default().to_owned();
+        self.shop(i, &user, &admission, me).await
+    }
+
+    async fn shop(&self, i: u64, user: &str, admission: &str, me: &mut Shopper) -> Outcome {
+        let s = &self.scenario;
+        let think = Duration::from_millis(s.think_ms);
+        let body = format!(
+            r#"{{"items":[{{"sku":"{}","qty":{}}}],"ttl_ms":{},"user_id":"{user}","sale_id":"{}","admission":"{admission}"}}"#,
+            s.sku, s.qty, s.hold_ttl_ms, s.sale
+        );
+        let mut intended = Instant::now() + think;
+        let mut attempt = 0;
+        let id = loop {
+            let Some(reply) = self.request(2, intended, "/v1/reservations".into(), Some(body.clone())).await
+            else {
+                return Outcome::Error;
+            };
+            let v = json(&reply);
+            match (reply.status, v["code"].as_str()) {
+                (201, _) => break v["id"].as_str().unwrap_or_default().to_owned(),
+                (409, Some("insufficient_stock")) if attempt < s.retries => {
+                    attempt += 1;
+                    intended = Instant::now() + Duration::from_millis(s.retry_ms);
+                }
+                (409, Some("insufficient_stock")) => return Outcome::NoStock,
+                (403, Some("not_admitted")) => return Outcome::SessionOver,
+                (status, _) => {
+                    me.errors.push(format!("reserve: {status} {v}"));
+                    return Outcome::Error;
+                }
+            }
+        };
+        me.reserved_units += u64::from(s.qty);
+        let draw = s.draw(i, 1);
+        let (route, action, outcome) = if draw < s.commit {
+            (3, "commit", Outcome::Bought)
+        } else if draw < s.commit + s.release {
+            (4, "release", Outcome::Released)
+        } else {
+            return Outcome::Abandoned;
+        };
+        let path = format!("/v1/reservations/{id}/{action}");
+        let Some(reply) = self.request(route, Instant::now() + think, path, Some("{}".into())).await else {
+            return Outcome::Error;
+        };
+        match reply.status {
+            200 if outcome == Outcome::Bought => {
+                me.bought_units += u64::from(s.qty);
+                outcome
+            }
+            200 => outcome,
+            // The hold ran out while thinking: as good as abandoned, and not sold.
+            410 => Outcome::Abandoned,
+            status => {
+                me.errors.push(format!("{action}: {status} {}", json(&reply)));
+                Outcome::Error
+            }
+        }
+    }
+
+    /// Samples the shoppers' counts into the timeline and prints a line a second until `done`.
+    pub async fn progress(self: Arc<Self>, done: tokio::sync::watch::Receiver<bool>, quiet: bool) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_requests = 0u64;
+        while !*done.borrow() {
+            tick.tick().await;
+            let st = &self.stats;
+            let (arrived, waiting, admitted, finished) = (
+                st.arrived.load(Relaxed),
+                st.waiting.load(Relaxed),
+                st.admitted.load(Relaxed),
+                st.done.load(Relaxed),
+            );
+            let s = st.second(Instant::now(), self.start);
+            let requests: u64 = {
+                let mut timeline = st.timeline.lock();
+                if timeline.len() <= s {
+                    timeline.resize(s + 1, Second::default());
+                }
+                let second = &mut timeline[s];
+                (second.arrived, second.waiting, second.admitted, second.done) =
+                    (arrived, waiting, admitted, finished);
+                timeline.iter().map(|t| t.requests.iter().sum::<u64>()).sum()
+            };
+            if !quiet {
+                eprintln!(
+                    "{:>4}s  arrived {arrived:>7}  waiting {waiting:>7}  admitted {admitted:>6}  done {finished:>7}  |  {:>6} req/s  errors {}",
+                    s,
+                    requests - last_requests,
+                    st.errors.load(Relaxed)
+                );
+            }
+            last_requests = requests;
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}

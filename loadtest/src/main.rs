@@ -1,0 +1,215 @@
+//! `holdfast-drill`: rehearses a flash sale against a holdfast server. It creates its stock and sale,
+//! sends every shopper through the waiting room on schedule, verifies the server's end state against
+//! what the shoppers were told, and writes a report (JSON and HTML). Exit status: 0 when every check
+//! held, 1 when one did not (with the evidence), 2 when the drill could not run.
+
+mod client;
+mod drill;
+mod report;
+mod scenario;
+
+use clap::Parser;
+use scenario::{Arrival, Order, Scenario};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(name = "holdfast-drill", version, about = "Flash-sale drills against a holdfast server, verified")]
+struct Args {
+    /// The server: loopback unless another address is given here on purpose.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// A scenario file (TOML; keys as the flags below, with underscores). Flags override it.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Where the report goes: DIR/report.json and DIR/report.html.
+    #[arg(long, default_value = "drill-report")]
+    report: PathBuf,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+    #[arg(long)]
+    users: Option<u64>,
+    #[arg(long)]
+    units: Option<u64>,
+    #[arg(long)]
+    sku: Option<String>,
+    #[arg(long)]
+    sale: Option<String>,
+    #[arg(long, value_enum)]
+    arrival: Option<Arrival>,
+    #[arg(long)]
+    arrival_secs: Option<f64>,
+    #[arg(long)]
+    arrival_rate: Option<f64>,
+    #[arg(long)]
+    opens_in_ms: Option<u64>,
+    #[arg(long)]
+    admission_rate: Option<u32>,
+    #[arg(long)]
+    max_active: Option<u32>,
+    #[arg(long)]
+    session_ms: Option<u64>,
+    #[arg(long, value_enum)]
+    order: Option<Order>,
+    #[arg(long)]
+    per_user_limit: Option<u32>,
+    #[arg(long)]
+    qty: Option<u32>,
+    #[arg(long)]
+    think_ms: Option<u64>,
+    /// Probability that a shopper holding units commits.
+    #[arg(long)]
+    commit: Option<f64>,
+    /// Probability that a shopper holding units releases them (the rest abandon).
+    #[arg(long)]
+    release: Option<f64>,
+    #[arg(long)]
+    hold_ttl_ms: Option<u64>,
+    #[arg(long)]
+    retries: Option<u32>,
+    #[arg(long)]
+    retry_ms: Option<u64>,
+    #[arg(long)]
+    connections: Option<usize>,
+    #[arg(long)]
+    deadline_secs: Option<u64>,
+}
+
+fn scenario(args: &Args) -> anyhow::Result<Scenario> {
+    let mut s: Scenario = match &args.scenario {
+        Some(path) => toml::from_str(&std::fs::read_to_string(path)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        None => Scenario::default(),
+    };
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { s.$field = v; } )* };
+    }
+    set!(
+        users,
+        units,
+        sku,
+        sale,
+        arrival,
+        arrival_secs,
+        arrival_rate,
+        opens_in_ms,
+        admission_rate,
+        max_active
+    );
+    set!(session_ms, order, per_user_limit, qty, think_ms, commit, release, hold_ttl_ms, retries, retry_ms);
+    set!(connections, deadline_secs);
+    s.check()?;
+    Ok(s)
+}
+
+fn address(target: &str) -> anyhow::Result<SocketAddr> {
+    let rest =
+        target.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--target must be http://HOST:PORT"))?;
+    let host_port = rest.trim_end_matches('/');
+    anyhow::ensure!(!host_port.contains('/'), "--target is a server, not a path: http://HOST:PORT");
+    let addr = host_port
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{host_port} resolves to nothing"))?;
+    if !addr.ip().is_loopback() {
+        eprintln!("note: {addr} is not a loopback address; drilling it because --target names it");
+    }
+    Ok(addr)
+}
+
+fn main() {
+    let args = Args::parse();
+    let code = match run(&args) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("holdfast-drill: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &Args) -> anyhow::Result<bool> {
+    let scenario = scenario(args)?;
+    let addr = address(&args.target)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = client::Client::new(addr, scenario.connections);
+        ready(&client).await?;
+        let users = scenario.users;
+        let drill = drill::Drill::setup(scenario, client).await?;
+        let started = Instant::now();
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let progress = tokio::spawn(drill.clone().progress(done_rx, args.quiet));
+        let tasks: Vec<_> = (0..users).map(|i| tokio::spawn(drill.clone().shopper(i))).collect();
+        let mut shoppers = Vec::with_capacity(users as usize);
+        for task in tasks {
+            shoppers.push(task.await?);
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let sale = std::time::Instant::now().saturating_duration_since(drill.opening).as_secs_f64();
+        let _ = done_tx.send(true);
+        progress.abort();
+        let sku = &drill.scenario.sku;
+        let reply = drill.client().get(format!("/v1/skus/{sku}")).await.map_err(anyhow::Error::msg)?;
+        let stock: serde_json::Value = serde_json::from_slice(&reply.body)?;
+        let errors = drill.stats.errors.load(std::sync::atomic::Ordering::Relaxed);
+        let checks = report::verify(&drill.scenario, errors, &shoppers, &stock);
+        let report = report::build(&drill, &shoppers, &checks, (wall, sale), &args.target, &stock);
+        std::fs::create_dir_all(&args.report)?;
+        std::fs::write(args.report.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(args.report.join("report.html"), report::html(&report))?;
+        summary(&report);
+        let passed = checks.iter().all(|c| c.ok);
+        for c in checks.iter().filter(|c| !c.ok) {
+            eprintln!("VERIFICATION FAILED: {}: {}", c.name, c.detail);
+        }
+        Ok(passed)
+    })
+}
+
+/// Waits (30 s at most) for the server to be ready: a drill may start beside a server that recovers.
+async fn ready(client: &client::Client) -> anyhow::Result<()> {
+    let until = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match client.get("/readyz".into()).await {
+            Ok(reply) if reply.status == 200 => return Ok(()),
+            outcome if Instant::now() > until => {
+                let why = outcome.map_or_else(|e| e, |r| format!("status {}", r.status));
+                anyhow::bail!("the server is not ready after 30 s: {why}")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn summary(r: &serde_json::Value) {
+    println!(
+        "wall {} s, from the opening {} s (goal {} s); users {}, admitted {} (peak {}/s)",
+        r["wall_secs"], r["sale_secs"], r["goal_secs"], r["users"], r["admitted"], r["admitted_peak_per_s"]
+    );
+    println!("outcomes {}", r["outcomes"]);
+    for route in drill::ROUTES {
+        let x = &r["routes"][route];
+        println!(
+            "{route:>8}: {:>7} requests {:>6}/s  p50 {} ms  p90 {} ms  p99 {} ms  p99.9 {} ms  max {} ms",
+            x["count"], x["per_s"], x["p50"], x["p90"], x["p99"], x["p99_9"], x["max"]
+        );
+    }
+    let w = &r["waiting_ms"];
+    println!(
+        "waiting: p50 {} ms  p99 {} ms  max {} ms; polls peak {}/s",
+        w["p50"], w["p99"], w["max"], r["polls_per_s_peak"]
+    );
+    println!(
+        "fairness: {} of {} pairs admitted out of joining order",
+        r["fairness"]["later_admitted_before_earlier"], r["fairness"]["pairs_compared"]
+    );
+    println!(
+        "verification: {}",
+        if r["verification"]["passed"].as_bool() == Some(true) { "passed" } else { "FAILED" }
+    );
+}
