@@ -206,3 +206,86 @@ fn a_restart_mid_sale_keeps_every_place_and_admission() {
     let reply = reserve(&s, &format!("u{admitted}"), Some(token), 60_000);
     assert_eq!(reply.status, 201, "{}", reply.text());
 }
+
+/// The real binary killed with SIGKILL while shoppers join, then after admissions: every join and
+/// every admission a shopper was told of is there after the restart, in the same place.
+#[test]
+fn acknowledged_places_and_admissions_survive_sigkill() {
+    use super::harness::{request, send};
+    use super::process::{runtime, start_with, wait_ready};
+    use holdfast::clock::Clock;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let rt = runtime();
+    let mut p = start_with(dir.path(), &[]);
+    wait_ready(&rt, p.addr);
+    let call = |addr, method, path: &str, body: Option<&str>| {
+        rt.block_on(send(addr, request(method, path, &[], body))).ok()
+    };
+    assert_eq!(call(p.addr, "PUT", "/v1/skus/tee", Some(r#"{"on_hand":1000}"#)).map(|r| r.status), Some(200));
+    let opens_at = rfc3339(holdfast::clock::SystemClock.now_ms() + 2_500);
+    let sale =
+        format!(r#"{{"per_user_limit":1,"skus":["tee"],"opens_at":"{opens_at}","admission_rate":40}}"#);
+    assert_eq!(call(p.addr, "PUT", "/v1/sales/noon", Some(&sale)).map(|r| r.status), Some(200));
+
+    // Joins from 8 tasks; SIGKILL lands in the middle of them.
+    let (addr, pid) = (p.addr, p.child.id().to_string());
+    let acked: Vec<(String, u64)> = rt.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for i in 0..2_000 {
+                        let body = format!(r#"{{"user_id":"t{t}-{i}"}}"#);
+                        match send(addr, request("POST", "/v1/sales/noon/queue", &[], Some(&body))).await {
+                            Ok(r) if r.status == 201 => {
+                                let v = r.json();
+                                acked.push((
+                                    v["ticket"].as_str().expect("ticket").to_owned(),
+                                    v["position"].as_u64().expect("position"),
+                                ));
+                            }
+                            _ => break,
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let killed = std::process::Command::new("kill").args(["-KILL", &pid]).status().expect("kill");
+        assert!(killed.success());
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("task"));
+        }
+        all
+    });
+    let _ = p.child.wait();
+    assert!(acked.len() > 10 && acked.len() < 16_000, "killed mid-joins: {} acknowledged", acked.len());
+    let mut p = start_with(dir.path(), &[]);
+    wait_ready(&rt, p.addr);
+    for (ticket, position) in &acked {
+        let v = call(p.addr, "GET", &format!("/v1/sales/noon/queue/{ticket}"), None).expect("reply").json();
+        assert_eq!(v["position"].as_u64(), Some(*position), "{v}");
+    }
+
+    // Admissions: wait for some, kill, and find them admitted after the restart.
+    std::thread::sleep(std::time::Duration::from_millis(3_500));
+    let admitted: Vec<&String> = acked
+        .iter()
+        .map(|(t, _)| t)
+        .filter(|t| {
+            call(p.addr, "GET", &format!("/v1/sales/noon/queue/{t}"), None).expect("reply").json()["status"]
+                == "admitted"
+        })
+        .collect();
+    assert!(!admitted.is_empty(), "some shoppers admitted a second after opening");
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+    let p = start_with(dir.path(), &[]);
+    wait_ready(&rt, p.addr);
+    for t in admitted {
+        let v = call(p.addr, "GET", &format!("/v1/sales/noon/queue/{t}"), None).expect("reply").json();
+        assert_eq!(v["status"], "admitted", "{v}");
+    }
+}
