@@ -77,6 +77,10 @@ pub enum QueueError {
     },
     /// A sale with a waiting room is changed only together with its room.
     RoomRequired,
+    /// The room names a SKU that does not exist (`skus[index]`).
+    UnknownSku {
+        index: usize,
+    },
     Invalid(RequestError),
     LogRefused,
 }
@@ -382,6 +386,9 @@ impl Engine {
             return Err(QueueError::Invalid(RequestError::PerUserLimitOutOfRange));
         }
         check_config(room).map_err(QueueError::Invalid)?;
+        if let Some(index) = room.skus.iter().position(|sku| self.catalog.find(sku.as_str()).is_none()) {
+            return Err(QueueError::UnknownSku { index });
+        }
         // The rooms' write lock orders changes to one sale, as the sales map entry does for limits.
         let mut rooms = self.rooms.write();
         let mut config = room.clone();

@@ -47,6 +47,11 @@ fn queue_error(e: &crate::durable::Refused<QueueError>) -> Problem {
             "sale_locked",
             "this sale has a waiting room: send its settings with the limit",
         ),
+        Refused::Engine(QueueError::UnknownSku { index }) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_sku",
+            format!("skus[{index}] names no SKU: create the stock first"),
+        ),
         Refused::Engine(QueueError::Invalid(e)) => error::request_error(*e),
         Refused::Engine(QueueError::LogRefused) => unreachable!("the durable layer reports the log's error"),
     }

@@ -24,6 +24,24 @@ fn raw(what: &'static str, text: &str, status: u16, code: &'static str) -> Case 
     Case { what, bytes: text.as_bytes().to_vec(), status, code }
 }
 
+fn put_sale(what: &'static str, body: String, status: u16, code: &'static str) -> Case {
+    Case { what, bytes: request("PUT", "/v1/sales/gate", &[], Some(&body)), status, code }
+}
+
+/// A valid room for sale `gate`, with one field replaced (or added).
+fn room(field: &str) -> String {
+    let mut fields = vec![
+        r#""per_user_limit":1"#.to_owned(),
+        r#""skus":["tee"]"#.to_owned(),
+        r#""opens_at":"2027-01-15T09:00:00Z""#.to_owned(),
+        r#""admission_rate":5"#.to_owned(),
+    ];
+    let key = field.split(':').next().unwrap_or_default();
+    fields.retain(|f| !f.starts_with(key));
+    fields.push(field.to_owned());
+    format!("{{{}}}", fields.join(","))
+}
+
 fn cases(id: &str) -> Vec<Case> {
     let r = "/v1/reservations";
     let bad = 400;
@@ -99,6 +117,29 @@ fn cases(id: &str) -> Vec<Case> {
         post("adjustment without reason", "/v1/skus/tee/adjust", r#"{"delta":1}"#, bad, invalid),
         post("adjustment with an empty reason", "/v1/skus/tee/adjust", r#"{"delta":1,"reason":""}"#, bad, invalid),
         Case { what: "sale limit a string", bytes: request("PUT", "/v1/sales/noon", &[], Some(r#"{"per_user_limit":"2"}"#)), status: bad, code: invalid },
+        // Sales with a waiting room, joining and polling.
+        put_sale("admission rate zero", room(r#""admission_rate":0"#), bad, invalid),
+        put_sale("opens_at not a time", room(r#""opens_at":"tomorrow""#), bad, invalid),
+        put_sale("opens_at a number", room(r#""opens_at":1800000000000"#), bad, invalid),
+        put_sale("unknown order", room(r#""order":"random""#), bad, invalid),
+        put_sale("no skus", room(r#""skus":[]"#), bad, invalid),
+        put_sale("a SKU twice", room(r#""skus":["tee","tee"]"#), bad, invalid),
+        put_sale("too many skus", room(&format!(r#""skus":[{}]"#, vec![r#""tee""#; 65].join(","))), bad, invalid),
+        put_sale("session too short", room(r#""session_ms":10"#), bad, invalid),
+        put_sale("max_active zero", room(r#""max_active":0"#), bad, invalid),
+        put_sale("an unknown SKU", room(r#""skus":["nope"]"#), 422, "unknown_sku"),
+        put_sale("a room without skus", r#"{"per_user_limit":1,"opens_at":"2027-01-15T09:00:00Z","admission_rate":5}"#.into(), bad, invalid),
+        put_sale("a gated sale without its room", r#"{"per_user_limit":3}"#.into(), 409, "sale_locked"),
+        post("join without user", "/v1/sales/gate/queue", "{}", bad, invalid),
+        post("join with an empty user", "/v1/sales/gate/queue", r#"{"user_id":""}"#, bad, invalid),
+        post("join with an unknown field", "/v1/sales/gate/queue", r#"{"user_id":"u","vip":true}"#, bad, invalid),
+        post("join a sale without a room", "/v1/sales/noon/queue", r#"{"user_id":"u"}"#, 404, "not_found"),
+        post("join an unknown sale", "/v1/sales/nope/queue", r#"{"user_id":"u"}"#, 404, "not_found"),
+        Case { what: "poll with garbage", bytes: request("GET", "/v1/sales/gate/queue/garbage", &[], None), status: 403, code: "invalid_ticket" },
+        Case { what: "read an unknown sale", bytes: request("GET", "/v1/sales/nope", &[], None), status: 404, code: "not_found" },
+        Case { what: "DELETE a queue", bytes: request("DELETE", "/v1/sales/gate/queue", &[], None), status: 405, code: "method_not_allowed" },
+        post("reserve in a gated sale without admission", r, &format!(r#"{{"items":[{{"sku":"tee","qty":1}}],{TTL},"sale_id":"gate"}}"#), 403, "not_admitted"),
+        post("reserve with a forged admission", r, &format!(r#"{{"items":[{{"sku":"tee","qty":1}}],{TTL},"sale_id":"gate","admission":"AAAA"}}"#), 403, "not_admitted"),
         // Reservation ids and bodies of the reservation routes.
         post("malformed id", "/v1/reservations/abc/commit", "", bad, invalid),
         post("id with upper-case hex", "/v1/reservations/rsv_00000000000000AB/commit", "", bad, invalid),
@@ -147,6 +188,7 @@ fn bad_requests_get_a_clear_problem_and_change_nothing() {
     let s = TestServer::start(options(dir.path()));
     s.stock("tee", 10);
     assert_eq!(s.put("/v1/sales/noon", r#"{"per_user_limit": 2}"#).status, 200);
+    assert_eq!(s.put("/v1/sales/gate", &room(r#""max_active":10"#)).status, 200);
     let held = s.post("/v1/reservations", &super::harness::reserve_body("tee", 1, "u0"));
     let id = held.json()["id"].as_str().expect("id").to_owned();
     let before = (s.counts("tee"), s.get(&format!("/v1/reservations/{id}")).text());
