@@ -536,32 +536,27 @@ impl Durable {
     /// Opens and admits what is due in every waiting room (see `Engine::admit_due`); a log failure
     /// leaves the rest for the next tick and is returned.
     pub fn admit_due(&self, now_ms: u64) -> Result<Logged<Vec<RoomTick>>, WalError> {
-        let mut error = None;
-        let logged = self.logged((), |sink| {
-            let ticks = self.engine.admit_due(now_ms, sink);
-            error = sink.error.take();
-            Ok::<_, ()>(ticks)
-        });
-        match (logged, error) {
-            (_, Some(e)) => Err(e),
-            (Ok(logged), None) => Ok(logged),
-            (Err(_), None) => unreachable!("admitting does not fail"),
-        }
+        self.tick(|sink| self.engine.admit_due(now_ms, sink))
     }
 
     /// Expires what is due. Nobody waits on an expiry, but it is logged like any mutation; a log
     /// failure leaves the rest due for the next tick and is returned.
     pub fn expire_due(&self, now_ms: u64) -> Result<Logged<Vec<ReservationId>>, WalError> {
+        self.tick(|sink| self.engine.expire_due(now_ms, sink))
+    }
+
+    /// Runs a periodic engine task that does as much as the log takes and cannot otherwise fail.
+    fn tick<T>(&self, run: impl FnOnce(&mut LogSink<'_>) -> T) -> Result<Logged<T>, WalError> {
         let mut error = None;
         let logged = self.logged((), |sink| {
-            let expired = self.engine.expire_due(now_ms, sink);
+            let done = run(sink);
             error = sink.error.take();
-            Ok::<_, ()>(expired)
+            Ok::<_, ()>(done)
         });
         match (logged, error) {
             (_, Some(e)) => Err(e),
             (Ok(logged), None) => Ok(logged),
-            (Err(_), None) => unreachable!("expiring does not fail"),
+            (Err(_), None) => unreachable!("a tick does not fail"),
         }
     }
 }
