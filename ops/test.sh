@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 
 # The Postgres tests need a server on 127.0.0.1:5432; they fail, never skip, without one.
 ops/postgres.sh
+# The comparison's test (loadtest/tests/compare.rs) starts its own redis-server (and Postgres cluster).
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "== installing redis-server (Debian package)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+fi
 
 echo "== cargo test (release: the concurrency and property tests want optimised code)"
 cargo test --release --workspace

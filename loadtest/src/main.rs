@@ -4,9 +4,11 @@
 //! held, 1 when one did not (with the evidence), 2 when the drill could not run.
 
 mod client;
+mod compare;
 mod drill;
 mod report;
 mod scenario;
+mod servers;
 
 use clap::Parser;
 use scenario::{Arrival, Order, Scenario};
@@ -16,7 +18,10 @@ use std::time::Instant;
 
 #[derive(Parser, Debug)]
 #[command(name = "holdfast-drill", version, about = "Flash-sale drills against a holdfast server, verified")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The server: loopback unless another address is given here on purpose.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: String,
@@ -77,6 +82,13 @@ struct Args {
     deadline_secs: Option<u64>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// The same workloads against holdfast, Redis (Lua; and with appendfsync always), Redis + Postgres,
+    /// and Postgres alone, each started on a loopback port of its own; a table of ops/s and latency.
+    Compare(compare::CompareArgs),
+}
+
 fn scenario(args: &Args) -> anyhow::Result<Scenario> {
     let mut s: Scenario = match &args.scenario {
         Some(path) => toml::from_str(&std::fs::read_to_string(path)?)
@@ -121,7 +133,11 @@ fn address(target: &str) -> anyhow::Result<SocketAddr> {
 
 fn main() {
     let args = Args::parse();
-    let code = match run(&args) {
+    let outcome = match &args.command {
+        Some(Command::Compare(c)) => compare::compare(c),
+        None => run(&args),
+    };
+    let code = match outcome {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {

@@ -1,0 +1,556 @@
+//! `holdfast-drill compare`: the same workloads, with the same load generator, connection count and
+//! duration, against holdfast and the designs it replaces: Redis with the classic Lua reserve (without
+//! persistence, and with `appendfsync always`), the two-layer design (the Lua reserve, then the
+//! reservation row into Postgres, acknowledged after both), and Postgres alone (a conditional UPDATE of
+//! one hot row). Closed loop: each connection sends its next request when the last is answered.
+
+use crate::servers::{self, Server};
+use anyhow::Context;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Seconds each system runs each workload (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Connections, the same for every system.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Only these systems (holdfast, redis, redis-aof, two-layer, postgres).
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Only these workloads (hot, spread, reserve-commit, sold-out).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Where the results go: DIR/compare.json and DIR/compare.md.
+    #[arg(long, default_value = "compare-report")]
+    out: std::path::PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum System {
+    Holdfast,
+    Redis,
+    RedisAof,
+    TwoLayer,
+    Postgres,
+}
+
+const SYSTEMS: [(System, &str, &str); 5] = [
+    (
+        System::Holdfast,
+        "holdfast",
+        "holdfast over HTTP, durable (fsync before every acknowledgement, group commit)",
+    ),
+    (System::Redis, "redis", "Redis, atomic Lua reserve (GET, compare, DECRBY), no persistence"),
+    (System::RedisAof, "redis-aof", "the same, appendonly yes, appendfsync always"),
+    (
+        System::TwoLayer,
+        "two-layer",
+        "the Lua reserve, then INSERT … ON CONFLICT DO NOTHING into Postgres (synchronous commit)",
+    ),
+    (
+        System::Postgres,
+        "postgres",
+        "Postgres alone: UPDATE … WHERE available >= qty on the row, synchronous commit",
+    ),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    Hot,
+    Spread,
+    ReserveCommit,
+    SoldOut,
+}
+
+const WORKLOADS: [(Workload, &str, &str); 4] = [
+    (Workload::Hot, "hot", "reserve 1 unit of one hot SKU"),
+    (Workload::Spread, "spread", "reserve 1 unit of one of 10,000 SKUs"),
+    (
+        Workload::ReserveCommit,
+        "reserve-commit",
+        "reserve 1 unit of the hot SKU, then commit it (one op = both)",
+    ),
+    (
+        Workload::SoldOut,
+        "sold-out",
+        "1,000 units and far more than ten times the demand: almost every answer is a refusal",
+    ),
+];
+
+const SPREAD_SKUS: u64 = 10_000;
+const PLENTY: u64 = 1 << 39;
+const SCARCE: u64 = 1_000;
+
+const RESERVE_LUA: &str = "local a = tonumber(redis.call('GET', KEYS[1]) or '0') \
+    if a >= tonumber(ARGV[1]) then redis.call('DECRBY', KEYS[1], ARGV[1]) \
+    redis.call('INCRBY', KEYS[2], ARGV[1]) return 1 else return 0 end";
+const COMMIT_LUA: &str =
+    "redis.call('DECRBY', KEYS[1], ARGV[1]) redis.call('INCRBY', KEYS[2], ARGV[1]) return 1";
+
+fn sku(workload: Workload, n: u64) -> String {
+    match workload {
+        Workload::Spread => format!("spread-{}", n % SPREAD_SKUS),
+        Workload::SoldOut => "scarce".into(),
+        Workload::Hot | Workload::ReserveCommit => "hot".into(),
+    }
+}
+
+/// Where each system listens.
+struct Servers {
+    holdfast: Option<Server>,
+    redis: Option<Server>,
+    redis_aof: Option<Server>,
+    postgres: Option<Server>,
+}
+
+fn pg_url(addr: SocketAddr) -> String {
+    format!("host={} port={} user=postgres dbname=postgres", addr.ip(), addr.port())
+}
+
+/// One connection of one system, ready to send.
+enum Conn {
+    Http(http1::SendRequest<Full<Bytes>>),
+    Redis(redis::aio::MultiplexedConnection),
+    TwoLayer(redis::aio::MultiplexedConnection, tokio_postgres::Client),
+    Postgres(tokio_postgres::Client),
+}
+
+async fn http_conn(addr: SocketAddr) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn redis_conn(addr: SocketAddr) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{addr}/"))?;
+    Ok(client.get_multiplexed_async_connection().await?)
+}
+
+async fn pg_conn(addr: SocketAddr) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(&pg_url(addr), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn http(
+    conn: &mut http1::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: String,
+) -> anyhow::Result<u16> {
+    conn.ready().await?;
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "holdfast")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = conn.send_request(request).await?;
+    let status = response.status().as_u16();
+    response.into_body().collect().await?;
+    Ok(status)
+}
+
+impl Conn {
+    async fn open(system: System, s: &Servers) -> anyhow::Result<Conn> {
+        let addr = |server: &Option<Server>| server.as_ref().map(|s| s.addr).context("server not started");
+        Ok(match system {
+            System::Holdfast => Conn::Http(http_conn(addr(&s.holdfast)?).await?),
+            System::Redis => Conn::Redis(redis_conn(addr(&s.redis)?).await?),
+            System::RedisAof => Conn::Redis(redis_conn(addr(&s.redis_aof)?).await?),
+            System::TwoLayer => {
+                Conn::TwoLayer(redis_conn(addr(&s.redis)?).await?, pg_conn(addr(&s.postgres)?).await?)
+            }
+            System::Postgres => Conn::Postgres(pg_conn(addr(&s.postgres)?).await?),
+        })
+    }
+
+    /// One operation; `id` is unique in the run. Ok(true): reserved (and committed); Ok(false): refused.
+    async fn op(&mut self, workload: Workload, id: u64) -> anyhow::Result<bool> {
+        let sku = sku(workload, id);
+        let commit = workload == Workload::ReserveCommit;
+        match self {
+            Conn::Http(c) => {
+                let body = format!(
+                    r#"{{"items":[{{"sku":"{sku}","qty":1}}],"ttl_ms":5000,"user_id":"u{}"}}"#,
+                    id % 1000
+                );
+                let (status, location) = http_reserve(c, body).await?;
+                match status {
+                    201 if commit => {
+                        let status = http(c, "POST", &format!("{location}/commit"), String::new()).await?;
+                        anyhow::ensure!(status == 200, "commit answered {status}");
+                        Ok(true)
+                    }
+                    201 => Ok(true),
+                    409 => Ok(false),
+                    other => anyhow::bail!("reserve answered {other}"),
+                }
+            }
+            Conn::Redis(r) => {
+                let reserved = redis_reserve(r, &sku).await?;
+                if reserved && commit {
+                    redis::Script::new(COMMIT_LUA)
+                        .key(format!("{sku}:reserved"))
+                        .key(format!("{sku}:sold"))
+                        .arg(1)
+                        .invoke_async::<i64>(r)
+                        .await?;
+                }
+                Ok(reserved)
+            }
+            Conn::TwoLayer(r, pg) => {
+                if !redis_reserve(r, &sku).await? {
+                    return Ok(false);
+                }
+                let inserted = "INSERT INTO reservations (id, sku, qty, state) VALUES ($1, $2, 1, 'active') ON CONFLICT DO NOTHING";
+                pg.execute(inserted, &[&(id as i64), &sku]).await?;
+                if commit {
+                    redis::Script::new(COMMIT_LUA)
+                        .key(format!("{sku}:reserved"))
+                        .key(format!("{sku}:sold"))
+                        .arg(1)
+                        .invoke_async::<i64>(r)
+                        .await?;
+                    pg.execute("UPDATE reservations SET state = 'committed' WHERE id = $1", &[&(id as i64)])
+                        .await?;
+                }
+                Ok(true)
+            }
+            Conn::Postgres(pg) => {
+                let reserve = "UPDATE stock SET available = available - 1, reserved = reserved + 1 WHERE sku = $1 AND available >= 1";
+                let reserved = pg.execute(reserve, &[&sku]).await? == 1;
+                if reserved && commit {
+                    pg.execute(
+                        "UPDATE stock SET reserved = reserved - 1, sold = sold + 1 WHERE sku = $1",
+                        &[&sku],
+                    )
+                    .await?;
+                }
+                Ok(reserved)
+            }
+        }
+    }
+}
+
+async fn http_reserve(
+    c: &mut http1::SendRequest<Full<Bytes>>,
+    body: String,
+) -> anyhow::Result<(u16, String)> {
+    c.ready().await?;
+    let request = hyper::Request::builder()
+        .method("POST")
+        .uri("/v1/reservations")
+        .header("host", "holdfast")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = c.send_request(request).await?;
+    let status = response.status().as_u16();
+    let location =
+        response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    response.into_body().collect().await?;
+    Ok((status, location))
+}
+
+async fn redis_reserve(r: &mut redis::aio::MultiplexedConnection, sku: &str) -> anyhow::Result<bool> {
+    let script = redis::Script::new(RESERVE_LUA);
+    let reserved: i64 = script.key(sku).key(format!("{sku}:reserved")).arg(1).invoke_async(r).await?;
+    Ok(reserved == 1)
+}
+
+/// Puts the workload's stock into the system: plenty of the hot and the spread SKUs, 1,000 scarce.
+async fn prepare(system: System, workload: Workload, s: &Servers) -> anyhow::Result<()> {
+    let stock: Vec<(String, u64)> = match workload {
+        Workload::Hot | Workload::ReserveCommit => vec![("hot".into(), PLENTY)],
+        Workload::Spread => (0..SPREAD_SKUS).map(|n| (format!("spread-{n}"), PLENTY)).collect(),
+        Workload::SoldOut => vec![("scarce".into(), SCARCE)],
+    };
+    let mut conn = Conn::open(system, s).await?;
+    match &mut conn {
+        Conn::Http(c) => {
+            for (sku, n) in &stock {
+                let status =
+                    http(c, "PUT", &format!("/v1/skus/{sku}"), format!(r#"{{"on_hand":{n}}}"#)).await?;
+                anyhow::ensure!(status == 200, "PUT /v1/skus/{sku} answered {status}");
+            }
+        }
+        Conn::Redis(r) | Conn::TwoLayer(r, _) => {
+            for chunk in stock.chunks(1000) {
+                let mut pipe = redis::pipe();
+                for (sku, n) in chunk {
+                    pipe.set(sku, *n)
+                        .ignore()
+                        .set(format!("{sku}:reserved"), 0)
+                        .ignore()
+                        .set(format!("{sku}:sold"), 0)
+                        .ignore();
+                }
+                pipe.query_async::<()>(r).await?;
+            }
+            if let Conn::TwoLayer(_, pg) = &conn {
+                pg.batch_execute(
+                    "DROP TABLE IF EXISTS reservations;
+                     CREATE TABLE reservations (id bigint PRIMARY KEY, sku text NOT NULL, qty int NOT NULL, state text NOT NULL)",
+                )
+                .await?;
+            }
+        }
+        Conn::Postgres(pg) => {
+            pg.batch_execute(
+                "DROP TABLE IF EXISTS stock;
+                 CREATE TABLE stock (sku text PRIMARY KEY, available bigint NOT NULL CHECK (available >= 0),
+                                     reserved bigint NOT NULL, sold bigint NOT NULL)",
+            )
+            .await?;
+            let skus: Vec<&str> = stock.iter().map(|(s, _)| s.as_str()).collect();
+            let counts: Vec<i64> = stock.iter().map(|(_, n)| *n as i64).collect();
+            pg.execute(
+                "INSERT INTO stock SELECT s, n, 0, 0 FROM unnest($1::text[], $2::bigint[]) AS t(s, n)",
+                &[&skus, &counts],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What one run measured.
+struct Figures {
+    ops: u64,
+    ok: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// `connections` workers, each in a closed loop (or paced at `rate` operations a second in all, with
+/// latency then counted from each operation's scheduled time), for one second of warm-up and `seconds`.
+async fn run(
+    system: System,
+    workload: Workload,
+    s: &Servers,
+    connections: usize,
+    seconds: u64,
+    rate: Option<f64>,
+) -> anyhow::Result<Figures> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(1);
+    let mut workers = Vec::new();
+    for w in 0..connections {
+        let mut conn = Conn::open(system, s).await?;
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut h, mut ops, mut ok, mut errors, mut first_error) = (histogram(), 0u64, 0u64, 0u64, None);
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / connections as f64));
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if interval.is_some() {
+                    tokio::time::sleep_until(next.into()).await;
+                }
+                let intended = if interval.is_some() { next } else { Instant::now() };
+                seq += 1;
+                let id = ((w as u64) << 40) | seq;
+                let result = conn.op(workload, id).await;
+                let done = Instant::now();
+                if let Some(i) = interval {
+                    next += i;
+                }
+                if intended < measure_from {
+                    continue;
+                }
+                match result {
+                    Ok(reserved) => {
+                        ops += 1;
+                        ok += u64::from(reserved);
+                        h.saturating_record(done.duration_since(intended).as_micros().max(1) as u64);
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(format!("{e:#}"));
+                    }
+                }
+            }
+            (h, ops, ok, errors, first_error)
+        }));
+    }
+    tokio::time::sleep_until((measure_from + Duration::from_secs(seconds)).into()).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = measure_from.elapsed().as_secs_f64();
+    let mut f =
+        Figures { ops: 0, ok: 0, seconds: elapsed, latency: histogram(), errors: 0, first_error: None };
+    for worker in workers {
+        let (h, ops, ok, errors, first_error) = worker.await?;
+        f.latency.add(&h).expect("same bounds");
+        (f.ops, f.ok, f.errors) = (f.ops + ops, f.ok + ok, f.errors + errors);
+        if f.first_error.is_none() {
+            f.first_error = first_error;
+        }
+    }
+    Ok(f)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    (h.value_at_quantile(q) as f64 / 10.0).round() / 100.0
+}
+
+fn pick<T: Copy>(
+    table: &[(T, &'static str, &'static str)],
+    only: &[String],
+    what: &str,
+) -> anyhow::Result<Vec<(T, &'static str)>> {
+    for name in only {
+        anyhow::ensure!(table.iter().any(|(_, n, _)| n == name), "unknown {what} {name:?}");
+    }
+    Ok(table
+        .iter()
+        .filter(|(_, n, _)| only.is_empty() || only.iter().any(|o| o == n))
+        .map(|(t, n, _)| (*t, *n))
+        .collect())
+}
+
+pub fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
+    let systems = pick(&SYSTEMS, &args.systems, "system")?;
+    let workloads = pick(&WORKLOADS, &args.workloads, "workload")?;
+    anyhow::ensure!((1..=4096).contains(&args.connections), "--connections: 1 to 4096");
+    anyhow::ensure!((1..=600).contains(&args.seconds), "--seconds: 1 to 600");
+    let scratch = tempdir()?;
+    let wants = |s: System| systems.iter().any(|(x, _)| *x == s);
+    eprintln!("starting the servers (scratch {})", scratch.display());
+    let servers = Servers {
+        holdfast: wants(System::Holdfast).then(|| servers::holdfast(&scratch)).transpose()?,
+        redis: (wants(System::Redis) || wants(System::TwoLayer))
+            .then(|| servers::redis(&scratch, false))
+            .transpose()?,
+        redis_aof: wants(System::RedisAof).then(|| servers::redis(&scratch, true)).transpose()?,
+        postgres: (wants(System::Postgres) || wants(System::TwoLayer))
+            .then(|| servers::postgres(&scratch))
+            .transpose()?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut results = Vec::new();
+    let mut clean = true;
+    for (workload, wname) in &workloads {
+        for (system, sname) in &systems {
+            rt.block_on(prepare(*system, *workload, &servers))
+                .with_context(|| format!("preparing {sname} for {wname}"))?;
+            let f = rt.block_on(run(*system, *workload, &servers, args.connections, args.seconds, None))?;
+            let per_s = f.ops as f64 / f.seconds;
+            eprintln!(
+                "{wname:>15} {sname:>10}: {per_s:>9.0} ops/s  p50 {} ms  p99 {} ms  p99.9 {} ms  ({} reserved, {} errors)",
+                ms(&f.latency, 0.5), ms(&f.latency, 0.99), ms(&f.latency, 0.999), f.ok, f.errors
+            );
+            if f.errors > 0 {
+                clean = false;
+                eprintln!("  first error: {}", f.first_error.as_deref().unwrap_or(""));
+            }
+            results.push(json!({
+                "workload": wname, "system": sname, "ops_per_s": per_s.round(), "reserved": f.ok, "errors": f.errors,
+                "p50_ms": ms(&f.latency, 0.5), "p99_ms": ms(&f.latency, 0.99), "p99_9_ms": ms(&f.latency, 0.999),
+            }));
+        }
+    }
+    // holdfast's latency at half its own maximum, paced (open loop), on the hot SKU.
+    let mut half = Value::Null;
+    let max_hot = results
+        .iter()
+        .find(|r| r["workload"] == "hot" && r["system"] == "holdfast")
+        .and_then(|r| r["ops_per_s"].as_f64());
+    if let Some(max) = max_hot {
+        rt.block_on(prepare(System::Holdfast, Workload::Hot, &servers))?;
+        let f = rt.block_on(run(
+            System::Holdfast,
+            Workload::Hot,
+            &servers,
+            args.connections,
+            args.seconds,
+            Some(max / 2.0),
+        ))?;
+        eprintln!(
+            "holdfast at half its maximum ({:.0}/s): p50 {} ms p99 {} ms",
+            max / 2.0,
+            ms(&f.latency, 0.5),
+            ms(&f.latency, 0.99)
+        );
+        half = json!({"rate": (max / 2.0).round(), "ops_per_s": (f.ops as f64 / f.seconds).round(),
+                      "p50_ms": ms(&f.latency, 0.5), "p99_ms": ms(&f.latency, 0.99), "p99_9_ms": ms(&f.latency, 0.999)});
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = json!({
+        "machine": servers::machine(),
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "systems": SYSTEMS.iter().map(|(_, n, d)| json!({"name": n, "what": d})).collect::<Vec<_>>(),
+        "workloads": WORKLOADS.iter().map(|(_, n, d)| json!({"name": n, "what": d})).collect::<Vec<_>>(),
+        "results": results,
+        "holdfast_at_half_max": half,
+    });
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("compare.json"), serde_json::to_string_pretty(&report)?)?;
+    let table = markdown(&report);
+    std::fs::write(args.out.join("compare.md"), &table)?;
+    println!("{table}");
+    Ok(clean)
+}
+
+fn markdown(r: &Value) -> String {
+    let mut out = format!(
+        "Machine: {}. {} connections, {} s per run after 1 s of warm-up, load generator on the same machine.\n\n\
+         | workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | holdfast ÷ system |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        r["machine"].as_str().unwrap_or(""), r["connections"], r["seconds"]
+    );
+    let results = r["results"].as_array().cloned().unwrap_or_default();
+    for row in &results {
+        let holdfast = results
+            .iter()
+            .find(|x| x["workload"] == row["workload"] && x["system"] == "holdfast")
+            .and_then(|x| x["ops_per_s"].as_f64());
+        let ratio = match (holdfast, row["ops_per_s"].as_f64()) {
+            (Some(h), Some(s)) if s > 0.0 => format!("{:.2}×", h / s),
+            _ => "–".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {ratio} |\n",
+            row["workload"].as_str().unwrap_or(""),
+            row["system"].as_str().unwrap_or(""),
+            row["ops_per_s"],
+            row["p50_ms"],
+            row["p99_ms"],
+            row["p99_9_ms"]
+        ));
+    }
+    if let Some(h) = r["holdfast_at_half_max"].as_object() {
+        out.push_str(&format!(
+            "\nholdfast paced at half its hot-SKU maximum ({}/s, latency from each request's scheduled time): p50 {} ms, p99 {} ms, p99.9 {} ms.\n",
+            h["rate"], h["p50_ms"], h["p99_ms"], h["p99_9_ms"]
+        ));
+    }
+    out
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("holdfast-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

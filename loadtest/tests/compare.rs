@@ -1,0 +1,28 @@
+//! The comparison end to end, briefly: every system and workload runs without an error, and the
+//! table and JSON are written. (Its figures come from longer runs; this proves the command works.)
+
+use std::process::Command;
+
+#[test]
+fn compare_runs_every_system_and_workload_without_errors() {
+    let out = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let status = Command::new(env!("CARGO_BIN_EXE_holdfast-drill"))
+        .args(["compare", "--seconds", "1", "--connections", "4", "--out"])
+        .arg(out.path())
+        .status()
+        .expect("run holdfast-drill compare");
+    assert!(status.success(), "compare failed (it needs redis-server and PostgreSQL's server binaries)");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("compare.json")).expect("JSON"))
+            .expect("valid");
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 20, "5 systems × 4 workloads");
+    for r in results {
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        let refused_all = r["workload"] == "sold-out";
+        assert!(refused_all || r["reserved"].as_u64().unwrap_or(0) > 0, "{r}");
+    }
+    let table = std::fs::read_to_string(out.path().join("compare.md")).expect("markdown");
+    assert!(table.contains("| hot | redis-aof |") && table.contains("holdfast paced at half"), "{table}");
+}
