@@ -465,7 +465,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
                 eprintln!("  first error: {}", f.first_error.as_deref().unwrap_or(""));
             }
             results.push(json!({
-                "workload": wname, "system": sname, "ops_per_s": per_s.round(), "reserved": f.ok, "errors": f.errors,
+                "workload": wname, "system": sname, "ops_per_s": per_s.round() as u64, "reserved": f.ok, "errors": f.errors,
                 "p50_ms": ms(&f.latency, 0.5), "p99_ms": ms(&f.latency, 0.99), "p99_9_ms": ms(&f.latency, 0.999),
             }));
         }
@@ -492,7 +492,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
             ms(&f.latency, 0.5),
             ms(&f.latency, 0.99)
         );
-        half = json!({"rate": (max / 2.0).round(), "ops_per_s": (f.ops as f64 / f.seconds).round(),
+        half = json!({"rate": (max / 2.0).round() as u64, "ops_per_s": (f.ops as f64 / f.seconds).round() as u64,
                       "p50_ms": ms(&f.latency, 0.5), "p99_ms": ms(&f.latency, 0.99), "p99_9_ms": ms(&f.latency, 0.999)});
     }
     drop(servers);

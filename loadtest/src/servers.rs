@@ -23,6 +23,18 @@ fn wait_for(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn ready(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = [0u8; 12];
+    stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: holdfast\r\nConnection: close\r\n\r\n").is_ok()
+        && stream.read_exact(&mut head).is_ok()
+        && head.ends_with(b" 200")
+}
+
 pub struct Server {
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -64,7 +76,14 @@ pub fn holdfast(scratch: &Path) -> anyhow::Result<Server> {
         .strip_prefix("listening on ")
         .context("holdfast did not say where it listens")?
         .parse()?;
-    Ok(Server { addr, child: Some(child), pg_stop: None })
+    let server = Server { addr, child: Some(child), pg_stop: None };
+    // It listens before it has recovered; it takes requests once /readyz says so.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !ready(addr) {
+        anyhow::ensure!(Instant::now() < until, "holdfast on {addr} was not ready within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
 }
 
 /// `redis-server` keeping nothing on disk, or with `appendonly yes` and `appendfsync always`.
