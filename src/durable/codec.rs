@@ -97,7 +97,8 @@ struct LogItem {
 }
 
 fn to_log(record: &Record) -> LogRecord {
-    let s = |v: &dyn std::fmt::Display| v.to_string();
+    // Names are copied as they are, not through the formatter (this runs under the engine's locks).
+    let s = |v: &dyn std::borrow::Borrow<str>| -> String { v.borrow().to_owned() };
     match record {
         Record::StockSet { sku, on_hand, at_ms } => {
             LogRecord::StockSet { sku: s(sku), on_hand: *on_hand, at_ms: *at_ms }
@@ -171,8 +172,11 @@ fn unprefix<'a>(
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
     out.clear();
     prefix(out, RECORD_MAGIC, RECORD_FORMAT_VERSION);
-    let bytes = rkyv::to_bytes::<rancor::Error>(&to_log(record)).expect("serialising plain data cannot fail");
-    out.extend_from_slice(&bytes);
+    // Straight into `out`, behind the prefix: rkyv pads relative to the writer's start, and the prefix
+    // is a multiple of the archive's alignment, so the body is laid out exactly as it would be alone.
+    const _: () = assert!(PREFIX_BYTES.is_multiple_of(16));
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(&to_log(record), &mut *out)
+        .expect("serialising plain data cannot fail");
 }
 
 /// Why a payload is not an engine record.

@@ -38,7 +38,33 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+/// A family counted on every request. The family's own lookup takes its lock and SipHashes the labels;
+/// here each label set's metric (a shared handle) is found once in the family and kept in a lock-free
+/// map, so later requests only hash with foldhash and touch the metric's own atomics.
+pub struct Hot<L, M, C = fn() -> M> {
+    family: Family<L, M, C>,
+    handles: papaya::HashMap<L, M, foldhash::fast::RandomState>,
+}
+
+impl<L, M, C> Hot<L, M, C>
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    fn new(family: Family<L, M, C>) -> Self {
+        Self { family, handles: papaya::HashMap::builder().hasher(Default::default()).build() }
+    }
+
+    /// Runs `update` on the metric of `labels`, created on first use.
+    pub fn with(&self, labels: &L, update: impl FnOnce(&M)) {
+        let handles = self.handles.pin();
+        match handles.get(labels) {
+            Some(metric) => update(metric),
+            None => update(handles.get_or_insert(labels.clone(), self.family.get_or_create_owned(labels))),
+        }
+    }
+}
 
 fn latency_histogram() -> Histogram {
     // 25 µs .. about 0.8 s.
@@ -64,9 +90,9 @@ impl FlushObserver for WalMetrics {
 
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub latency: HistogramFamily<RouteLabels>,
-    pub outcomes: Family<OutcomeLabels, Counter>,
+    pub requests: Hot<RequestLabels, Counter>,
+    pub latency: Hot<RouteLabels, Histogram>,
+    pub outcomes: Hot<OutcomeLabels, Counter>,
     pub expired: Counter,
     room_waiting: Family<SaleLabels, Gauge>,
     room_admitted: Family<SaleLabels, Counter>,
@@ -135,9 +161,9 @@ impl Metrics {
         });
         let mut m = Self {
             registry: Registry::with_prefix("holdfast"),
-            requests: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
-            outcomes: Family::default(),
+            requests: Hot::new(Family::default()),
+            latency: Hot::new(Family::new_with_constructor(latency_histogram as fn() -> Histogram)),
+            outcomes: Hot::new(Family::default()),
             expired: Counter::default(),
             room_waiting: Family::default(),
             room_admitted: Family::default(),
@@ -159,12 +185,12 @@ impl Metrics {
             mirror_gauges: MirrorGauges::default(),
         };
         let r = &mut m.registry;
-        r.register("http_requests", "HTTP requests by route and status", m.requests.clone());
-        r.register("http_request_duration_seconds", "Time to answer, by route", m.latency.clone());
+        r.register("http_requests", "HTTP requests by route and status", m.requests.family.clone());
+        r.register("http_request_duration_seconds", "Time to answer, by route", m.latency.family.clone());
         r.register(
             "operations",
             "Mutations by operation and outcome (ok, replayed, or the error code)",
-            m.outcomes.clone(),
+            m.outcomes.family.clone(),
         );
         r.register("reservations_expired", "Reservations expired by the server", m.expired.clone());
         r.register("waitroom_waiting", "Shoppers waiting in each sale's queue", m.room_waiting.clone());

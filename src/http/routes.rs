@@ -198,9 +198,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
     let status = response.status().as_u16();
     response.headers_mut().insert("x-request-id", request_id.clone());
     let metrics = &app.metrics;
-    metrics.requests.get_or_create(&super::metrics::RequestLabels { route: label, status }).inc();
+    metrics.requests.with(&super::metrics::RequestLabels { route: label, status }, |c| {
+        c.inc();
+    });
     let took = started.elapsed();
-    metrics.latency.get_or_create(&super::metrics::RouteLabels { route: label }).observe(took.as_secs_f64());
+    metrics.latency.with(&super::metrics::RouteLabels { route: label }, |h| h.observe(took.as_secs_f64()));
     // 503s (shedding, recovery, readiness) are expected and counted; 500 and 507 need a person.
     if status == 500 || status == 507 {
         tracing::warn!(request_id = ?request_id, route = label, status, micros = took.as_micros() as u64, "request failed");
@@ -301,7 +303,9 @@ impl Handler<'_> {
     }
 
     fn outcome(&self, op: &'static str, outcome: &'static str) {
-        self.app.metrics.outcomes.get_or_create(&super::metrics::OutcomeLabels { op, outcome }).inc();
+        self.app.metrics.outcomes.with(&super::metrics::OutcomeLabels { op, outcome }, |c| {
+            c.inc();
+        });
     }
 
     /// Counts the outcome of a mutation and passes it on.
