@@ -461,9 +461,13 @@ impl Engine {
         if room.joiners.len() >= ROOM_JOINERS_MAX as usize {
             return Err(QueueError::Full);
         }
-        let record = Record::QueueJoined { sale: sale.clone(), user: user.clone(), at_ms: now_ms };
+        // The queue's order is the order of joining, here under the room's lock. A request that read
+        // the clock before another but joins after it is stamped no earlier than the one ahead, so
+        // no shopper's `joined_at` contradicts their place.
+        let at_ms = room.joiners.last().map_or(now_ms, |&(_, ahead)| ahead.max(now_ms));
+        let record = Record::QueueJoined { sale: sale.clone(), user: user.clone(), at_ms };
         sink.append(&record).map_err(|_| QueueError::LogRefused)?;
-        room.apply_join(user, now_ms);
+        room.apply_join(user, at_ms);
         let arrival = room.joiners.len() as u32 - 1;
         Ok(Joined::Queued { view: room.view(arrival, false), again: false })
     }

@@ -81,6 +81,20 @@ fn fifo_admits_in_order_of_arrival_at_the_configured_rate() {
 }
 
 #[test]
+fn join_times_never_contradict_queue_order() {
+    // A request that read the clock first but reached the queue second (it waited on the network or a
+    // lock): it stands second, and its joined_at is not earlier than the first one's.
+    let (e, mut log) = setup(10, &room(QueueOrder::Fifo, 10, 10));
+    let first = join(&e, &mut log, 0, T0 + 500);
+    let second = join(&e, &mut log, 1, T0 + 499);
+    assert_eq!((first.arrival, second.arrival), (0, 1));
+    assert_eq!(second.joined_at_ms, T0 + 500);
+    assert!(matches!(log.last(), Some(Record::QueueJoined { at_ms, .. }) if *at_ms == T0 + 500));
+    // A later clock is kept as it is.
+    assert_eq!(join(&e, &mut log, 2, T0 + 700).joined_at_ms, T0 + 700);
+}
+
+#[test]
 fn joining_twice_keeps_the_first_place_and_writes_nothing() {
     let (e, mut log) = setup(10, &room(QueueOrder::Fifo, 100, 100));
     join(&e, &mut log, 0, T0);
@@ -117,10 +131,16 @@ fn lottery_shuffles_those_who_joined_before_opening_and_only_them() {
 #[test]
 fn joiners_between_opens_at_and_the_draw_queue_behind_the_entrants() {
     let (e, mut log) = setup(1_000, &room(QueueOrder::Lottery, 1_000, 10_000));
+    for i in 1..=20 {
+        join(&e, &mut log, i, T0 + i as u64);
+    }
+    // After opens_at, before the tick that draws: not in the draw.
     join(&e, &mut log, 0, OPENS + 5);
-    join(&e, &mut log, 1, T0);
     e.admit_due(OPENS + 10, &mut log);
-    assert_eq!((ahead(&e, 1), ahead(&e, 0)), (Some(0), Some(1)));
+    assert_eq!(ahead(&e, 0), Some(20));
+    let mut drawn: Vec<u64> = (1..=20).map(|i| ahead(&e, i).expect("placed")).collect();
+    drawn.sort_unstable();
+    assert_eq!(drawn, (0..20).collect::<Vec<_>>());
 }
 
 #[test]
