@@ -341,8 +341,14 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-/// `connections` workers, each in a closed loop (or paced at `rate` operations a second in all, with
-/// latency then counted from each operation's scheduled time), for one second of warm-up and `seconds`.
+/// What one worker measured: latencies, operations, reservations, errors and the first error.
+type WorkerFigures = (Histogram<u64>, u64, u64, u64, Option<String>);
+
+/// `connections` workers for one second of warm-up and `seconds`: each in a closed loop, or, with
+/// `rate`, open: a pacer thread issues `rate` operations a second on schedule and a free worker sends
+/// each one, its latency counted from its scheduled time (so a stalled server is not hidden by the
+/// load generator waiting for it). The pacer sleeps with the OS timer (tens of microseconds of slack),
+/// not tokio's, whose millisecond ticks would add up to a millisecond to every measured latency.
 async fn run(
     system: System,
     workload: Workload,
@@ -354,47 +360,47 @@ async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(1);
+    let end = measure_from + Duration::from_secs(seconds);
+    let schedule = rate.map(|r| pacer(start, end, r));
     let mut workers = Vec::new();
     for w in 0..connections {
         let mut conn = Conn::open(system, s).await?;
-        let stop = stop.clone();
+        let (stop, schedule) = (stop.clone(), schedule.clone());
         workers.push(tokio::spawn(async move {
-            let (mut h, mut ops, mut ok, mut errors, mut first_error) = (histogram(), 0u64, 0u64, 0u64, None);
-            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
-            let mut next = Instant::now()
-                + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / connections as f64));
+            let mut f: WorkerFigures = (histogram(), 0, 0, 0, None);
             let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if interval.is_some() {
-                    tokio::time::sleep_until(next.into()).await;
-                }
-                let intended = if interval.is_some() { next } else { Instant::now() };
+            loop {
+                let intended = match &schedule {
+                    // Paced: every scheduled operation is sent, even those due after the end.
+                    Some(schedule) => match schedule.recv().await {
+                        Ok(at) => at,
+                        Err(_) => break,
+                    },
+                    None if stop.load(Ordering::Relaxed) => break,
+                    None => Instant::now(),
+                };
                 seq += 1;
-                let id = ((w as u64) << 40) | seq;
-                let result = conn.op(workload, id).await;
+                let result = conn.op(workload, ((w as u64) << 40) | seq).await;
                 let done = Instant::now();
-                if let Some(i) = interval {
-                    next += i;
-                }
-                if intended < measure_from {
+                if intended < measure_from || intended >= end {
                     continue;
                 }
                 match result {
                     Ok(reserved) => {
-                        ops += 1;
-                        ok += u64::from(reserved);
-                        h.saturating_record(done.duration_since(intended).as_micros().max(1) as u64);
+                        f.1 += 1;
+                        f.2 += u64::from(reserved);
+                        f.0.saturating_record(done.duration_since(intended).as_micros().max(1) as u64);
                     }
                     Err(e) => {
-                        errors += 1;
-                        first_error.get_or_insert(format!("{e:#}"));
+                        f.3 += 1;
+                        f.4.get_or_insert(format!("{e:#}"));
                     }
                 }
             }
-            (h, ops, ok, errors, first_error)
+            f
         }));
     }
-    tokio::time::sleep_until((measure_from + Duration::from_secs(seconds)).into()).await;
+    tokio::time::sleep_until(end.into()).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = measure_from.elapsed().as_secs_f64();
     let mut f =
@@ -408,6 +414,30 @@ async fn run(
         }
     }
     Ok(f)
+}
+
+/// Issues the scheduled times of `rate` operations a second from `start` to `end` on a thread of its
+/// own, each when it falls due; the channel closes after the last.
+fn pacer(start: Instant, end: Instant, rate: f64) -> async_channel::Receiver<Instant> {
+    let (tx, rx) = async_channel::unbounded();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    std::thread::spawn(move || {
+        let mut next = start;
+        while next < end {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            let now = Instant::now();
+            while next <= now && next < end {
+                if tx.send_blocking(next).is_err() {
+                    return;
+                }
+                next += interval;
+            }
+        }
+    });
+    rx
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
