@@ -185,7 +185,7 @@ pub struct Empty {}
 /// the same idempotency key gets exactly the same body.
 #[derive(Serialize)]
 pub struct Reserved<'a> {
-    pub id: String,
+    pub id: &'a str,
     pub state: &'static str,
     pub expires_at: String,
     pub items: &'a [ItemIn],

@@ -365,16 +365,18 @@ impl Handler<'_> {
         };
         self.outcome("reserve", if logged.value.replayed { "replayed" } else { "ok" });
         self.synced(logged.lsn).await?;
-        let id = logged.value.id.to_string();
+        // The id is written once, into the Location path, and the body borrows it from there.
+        const PATH: &str = "/v1/reservations/";
+        let location = format!("{PATH}{}", logged.value.id);
         let out = dto::Reserved {
-            id: id.clone(),
+            id: &location[PATH.len()..],
             state: "active",
             expires_at: crate::clock::rfc3339(logged.value.expires_at_ms),
             items: &body.items,
         };
         let mut response = json(StatusCode::CREATED, &out);
         let headers = response.headers_mut();
-        if let Ok(location) = HeaderValue::from_str(&format!("/v1/reservations/{id}")) {
+        if let Ok(location) = HeaderValue::from_str(&location) {
             headers.insert(header::LOCATION, location);
         }
         if logged.value.replayed {
