@@ -5,6 +5,7 @@
 
 mod client;
 mod compare;
+mod cpu;
 mod drill;
 mod report;
 mod scenario;

@@ -42,6 +42,17 @@ pub struct Server {
     pg_stop: Option<(PathBuf, PathBuf)>,
 }
 
+impl Server {
+    /// The server's process (for a Postgres cluster, the postmaster, parent of every backend).
+    pub fn pid(&self) -> Option<u32> {
+        if let Some((_, data)) = &self.pg_stop {
+            let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+            return text.lines().next()?.trim().parse().ok();
+        }
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some((pg_ctl, data)) = &self.pg_stop {

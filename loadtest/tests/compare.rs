@@ -22,7 +22,12 @@ fn compare_runs_every_system_and_workload_without_errors() {
         assert!(r["ops_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
         let refused_all = r["workload"] == "sold-out";
         assert!(refused_all || r["reserved"].as_u64().unwrap_or(0) > 0, "{r}");
+        // Every system's server processes were found and their CPU read (Postgres: a process per connection).
+        assert!(r["server_cpu_us_per_op"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        assert!(r["client_cpu_us_per_op"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     }
+    let paced = report["paced_at_half_holdfast_max"].as_array().expect("paced runs");
+    assert!(paced.iter().any(|p| p["system"] == "holdfast" && p["errors"] == 0), "{paced:?}");
     let table = std::fs::read_to_string(out.path().join("compare.md")).expect("markdown");
-    assert!(table.contains("| hot | redis-aof |") && table.contains("holdfast paced at half"), "{table}");
+    assert!(table.contains("| hot | redis-aof |") && table.contains("Paced at half of holdfast"), "{table}");
 }
