@@ -6,11 +6,16 @@
 /// CPU seconds so far of process `pid` with its live children and the children it has reaped (Postgres
 /// runs a process per connection, reaped when the connection closes). None if `pid` is gone.
 pub fn process_tree_seconds(pid: u32) -> Option<f64> {
-    let own = stat(pid)?;
-    let mut ticks = own.utime + own.stime + own.cutime + own.cstime;
-    for child in children(pid) {
-        if let Some(c) = stat(child) {
-            ticks += c.utime + c.stime;
+    // A child reaped between reading it (or listing it) and reading the parent would be counted twice
+    // or not at all; reaping changes the parent's children's time, so read until it held still.
+    let mut ticks = 0;
+    for _ in 0..10 {
+        let first = stat(pid)?;
+        let live: u64 = children(pid).into_iter().filter_map(stat).map(|c| c.utime + c.stime).sum();
+        let last = stat(pid)?;
+        ticks = last.utime + last.stime + last.cutime + last.cstime + live;
+        if (first.cutime, first.cstime) == (last.cutime, last.cstime) {
+            break;
         }
     }
     Some(ticks as f64 / ticks_per_second())
