@@ -635,7 +635,7 @@ fn markdown(r: &Value) -> String {
         "Machine: {}. {} connections, {} s per run after 1 s of warm-up, load generator on the same machine. \
          CPU/op: CPU time of the system's server processes (and of the load generator) over the run ÷ operations; \
          stolen: the share of the machine's CPU time the hypervisor took meanwhile.\n\n\
-         | workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU/op µs | client CPU/op µs | stolen | holdfast ÷ system |\n\
+         | workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU/op µs | client CPU/op µs | stolen % | holdfast ÷ system |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         r["machine"].as_str().unwrap_or(""), r["connections"], r["seconds"]
     );
@@ -649,41 +649,40 @@ fn markdown(r: &Value) -> String {
             (Some(h), Some(s)) if s > 0.0 => format!("{:.2}×", h / s),
             _ => "–".into(),
         };
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {}% | {ratio} |\n",
-            row["workload"].as_str().unwrap_or(""),
-            row["system"].as_str().unwrap_or(""),
-            row["ops_per_s"],
-            row["p50_ms"],
-            row["p99_ms"],
-            row["p99_9_ms"],
-            row["server_cpu_us_per_op"],
-            row["client_cpu_us_per_op"],
-            row["stolen_percent"],
-        ));
+        let keys = ["workload", "system", "ops_per_s", "p50_ms", "p99_ms", "p99_9_ms"];
+        let keys = [&keys[..], &["server_cpu_us_per_op", "client_cpu_us_per_op", "stolen_percent"]].concat();
+        out.push_str(&format!("{} {ratio} |\n", cells(row, &keys)));
     }
     let paced = r["paced_at_half_holdfast_max"].as_array().cloned().unwrap_or_default();
     if let Some(first) = paced.first() {
         out.push_str(&format!(
             "\nPaced at half of holdfast's hot-SKU maximum ({}/s, open loop, latency from each request's scheduled time), \
              each system that sustains that rate:\n\n\
-             | system | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU/op µs | stolen |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+             | system | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU/op µs | stolen % |\n| --- | --- | --- | --- | --- | --- | --- |\n",
             first["rate"]
         ));
         for row in &paced {
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {}% |\n",
-                row["system"].as_str().unwrap_or(""),
-                row["ops_per_s"],
-                row["p50_ms"],
-                row["p99_ms"],
-                row["p99_9_ms"],
-                row["server_cpu_us_per_op"],
-                row["stolen_percent"],
-            ));
+            let keys = [
+                "system",
+                "ops_per_s",
+                "p50_ms",
+                "p99_ms",
+                "p99_9_ms",
+                "server_cpu_us_per_op",
+                "stolen_percent",
+            ];
+            out.push_str(&format!("{}\n", cells(row, &keys)));
         }
     }
     out
+}
+
+/// `| a | b | … |`: a row's fields in the order given, strings without their quotes.
+fn cells(row: &Value, keys: &[&str]) -> String {
+    keys.iter().fold(String::from("|"), |line, key| match &row[*key] {
+        Value::String(s) => format!("{line} {s} |"),
+        other => format!("{line} {other} |"),
+    })
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {
