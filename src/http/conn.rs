@@ -1,6 +1,6 @@
-//! Connection timeouts hyper does not give as such. hyper's header timer runs whenever it waits for a
-//! request head, idle time included, so it serves as the idle timeout; the time to send a head once
-//! begun (and a new connection's first one) is timed here. The socket is wrapped to note when bytes
+//! Connection timeouts, timed here rather than by hyper (whose header timer would take a boxed sleep
+//! and a timer-wheel entry per request): the time to send a request head once begun (and a new
+//! connection's first one), and idleness between requests. The socket is wrapped to note when bytes
 //! move; a watchdog beside the connection closes it when a head takes too long or nothing moved for
 //! too long, never while a request is being handled.
 

@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::durable::Durable;
 use conn::Activity;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use metrics::Metrics;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -140,11 +140,9 @@ impl Drop for InFlight<'_> {
 /// (up to `drain_timeout`) and returns. Syncing the log is the caller's last step.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let mut builder = http1::Builder::new();
+    // No timer for hyper: its header timer would cost a boxed sleep and a timer-wheel entry per
+    // request; the connection's watchdog (`conn::Activity`) times heads and idleness instead.
     builder
-        .timer(TokioTimer::new())
-        // hyper's header timer also runs while a connection idles between requests: it is the idle
-        // timeout. The time to send a head once begun is the watchdog's (`conn::Activity`).
-        .header_read_timeout(app.config.idle_timeout)
         .max_headers(app.config.headers_max)
         .max_buf_size(app.config.header_bytes_max.max(8192))
         .keep_alive(true);
