@@ -177,16 +177,33 @@ impl ReservationId {
     }
 }
 
-impl fmt::Display for ReservationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // By hand: every reserve answers with its id, and the formatter's padded hex costs ten times more.
+impl ReservationId {
+    /// The text form, `rsv_` + 16 hex digits, written by hand: every reserve answers with its id,
+    /// and the formatter (padded hex, then a String grown to fit) costs ten times more.
+    pub fn text(self) -> IdText {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = [0u8; TEXT_PREFIX.len() + 16];
         text[..TEXT_PREFIX.len()].copy_from_slice(TEXT_PREFIX.as_bytes());
         for (n, digit) in text[TEXT_PREFIX.len()..].iter_mut().enumerate() {
             *digit = HEX[(self.0 >> (60 - 4 * n) & 0xf) as usize];
         }
-        f.write_str(std::str::from_utf8(&text).expect("ASCII"))
+        IdText(text)
+    }
+}
+
+/// A reservation id's text, on the stack.
+pub struct IdText([u8; TEXT_PREFIX.len() + 16]);
+
+impl std::ops::Deref for IdText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII")
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text())
     }
 }
 

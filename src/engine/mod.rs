@@ -21,7 +21,7 @@ mod stock;
 mod types;
 
 pub use config::{ConfigError, EngineConfig};
-pub use ids::{IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId};
+pub use ids::{IdText, IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId};
 pub use queue::{
     Joined, QueueError, QueueOrder, QueueState, QueueView, RoomConfig, RoomState, RoomTick, RoomView,
     ADMIT_PER_S_MAX, SESSION_MS_MAX, SESSION_MS_MIN,

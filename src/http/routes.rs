@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -168,13 +168,18 @@ fn no_route(path: &str) -> Problem {
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
+// Made once: a header named by a string is parsed, and a name outside the standard ones copied to
+// the heap, every time it is used.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
 /// Answers one request. Never fails and never panics outward: every path ends in a response.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
     let started = Instant::now();
     // The caller's X-Request-Id when it sends a usable one (so its traces and ours meet), else ours.
     let request_id = req
         .headers()
-        .get("x-request-id")
+        .get(&X_REQUEST_ID)
         .filter(|v| (1..=64).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned()
         .unwrap_or_else(|| HeaderValue::from(REQUEST_IDS.fetch_add(1, Ordering::Relaxed)));
@@ -196,7 +201,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
         }
     };
     let status = response.status().as_u16();
-    response.headers_mut().insert("x-request-id", request_id.clone());
+    response.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
     let metrics = &app.metrics;
     metrics.requests.with(&super::metrics::RequestLabels { route: label, status }, |c| {
         c.inc();
@@ -365,22 +370,21 @@ impl Handler<'_> {
         };
         self.outcome("reserve", if logged.value.replayed { "replayed" } else { "ok" });
         self.synced(logged.lsn).await?;
-        // The id is written once, into the Location path, and the body borrows it from there.
-        const PATH: &str = "/v1/reservations/";
-        let location = format!("{PATH}{}", logged.value.id);
+        let id = logged.value.id.text();
         let out = dto::Reserved {
-            id: &location[PATH.len()..],
+            id: &id,
             state: "active",
             expires_at: crate::clock::rfc3339(logged.value.expires_at_ms),
             items: &body.items,
         };
         let mut response = json(StatusCode::CREATED, &out);
         let headers = response.headers_mut();
-        if let Ok(location) = HeaderValue::from_str(&location) {
+        let location = [b"/v1/reservations/", id.as_bytes()].concat();
+        if let Ok(location) = HeaderValue::from_maybe_shared(Bytes::from(location)) {
             headers.insert(header::LOCATION, location);
         }
         if logged.value.replayed {
-            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            headers.insert(&IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         }
         Ok(response)
     }
