@@ -345,14 +345,35 @@ async fn prepare(system: System, workload: Workload, s: &Servers) -> anyhow::Res
     Ok(())
 }
 
-/// What one run measured.
-struct Figures {
+/// What a run's workers counted: latencies, operations, reservations, errors and the first error.
+struct Tally {
+    latency: Histogram<u64>,
     ops: u64,
     ok: u64,
-    seconds: f64,
-    latency: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        let latency = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        Tally { latency, ops: 0, ok: 0, errors: 0, first_error: None }
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.latency.add(&other.latency).expect("same bounds");
+        (self.ops, self.ok, self.errors) =
+            (self.ops + other.ops, self.ok + other.ok, self.errors + other.errors);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// What one run measured.
+struct Figures {
+    counted: Tally,
+    seconds: f64,
     /// CPU seconds over the measured window: the system's server processes, this load generator.
     server_cpu: f64,
     client_cpu: f64,
@@ -362,28 +383,30 @@ struct Figures {
 
 impl Figures {
     fn per_s(&self) -> f64 {
-        self.ops as f64 / self.seconds
+        self.counted.ops as f64 / self.seconds
     }
 
     /// Microseconds of CPU per operation.
     fn per_op(&self, cpu_seconds: f64) -> f64 {
-        (cpu_seconds * 1e6 / self.ops.max(1) as f64 * 10.0).round() / 10.0
+        (cpu_seconds * 1e6 / self.counted.ops.max(1) as f64 * 10.0).round() / 10.0
     }
 
     fn json(&self) -> Value {
+        let c = &self.counted;
         json!({
-            "ops_per_s": self.per_s().round() as u64, "reserved": self.ok, "errors": self.errors,
-            "p50_ms": ms(&self.latency, 0.5), "p99_ms": ms(&self.latency, 0.99), "p99_9_ms": ms(&self.latency, 0.999),
+            "ops_per_s": self.per_s().round() as u64, "reserved": c.ok, "errors": c.errors,
+            "p50_ms": ms(&c.latency, 0.5), "p99_ms": ms(&c.latency, 0.99), "p99_9_ms": ms(&c.latency, 0.999),
             "server_cpu_us_per_op": self.per_op(self.server_cpu), "client_cpu_us_per_op": self.per_op(self.client_cpu),
             "stolen_percent": (self.stolen * 1000.0).round() / 10.0,
         })
     }
 
     fn line(&self) -> String {
+        let c = &self.counted;
         format!(
             "{:>9.0} ops/s  p50 {} ms  p99 {} ms  p99.9 {} ms  CPU/op server {} µs, client {} µs, {:.1}% stolen  ({} reserved, {} errors)",
-            self.per_s(), ms(&self.latency, 0.5), ms(&self.latency, 0.99), ms(&self.latency, 0.999),
-            self.per_op(self.server_cpu), self.per_op(self.client_cpu), self.stolen * 100.0, self.ok, self.errors
+            self.per_s(), ms(&c.latency, 0.5), ms(&c.latency, 0.99), ms(&c.latency, 0.999),
+            self.per_op(self.server_cpu), self.per_op(self.client_cpu), self.stolen * 100.0, c.ok, c.errors
         )
     }
 }
@@ -402,13 +425,6 @@ fn readings(pids: &[u32]) -> Readings {
         machine: cpu::machine_ticks(),
     }
 }
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-}
-
-/// What one worker measured: latencies, operations, reservations, errors and the first error.
-type WorkerFigures = (Histogram<u64>, u64, u64, u64, Option<String>);
 
 /// `connections` workers for one second of warm-up and `seconds`: each in a closed loop, or, with
 /// `rate`, open: a pacer thread issues `rate` operations a second on schedule and a free worker sends
@@ -434,7 +450,7 @@ async fn run(
         let mut conn = Conn::open(system, s).await?;
         let (stop, schedule) = (stop.clone(), schedule.clone());
         workers.push(tokio::spawn(async move {
-            let mut f: WorkerFigures = (histogram(), 0, 0, 0, None);
+            let mut t = Tally::new();
             let mut seq = 0u64;
             loop {
                 let intended = match &schedule {
@@ -454,17 +470,17 @@ async fn run(
                 }
                 match result {
                     Ok(reserved) => {
-                        f.1 += 1;
-                        f.2 += u64::from(reserved);
-                        f.0.saturating_record(done.duration_since(intended).as_micros().max(1) as u64);
+                        t.ops += 1;
+                        t.ok += u64::from(reserved);
+                        t.latency.saturating_record(done.duration_since(intended).as_micros().max(1) as u64);
                     }
                     Err(e) => {
-                        f.3 += 1;
-                        f.4.get_or_insert(format!("{e:#}"));
+                        t.errors += 1;
+                        t.first_error.get_or_insert(format!("{e:#}"));
                     }
                 }
             }
-            f
+            t
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
@@ -474,23 +490,14 @@ async fn run(
     let elapsed = measure_from.elapsed().as_secs_f64();
     let after = readings(&pids);
     let mut f = Figures {
-        ops: 0,
-        ok: 0,
+        counted: Tally::new(),
         seconds: elapsed,
-        latency: histogram(),
-        errors: 0,
-        first_error: None,
         server_cpu: after.server - before.server,
         client_cpu: after.client - before.client,
         stolen: cpu::stolen_share(before.machine, after.machine),
     };
     for worker in workers {
-        let (h, ops, ok, errors, first_error) = worker.await?;
-        f.latency.add(&h).expect("same bounds");
-        (f.ops, f.ok, f.errors) = (f.ops + ops, f.ok + ok, f.errors + errors);
-        if f.first_error.is_none() {
-            f.first_error = first_error;
-        }
+        f.counted.add(worker.await?);
     }
     Ok(f)
 }
@@ -557,49 +564,46 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
             .transpose()?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let mut results = Vec::new();
     let mut clean = true;
+    // Prepares `system` for `workload`, runs it (paced at `rate` if given), prints and returns the row.
+    let mut measure = |system: System, sname: &str, workload: Workload, label: &str, rate: Option<f64>| {
+        rt.block_on(prepare(system, workload, &servers))
+            .with_context(|| format!("preparing {sname} for {label}"))?;
+        let f = rt.block_on(run(system, workload, &servers, args.connections, args.seconds, rate))?;
+        eprintln!("{label:>15} {sname:>10}: {}", f.line());
+        if f.counted.errors > 0 {
+            clean = false;
+            eprintln!("  first error: {}", f.counted.first_error.as_deref().unwrap_or(""));
+        }
+        let mut row = f.json();
+        row["system"] = json!(sname);
+        anyhow::Ok(row)
+    };
+    let mut results = Vec::new();
     for (workload, wname) in &workloads {
         for (system, sname) in &systems {
-            rt.block_on(prepare(*system, *workload, &servers))
-                .with_context(|| format!("preparing {sname} for {wname}"))?;
-            let f = rt.block_on(run(*system, *workload, &servers, args.connections, args.seconds, None))?;
-            eprintln!("{wname:>15} {sname:>10}: {}", f.line());
-            clean &= report_errors(&f);
-            let mut row = f.json();
+            let mut row = measure(*system, sname, *workload, wname, None)?;
             row["workload"] = json!(wname);
-            row["system"] = json!(sname);
             results.push(row);
         }
     }
     // Latency at half of holdfast's hot-SKU maximum, paced (open loop): holdfast, and as the control
     // every other system that sustained that rate, so the machine's own stalls show beside holdfast's.
-    let mut paced = Vec::new();
     let max_of = |system: &str| {
         results
             .iter()
             .find(|r| r["workload"] == "hot" && r["system"] == system)
             .and_then(|r| r["ops_per_s"].as_f64())
     };
+    let mut paced = Vec::new();
     if let Some(rate) = max_of("holdfast").map(|max| max / 2.0) {
+        let label = format!("paced {rate:.0}/s");
         for (system, sname) in &systems {
             if max_of(sname).is_none_or(|max| max < rate * 1.1) {
-                eprintln!("{:>15} {sname:>10}: its maximum is below {rate:.0}/s; not paced", "paced");
+                eprintln!("{label:>15} {sname:>10}: its maximum is below {rate:.0}/s; not paced");
                 continue;
             }
-            rt.block_on(prepare(*system, Workload::Hot, &servers))?;
-            let f = rt.block_on(run(
-                *system,
-                Workload::Hot,
-                &servers,
-                args.connections,
-                args.seconds,
-                Some(rate),
-            ))?;
-            eprintln!("{:>15} {sname:>10}: {}", format!("paced {rate:.0}/s"), f.line());
-            clean &= report_errors(&f);
-            let mut row = f.json();
-            row["system"] = json!(sname);
+            let mut row = measure(*system, sname, Workload::Hot, &label, Some(rate))?;
             row["rate"] = json!(rate.round() as u64);
             paced.push(row);
         }
@@ -621,13 +625,6 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
     std::fs::write(args.out.join("compare.md"), &table)?;
     println!("{table}");
     Ok(clean)
-}
-
-fn report_errors(f: &Figures) -> bool {
-    if f.errors > 0 {
-        eprintln!("  first error: {}", f.first_error.as_deref().unwrap_or(""));
-    }
-    f.errors == 0
 }
 
 fn markdown(r: &Value) -> String {
