@@ -19,8 +19,7 @@ impl Clock for SystemClock {
 }
 
 /// A time in Unix milliseconds as RFC 3339 with milliseconds, UTC: how times appear in every API body
-/// and tool output.
-/// RFC 3339 has four-digit years: later times print as the last millisecond of 9999.
+/// and tool output. RFC 3339 has four-digit years: later times print as the last millisecond of 9999.
 pub fn rfc3339(ms: u64) -> String {
     let ms = ms.min(LAST_MS);
     let secs = ms / 1000;

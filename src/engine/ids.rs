@@ -175,9 +175,7 @@ impl ReservationId {
         }
         Self::from_raw(u64::from_str_radix(hex, 16).ok()?)
     }
-}
 
-impl ReservationId {
     /// The text form, `rsv_` + 16 hex digits, written by hand: every reserve answers with its id,
     /// and the formatter (padded hex, then a String grown to fit) costs ten times more.
     pub fn text(self) -> IdText {
