@@ -9,9 +9,11 @@
 
 use crate::error::WalError;
 use crate::format::Lsn;
-use crate::recover::{self, load, proven_synced, scan_frames, segment_names, tail_bytes, LoadedSegment};
+use crate::recover::{
+    self, classify_end, header_proven_synced, load, scan_frames, segment_names, tail_bytes, SegmentEnd,
+};
 use crate::storage::Storage;
-use crate::{FrameProblem, Recovery, TornTail};
+use crate::{Recovery, TornTail};
 
 /// One segment file as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +98,7 @@ pub fn inspect(
                     end_offset: 0,
                     file_bytes,
                 });
-                if last && *name_lsn == expected {
+                if last && *name_lsn == expected && !header_proven_synced(storage, name, *name_lsn)? {
                     let reason = "segment header never became durable";
                     out.problems.push(LogProblem::Torn(TornTail {
                         file: name.clone(),
@@ -141,26 +143,22 @@ pub fn inspect(
         });
         expected = scanned.next_lsn;
         out.next_lsn = scanned.next_lsn;
-        let Some(problem) = scanned.problem else { unreachable!("a scan ends only at a problem") };
-        let later = || names[k + 1..].iter().map(|(_, n)| load(storage, n)).collect::<Result<Vec<_>, _>>();
-        match problem {
-            FrameProblem::Empty if !last => {}
-            FrameProblem::Empty if !recover::later_batch_in(seg.bytes(), scanned.end, scanned.next_lsn) => {}
-            problem => {
-                let later: Vec<LoadedSegment> = later().unwrap_or_default();
-                let (file, offset, lsn) = (name.clone(), scanned.end as u64, scanned.next_lsn);
-                if proven_synced(&seg, scanned.end, lsn, &later) {
-                    let reason = format!("{}, and later records follow it", problem.describe());
-                    out.problems.push(LogProblem::Corrupt { file, offset, lsn, reason });
-                } else {
-                    // As recovery: a tail of nothing but zeros is no tear.
-                    let bytes = tail_bytes(&seg, scanned.end, &later);
-                    if bytes > 0 {
-                        let reason = problem.describe();
-                        out.problems.push(LogProblem::Torn(TornTail { file, offset, lsn, bytes, reason }));
-                    }
-                    break; // later segments belong to the torn tail
+        let next_first = names.get(k + 1).map(|(lsn, _)| *lsn);
+        // Inspection goes on past a later segment it cannot load; recovery would stop there.
+        let later = || Ok(names[k + 1..].iter().filter_map(|(_, n)| load(storage, n).ok()).collect());
+        let (file, offset, lsn) = (name.clone(), scanned.end as u64, scanned.next_lsn);
+        match classify_end(&seg, &scanned, next_first, later)? {
+            SegmentEnd::Clean => {}
+            SegmentEnd::Corrupt(reason) => {
+                out.problems.push(LogProblem::Corrupt { file, offset, lsn, reason })
+            }
+            SegmentEnd::Torn { reason, later } => {
+                // As recovery: a tail of nothing but zeros is no tear.
+                let bytes = tail_bytes(&seg, scanned.end, &later);
+                if bytes > 0 {
+                    out.problems.push(LogProblem::Torn(TornTail { file, offset, lsn, bytes, reason }));
                 }
+                break; // later segments belong to the torn tail
             }
         }
     }

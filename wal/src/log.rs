@@ -121,6 +121,10 @@ struct Shared {
     acked_lsn: AtomicU64,
     /// The highest LSN handed out by `append`.
     appended_lsn: AtomicU64,
+    /// The highest LSN known to be on stable storage. In `Interval` mode a batch's frames carry the
+    /// LSN after it as their batch LSN, so that every frame written between two syncs names the same
+    /// batch and recovery's torn-or-corrupt rule holds across them (see `recover.rs`).
+    synced_lsn: AtomicU64,
     /// Batches written and records in them, for metrics.
     batches: AtomicU64,
 }
@@ -146,6 +150,10 @@ impl Wal {
         let (segment, offset) = match tail {
             Some((seg, end)) => {
                 let file = storage.open(&seg.name).map_err(|e| WalError::io("open", &seg.name, e))?;
+                // After a process crash in interval mode, what recovery read may be in the page cache
+                // only: make it durable before anything is appended after it.
+                file.sync_data().map_err(|e| WalError::io("sync", &seg.name, e))?;
+                storage.sync_dir().map_err(|e| WalError::io("sync", "the log directory", e))?;
                 let segment =
                     Segment { name: seg.name, file, capacity: seg.capacity, new: AtomicBool::new(false) };
                 (segment, end as u64)
@@ -177,6 +185,7 @@ impl Wal {
             acked_event: event_listener::Event::new(),
             acked_lsn: AtomicU64::new(last),
             appended_lsn: AtomicU64::new(last),
+            synced_lsn: AtomicU64::new(last),
             batches: AtomicU64::new(0),
         });
         let flusher = {
@@ -214,7 +223,10 @@ impl Wal {
         }
         if a.open.is_empty() && a.filled.is_empty() {
             a.open = std::mem::take(&mut a.spare);
-            a.batch_lsn = a.next_lsn;
+            a.batch_lsn = match shared.options.durability {
+                Durability::Always => a.next_lsn,
+                Durability::Interval { .. } => shared.synced_lsn.load(Ordering::Acquire) + 1,
+            };
         }
         let (lsn, batch_lsn) = (a.next_lsn, a.batch_lsn);
         encode_frame(&mut a.open, lsn, batch_lsn, payload);
@@ -418,6 +430,7 @@ fn flush_loop(shared: &Shared) {
         }
         if sync_now {
             last_sync = Instant::now();
+            shared.synced_lsn.store(last_lsn, Ordering::Release);
         }
         if !chunks.is_empty() {
             shared.batches.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,8 @@
 //! was synced before the crash: that is corruption, and opening stops. If every valid frame after it
 //! belongs to `e`'s own batch (or none exists), that batch was never acknowledged, and the log is cut
 //! at the damaged frame: a torn tail. This holds even when the crash persisted the last batch's pages
-//! out of order.
+//! out of order. Zeros where a frame was expected end a segment cleanly only when nothing is written
+//! after them (see [`classify_end`]).
 
 use crate::error::WalError;
 use crate::format::{self, decode_frame, FrameProblem, Lsn, FRAME_ALIGN, SEGMENT_HEADER_BYTES};
@@ -66,12 +67,7 @@ pub(crate) fn segment_names(storage: &dyn Storage) -> Result<Vec<(Lsn, String)>,
 }
 
 pub(crate) fn load(storage: &dyn Storage, name: &str) -> Result<LoadedSegment, WalError> {
-    let file = storage.open(name).map_err(|e| WalError::io("open", name, e))?;
-    let len = file.size().map_err(|e| WalError::io("stat", name, e))? as usize;
-    let mut words = vec![0u128; len.div_ceil(16)];
-    read_exact_at(&*file, &mut bytemuck::cast_slice_mut(&mut words)[..len], 0)
-        .map_err(|e| WalError::io("read", name, e))?;
-    let mut segment = LoadedSegment { name: name.to_owned(), first_lsn: 0, capacity: 0, words, len };
+    let mut segment = read_segment(storage, name)?;
     let header = format::decode_segment_header(segment.bytes()).map_err(|reason| WalError::Corrupt {
         file: name.to_owned(),
         offset: 0,
@@ -81,6 +77,38 @@ pub(crate) fn load(storage: &dyn Storage, name: &str) -> Result<LoadedSegment, W
     segment.first_lsn = header.first_lsn;
     segment.capacity = header.capacity;
     Ok(segment)
+}
+
+/// A segment's bytes, its header not yet checked.
+fn read_segment(storage: &dyn Storage, name: &str) -> Result<LoadedSegment, WalError> {
+    let file = storage.open(name).map_err(|e| WalError::io("open", name, e))?;
+    let len = file.size().map_err(|e| WalError::io("stat", name, e))? as usize;
+    let mut words = vec![0u128; len.div_ceil(16)];
+    read_exact_at(&*file, &mut bytemuck::cast_slice_mut(&mut words)[..len], 0)
+        .map_err(|e| WalError::io("read", name, e))?;
+    Ok(LoadedSegment { name: name.to_owned(), first_lsn: 0, capacity: 0, words, len })
+}
+
+/// Whether a last segment whose header failed its checks holds records that prove the header was
+/// synced, which makes the damage corruption rather than a segment the crash caught being created.
+/// A header is synced with the first batch written after it, so the proof is a valid frame sharing
+/// the header's sector (the first frame, at offset 64: a sector is written whole or not at all) or a
+/// frame of a batch opened after the segment's first LSN (written after a sync). Frames of the first
+/// batch alone, further in, may have reached the disk without the header: that batch was never
+/// acknowledged.
+pub(crate) fn header_proven_synced(
+    storage: &dyn Storage,
+    name: &str,
+    first_lsn: Lsn,
+) -> Result<bool, WalError> {
+    let seg = read_segment(storage, name)?;
+    let bytes = seg.bytes();
+    let start = SEGMENT_HEADER_BYTES as usize;
+    if bytes.len() <= start {
+        return Ok(false);
+    }
+    let first_frame = decode_frame(&bytes[start..]).is_ok_and(|f| f.lsn == first_lsn);
+    Ok(first_frame || later_batch_in(bytes, start, first_lsn))
 }
 
 /// Where the valid records of a segment end, and why.
@@ -140,6 +168,56 @@ pub(crate) fn proven_synced(seg: &LoadedSegment, end: usize, lsn: Lsn, later: &[
         || later.iter().any(|s| later_batch_in(s.bytes(), SEGMENT_HEADER_BYTES as usize, lsn))
 }
 
+/// How a segment's valid records end, by the torn-or-corrupt rule.
+pub(crate) enum SegmentEnd {
+    /// Unwritten space, and the log ends here or goes on in the next segment.
+    Clean,
+    /// A batch that was never acknowledged, from the end on, with every later segment: cut it.
+    Torn { reason: &'static str, later: Vec<LoadedSegment> },
+    /// Damage before the tail: nothing may be cut.
+    Corrupt(String),
+}
+
+/// Classifies where the valid records of `seg` end. `next_first` is the first LSN the next segment's
+/// name gives; `later` loads the later segments, read only when the rule needs them.
+///
+/// All-zero bytes where frame `e` was expected end the segment cleanly only when nothing follows them
+/// in it and the log ends there or the next segment starts at `e`. Anything else — written bytes after
+/// the zeros, or a next segment that does not continue at `e` — is judged like any damaged frame: a
+/// power loss can leave `e`'s header unwritten while later frames of its batch persisted, and those
+/// must be cut before the next append reuses LSN `e`, or they would be replayed after it.
+pub(crate) fn classify_end(
+    seg: &LoadedSegment,
+    scanned: &Scanned,
+    next_first: Option<Lsn>,
+    later: impl FnOnce() -> Result<Vec<LoadedSegment>, WalError>,
+) -> Result<SegmentEnd, WalError> {
+    let problem = scanned.problem.expect("a scan ends only at a problem");
+    let (end, lsn) = (scanned.end, scanned.next_lsn);
+    let written_after = non_zero_bytes(&seg.bytes()[end..]) > 0;
+    let empty = problem == FrameProblem::Empty && !written_after;
+    match next_first {
+        None if empty => return Ok(SegmentEnd::Clean),
+        Some(first) if first == lsn && empty => return Ok(SegmentEnd::Clean),
+        // The next segment holds `e` (or claims records this one holds), so these bytes are no frame
+        // of the log's: preallocated space is zeros, and a frame that does not fit moves whole to the
+        // next segment. Cutting here would cut records that may have been acknowledged.
+        Some(first) if first <= lsn => {
+            let reason = format!(
+                "{} after the segment's last record, though the next segment starts at LSN {first}",
+                problem.describe()
+            );
+            return Ok(SegmentEnd::Corrupt(reason));
+        }
+        _ => {}
+    }
+    let later = later()?;
+    if proven_synced(seg, end, lsn, &later) {
+        return Ok(SegmentEnd::Corrupt(format!("{}, and later records follow it", problem.describe())));
+    }
+    Ok(SegmentEnd::Torn { reason: problem.describe(), later })
+}
+
 /// The bytes a cut at `end` of `seg` removes: its written bytes after `end`, and every later segment.
 pub(crate) fn tail_bytes(seg: &LoadedSegment, end: usize, later: &[LoadedSegment]) -> u64 {
     non_zero_bytes(&seg.bytes()[end..]) + later.iter().map(|s| s.bytes().len() as u64).sum::<u64>()
@@ -177,8 +255,13 @@ pub(crate) fn recover(
         let last = k + 1 == names.len();
         let seg = match load(storage, name) {
             // A header is synced with the first batch written after it; a last segment whose header
-            // did not survive holds nothing that was acknowledged: the crash came while it was new.
-            Err(WalError::Corrupt { offset: 0, .. }) if last && *name_lsn == recovery.next_lsn => {
+            // did not survive, and that holds no record proving it was synced, was being created
+            // when the crash came.
+            Err(WalError::Corrupt { offset: 0, .. })
+                if last
+                    && *name_lsn == recovery.next_lsn
+                    && !header_proven_synced(storage, name, *name_lsn)? =>
+            {
                 storage.remove(name).map_err(|e| WalError::io("remove", name, e))?;
                 storage.sync_dir().map_err(|e| WalError::io("sync", "the log directory", e))?;
                 recovery.segments -= 1;
@@ -186,6 +269,14 @@ pub(crate) fn recover(
                 let lsn = recovery.next_lsn;
                 recovery.torn = Some(TornTail { file: name.clone(), offset: 0, lsn, bytes: 0, reason });
                 break;
+            }
+            Err(WalError::Corrupt { offset: 0, reason, .. }) if last && *name_lsn == recovery.next_lsn => {
+                return Err(WalError::Corrupt {
+                    file: name.clone(),
+                    offset: 0,
+                    lsn: *name_lsn,
+                    reason: format!("{reason}, over records that prove it was synced"),
+                })
             }
             other => other?,
         };
@@ -203,34 +294,24 @@ pub(crate) fn recover(
         let scanned = scan_segment(&seg, from, visit)?;
         recovery.records += scanned.next_lsn - seg.first_lsn;
         recovery.next_lsn = scanned.next_lsn;
-        match scanned.problem {
-            // Unwritten space: the end of this segment's records; appends moved on to the next.
-            Some(FrameProblem::Empty)
-                if !last || !later_batch_in(seg.bytes(), scanned.end, scanned.next_lsn) => {}
-            Some(problem) => {
-                let lsn = scanned.next_lsn;
-                let later =
-                    names[k + 1..].iter().map(|(_, n)| load(storage, n)).collect::<Result<Vec<_>, _>>()?;
-                if proven_synced(&seg, scanned.end, lsn, &later) {
-                    return Err(WalError::Corrupt {
-                        file: name.clone(),
-                        offset: scanned.end as u64,
-                        lsn,
-                        reason: format!("{}, and later records follow it", problem.describe()),
-                    });
-                }
+        let next_first = names.get(k + 1).map(|(lsn, _)| *lsn);
+        let later = || names[k + 1..].iter().map(|(_, n)| load(storage, n)).collect();
+        match classify_end(&seg, &scanned, next_first, later)? {
+            SegmentEnd::Clean => {}
+            SegmentEnd::Corrupt(reason) => {
+                let (file, offset, lsn) = (name.clone(), scanned.end as u64, scanned.next_lsn);
+                return Err(WalError::Corrupt { file, offset, lsn, reason });
+            }
+            SegmentEnd::Torn { reason, later } => {
                 let removed = tail_bytes(&seg, scanned.end, &later);
                 cut_tail(storage, &seg, scanned.end, &later)?;
                 recovery.segments = k + 1;
                 if removed > 0 {
-                    let reason = problem.describe();
-                    let offset = scanned.end as u64;
-                    recovery.torn =
-                        Some(TornTail { file: name.clone(), offset, lsn, bytes: removed, reason });
+                    let (file, offset, lsn) = (name.clone(), scanned.end as u64, scanned.next_lsn);
+                    recovery.torn = Some(TornTail { file, offset, lsn, bytes: removed, reason });
                 }
                 return Ok((recovery, Some((seg, scanned.end))));
             }
-            None => unreachable!("a scan ends only at a problem"),
         }
         if last {
             tail = Some((seg, scanned.end));

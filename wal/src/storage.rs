@@ -271,6 +271,9 @@ fn next_random(rng: &mut u64) -> u64 {
     rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
+/// The unit a disk writes whole or not at all.
+const SECTOR_BYTES: usize = 512;
+
 /// What survives of a file's content after a crash.
 fn survive(durable: &[u8], current: &[u8], how: Crash, rng: &mut u64) -> Vec<u8> {
     let first_diff =
@@ -291,11 +294,16 @@ fn survive(durable: &[u8], current: &[u8], how: Crash, rng: &mut u64) -> Vec<u8>
             }
         }
         Crash::Scramble { .. } => {
-            for (i, sector) in dirty.chunks(512).enumerate() {
+            // Sectors on the disk's own boundaries: the one holding the first unsynced byte can be
+            // lost while later ones survive, leaving a frame's header unwritten behind frames of its
+            // batch that did reach the disk.
+            let mut at = first_diff - first_diff % SECTOR_BYTES;
+            while at < current.len() {
+                let end = (at + SECTOR_BYTES).min(current.len());
                 if next_random(rng).is_multiple_of(2) {
-                    let at = first_diff + i * 512;
-                    out[at..at + sector.len()].copy_from_slice(sector);
+                    out[at..end].copy_from_slice(&current[at..end]);
                 }
+                at = end;
             }
         }
     }

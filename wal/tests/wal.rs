@@ -5,6 +5,7 @@
 use holdfast_wal::storage::{Crash, Fault, FsStorage, MemStorage, Op, Storage};
 use holdfast_wal::{Durability, Lsn, Wal, WalError, WalOptions, SEGMENT_BYTES_MIN};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn payload(i: u64) -> Vec<u8> {
     // Varied sizes, so frames cross sectors and pad differently.
@@ -141,8 +142,19 @@ fn crashed_log(seed: u64) -> (MemStorage, WalOptions, Lsn, Crash) {
     let (wal, ..) = open(&storage, options.clone()).expect("a new log opens");
     let appended = 20 + seed % 50;
     let acked = workload(&wal, appended);
-    for i in appended + 1..=appended + seed % 5 {
-        wal.append(&payload(i)).expect("append");
+    // Half the seeds crash with a batch written but never synced (its sync fails), so that the crash
+    // has written bytes to lose, tear or scramble; the others with whatever the flusher had reached.
+    let unsynced = seed % 2 == 1;
+    if unsynced {
+        storage.fail_from(0, Op::Sync, Fault::Io);
+    }
+    let mut last = acked;
+    for i in appended + 1..=appended + 1 + seed % 5 {
+        let Ok(lsn) = wal.append(&payload(i)) else { break };
+        last = lsn;
+    }
+    if unsynced {
+        assert!(wal.wait(last).is_err(), "seed {seed}: a failed sync acknowledged {last}");
     }
     let how = match seed % 3 {
         0 => Crash::LoseUnsynced,
@@ -164,6 +176,11 @@ fn every_crash_keeps_what_was_acknowledged_and_cuts_the_rest() {
             open(&crashed, options.clone()).unwrap_or_else(|e| panic!("seed {seed} ({how:?}): {e}"));
         check_prefix(&records, acked);
         assert_eq!(recovery.next_lsn, records.len() as u64 + 1, "seed {seed}");
+        let (inspection, _) = inspect_all(&crashed);
+        let last = inspection.segments.last().expect("a segment");
+        let bytes = crashed.read(&last.name).unwrap();
+        let stray = bytes[last.end_offset as usize..].iter().position(|b| *b != 0);
+        assert_eq!(stray, None, "seed {seed} ({how:?}): bytes left after the last record of {}", last.name);
         // The recovered log takes appends and opens cleanly again.
         let next = wal.append(&payload(recovery.next_lsn)).unwrap();
         wal.wait(next).unwrap();
@@ -185,15 +202,23 @@ fn a_crash_after_any_storage_operation_loses_nothing_acknowledged() {
     let total = probe.ops() - before + 2;
     drop(wal);
     for n in 0..total {
-        for how in [Crash::LoseUnsynced, Crash::Tear { seed: n }] {
+        for how in [Crash::LoseUnsynced, Crash::Tear { seed: n }, Crash::Scramble { seed: n }] {
             let storage = MemStorage::new();
             let (wal, ..) = open(&storage, small()).unwrap();
             storage.fail_from(n, Op::Any, Fault::Io);
             let acked = workload(&wal, 40);
             let crashed = storage.crash(how);
             drop(wal);
-            let (_, records, _) = open(&crashed, small()).unwrap_or_else(|e| panic!("op {n} {how:?}: {e}"));
+            let (wal, records, recovery) =
+                open(&crashed, small()).unwrap_or_else(|e| panic!("op {n} {how:?}: {e}"));
             check_prefix(&records, acked);
+            // What recovery kept is final: the next record takes the next LSN, and nothing the crash
+            // left behind it comes back after a clean restart.
+            let next = wal.append(&payload(recovery.next_lsn)).unwrap();
+            wal.wait(next).unwrap();
+            wal.close().unwrap();
+            let (_, again, _) = open(&crashed.crash(Crash::LoseUnsynced), small()).unwrap();
+            assert_eq!(again.len() as u64, next, "op {n} {how:?}: a record came back after the cut");
         }
     }
 }
@@ -241,6 +266,122 @@ fn a_damaged_segment_header_is_refused_unless_it_is_a_new_last_segment() {
         Err(WalError::Corrupt { file, offset: 0, .. }) => assert_eq!(file, names[0]),
         other => panic!("expected corruption of {}, got {:?}", names[0], other.map(|(_, r, _)| r.len())),
     }
+}
+
+/// A log of `acked` records synced one by one, then `unsynced` more appended in interval mode and
+/// written as one batch (they carry the same batch LSN), as a power loss mid-batch would find them.
+fn log_with_open_batch(options: WalOptions, acked: u64, unsynced: u64, size: usize) -> MemStorage {
+    let storage = MemStorage::new();
+    let (wal, ..) = open(&storage, options.clone()).unwrap();
+    for _ in 0..acked {
+        wal.wait(wal.append(&vec![1u8; size]).unwrap()).unwrap();
+    }
+    wal.close().unwrap();
+    let interval =
+        WalOptions { durability: Durability::Interval { every: Duration::from_secs(3600) }, ..options };
+    let (wal, ..) = open(&storage, interval).unwrap();
+    for _ in 0..unsynced {
+        wal.append(&vec![2u8; size]).unwrap();
+    }
+    wal.close().unwrap();
+    storage
+}
+
+/// The offset of frame `lsn` in a segment whose records, from `first`, all have `size` bytes.
+fn frame_offset(first: Lsn, lsn: Lsn, size: usize) -> usize {
+    64 + (lsn - first) as usize * holdfast_wal::frame_bytes(size)
+}
+
+/// The reopened log holds exactly `n` records after one more is appended and it is closed and
+/// opened again: nothing the cut removed comes back behind the record that reused its LSN.
+fn reopens_with_exactly(storage: &MemStorage, options: WalOptions, next: Lsn, size: usize) {
+    let (wal, _, recovery) = open(storage, options.clone()).unwrap();
+    assert_eq!(recovery.next_lsn, next);
+    assert_eq!(wal.append(&vec![3u8; size]).unwrap(), next);
+    wal.close().unwrap();
+    let (_, records, recovery) = open(storage, options).unwrap();
+    assert_eq!(records.len() as u64, next, "a cut record came back");
+    assert_eq!(recovery.torn, None);
+}
+
+#[test]
+fn a_torn_batch_whose_first_header_reads_as_zeros_is_cut() {
+    // Records 1..=3 acknowledged; 4 and 5 one batch, never synced: 4's header sector lost, 5 kept.
+    let storage = log_with_open_batch(medium(), 3, 2, 100);
+    let name = storage.list().unwrap()[0].clone();
+    let at = frame_offset(1, 4, 100);
+    storage.corrupt(&name, at, &[0; 32]);
+    let (inspection, _) = inspect_all(&storage);
+    assert!(!inspection.is_corrupt(), "{:?}", inspection.problems);
+    let (_, records, recovery) = open(&storage, medium()).unwrap();
+    assert_eq!(records.len(), 3);
+    let torn = recovery.torn.expect("the stale frame 5 is cut and reported");
+    assert_eq!((torn.file, torn.offset, torn.lsn), (name, at as u64, 4));
+    assert_eq!(inspection.problems.len(), 1, "inspection names the same tear");
+    reopens_with_exactly(&storage, medium(), 4, 100);
+}
+
+#[test]
+fn a_torn_batch_across_a_segment_rotation_is_cut_not_called_corruption() {
+    // 400 KB records: two fit in the smallest segment. Record 1 acknowledged; 2 (first segment) and 3
+    // (second segment) one batch, never synced; 2's header lost.
+    let size = 400_000;
+    let storage = log_with_open_batch(small(), 1, 2, size);
+    let mut names = storage.list().unwrap();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    storage.corrupt(&names[0], frame_offset(1, 2, size), &[0; 32]);
+    let (inspection, _) = inspect_all(&storage);
+    assert!(!inspection.is_corrupt(), "{:?}", inspection.problems);
+    holdfast_wal::repair(&storage.clone()).expect("repair cuts a torn tail");
+    assert_eq!(storage.list().unwrap().len(), 1, "the second segment was part of the torn batch");
+    reopens_with_exactly(&storage, small(), 2, size);
+}
+
+#[test]
+fn a_damaged_header_over_acknowledged_records_is_corruption_never_deletion() {
+    let storage = log_with_open_batch(medium(), 9, 0, 100);
+    let name = storage.list().unwrap()[0].clone();
+    let byte = storage.read(&name).unwrap()[20];
+    storage.corrupt(&name, 20, &[byte ^ 1]);
+    let before = contents(&storage);
+    match open(&storage, medium()) {
+        Err(WalError::Corrupt { file, offset: 0, lsn: 1, .. }) => assert_eq!(file, name),
+        other => panic!("expected corruption of {name}, got {:?}", other.map(|(_, r, _)| r.len())),
+    }
+    assert!(inspect_all(&storage).0.is_corrupt());
+    assert!(holdfast_wal::repair(&storage).is_err());
+    assert_eq!(contents(&storage), before, "nothing removed");
+}
+
+#[test]
+fn a_new_last_segment_whose_header_and_first_frame_were_lost_is_removed() {
+    // The crash came while the first batch of a new segment was written: its first sector (header
+    // and frame 2) is gone, a later frame of the same batch survived.
+    let storage = log_with_open_batch(small(), 0, 0, 10);
+    let (wal, ..) = open(&storage, small()).unwrap();
+    wal.wait(wal.append(&vec![1u8; 900_000]).unwrap()).unwrap();
+    wal.close().unwrap();
+    let storage = log_with_open_batch_on(storage, 3, 200_000);
+    let mut names = storage.list().unwrap();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    storage.corrupt(&names[1], 0, &[0; 512]);
+    let (_, records, recovery) = open(&storage, small()).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(recovery.torn.map(|t| (t.file, t.lsn)), Some((names[1].clone(), 2)));
+}
+
+/// Appends `n` records of `size` bytes in interval mode (one batch, synced only at close).
+fn log_with_open_batch_on(storage: MemStorage, n: u64, size: usize) -> MemStorage {
+    let interval =
+        WalOptions { durability: Durability::Interval { every: Duration::from_secs(3600) }, ..small() };
+    let (wal, ..) = open(&storage, interval).unwrap();
+    for _ in 0..n {
+        wal.append(&vec![2u8; size]).unwrap();
+    }
+    wal.close().unwrap();
+    storage
 }
 
 #[test]
