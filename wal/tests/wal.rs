@@ -272,18 +272,18 @@ fn a_damaged_segment_header_is_refused_unless_it_is_a_new_last_segment() {
 /// written as one batch (they carry the same batch LSN), as a power loss mid-batch would find them.
 fn log_with_open_batch(options: WalOptions, acked: u64, unsynced: u64, size: usize) -> MemStorage {
     let storage = MemStorage::new();
-    let (wal, ..) = open(&storage, options.clone()).unwrap();
+    let (wal, ..) = open(&storage, options.clone()).expect("in-memory log");
     for _ in 0..acked {
-        wal.wait(wal.append(&vec![1u8; size]).unwrap()).unwrap();
+        wal.wait(wal.append(&vec![1u8; size]).expect("in-memory log")).expect("in-memory log");
     }
-    wal.close().unwrap();
+    wal.close().expect("in-memory log");
     let interval =
         WalOptions { durability: Durability::Interval { every: Duration::from_secs(3600) }, ..options };
-    let (wal, ..) = open(&storage, interval).unwrap();
+    let (wal, ..) = open(&storage, interval).expect("in-memory log");
     for _ in 0..unsynced {
-        wal.append(&vec![2u8; size]).unwrap();
+        wal.append(&vec![2u8; size]).expect("in-memory log");
     }
-    wal.close().unwrap();
+    wal.close().expect("in-memory log");
     storage
 }
 
@@ -295,11 +295,11 @@ fn frame_offset(first: Lsn, lsn: Lsn, size: usize) -> usize {
 /// The reopened log holds exactly `n` records after one more is appended and it is closed and
 /// opened again: nothing the cut removed comes back behind the record that reused its LSN.
 fn reopens_with_exactly(storage: &MemStorage, options: WalOptions, next: Lsn, size: usize) {
-    let (wal, _, recovery) = open(storage, options.clone()).unwrap();
+    let (wal, _, recovery) = open(storage, options.clone()).expect("in-memory log");
     assert_eq!(recovery.next_lsn, next);
-    assert_eq!(wal.append(&vec![3u8; size]).unwrap(), next);
-    wal.close().unwrap();
-    let (_, records, recovery) = open(storage, options).unwrap();
+    assert_eq!(wal.append(&vec![3u8; size]).expect("in-memory log"), next);
+    wal.close().expect("in-memory log");
+    let (_, records, recovery) = open(storage, options).expect("in-memory log");
     assert_eq!(records.len() as u64, next, "a cut record came back");
     assert_eq!(recovery.torn, None);
 }
@@ -376,11 +376,11 @@ fn a_new_last_segment_whose_header_and_first_frame_were_lost_is_removed() {
 fn log_with_open_batch_on(storage: MemStorage, n: u64, size: usize) -> MemStorage {
     let interval =
         WalOptions { durability: Durability::Interval { every: Duration::from_secs(3600) }, ..small() };
-    let (wal, ..) = open(&storage, interval).unwrap();
+    let (wal, ..) = open(&storage, interval).expect("in-memory log");
     for _ in 0..n {
-        wal.append(&vec![2u8; size]).unwrap();
+        wal.append(&vec![2u8; size]).expect("in-memory log");
     }
-    wal.close().unwrap();
+    wal.close().expect("in-memory log");
     storage
 }
 
