@@ -55,6 +55,10 @@ pub struct Engine {
     rooms: crate::sync::RwLock<
         std::collections::HashMap<SaleId, std::sync::Arc<Mutex<queue::Room>>, foldhash::fast::RandomState>,
     >,
+    /// The next sequence of each shard index at or beyond `shards.len()`: ids issued while the data
+    /// directory ran with more shards. Kept (and snapshotted) so that growing back never reissues them.
+    /// Touched only by replay, restore and export.
+    retired_seqs: Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 impl Engine {
@@ -67,6 +71,7 @@ impl Engine {
             counters: Counters::new(),
             keys: KeyTable::new(config.idempotency_window_ms, config.idempotency_keys_max),
             rooms: crate::sync::RwLock::new(Default::default()),
+            retired_seqs: Mutex::new(Default::default()),
             config,
         })
     }

@@ -91,9 +91,18 @@ impl Engine {
         if shard.reservations.contains_key(&r.id) || shard.reservations.is_forgotten_seq(r.id) {
             return fail(format!("{} reserved twice", r.id));
         }
-        // The shard issues its own ids one after another; a gap means a lost or forged record.
-        if usize::from(r.id.shard()) == usize::from(store) && r.id.seq() != shard.next_seq {
-            return fail(format!("{} out of sequence: expected sequence {}", r.id, shard.next_seq));
+        // Each shard index issues its ids in increasing sequence, whatever the shard count was when
+        // it did; an id at or below one already issued is reused or forged.
+        if usize::from(r.id.shard()) == usize::from(store) && r.id.seq() < shard.next_seq {
+            return fail(format!("{} out of sequence: expected sequence {} or later", r.id, shard.next_seq));
+        }
+        if usize::from(r.id.shard()) >= self.shards.len() {
+            let mut retired = self.retired_seqs.lock();
+            let next = retired.entry(r.id.shard()).or_insert(1);
+            if r.id.seq() < *next {
+                return fail(format!("{} out of sequence: expected sequence {} or later", r.id, *next));
+            }
+            *next = r.id.seq() + 1;
         }
         if let Some(l) = lines.iter().find(|l| l.cell.available_now() < u64::from(l.qty)) {
             return fail(format!("{} oversells {}: {:?}", r.id, l.cell.sku, l.cell.load()));

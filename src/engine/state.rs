@@ -45,9 +45,12 @@ impl Engine {
         state.skus.sort_by(|a, b| a.0.cmp(&b.0));
         state.sales = self.sales.iter().map(|e| (e.key().clone(), *e.value())).collect();
         state.sales.sort();
-        for shard in self.shards.iter() {
+        let retired = self.retired_seqs.lock().clone();
+        let indices = retired.last_key_value().map_or(self.shards.len(), |(i, _)| usize::from(*i) + 1);
+        state.next_seqs = (0..indices).map(|i| retired.get(&(i as u16)).copied().unwrap_or(1)).collect();
+        for (index, shard) in self.shards.iter().enumerate() {
             let shard = shard.lock();
-            state.next_seqs.push(shard.next_seq);
+            state.next_seqs[index] = shard.next_seq;
             let readable = shard.reservations.iter().filter(|(_, r)| !self.forgotten(r, now_ms));
             state.reservations.extend(readable.map(|(id, r)| self.view(id, r)));
         }
@@ -96,10 +99,19 @@ impl Engine {
         for shard in engine.shards.iter() {
             shard.lock().ended.make_contiguous().sort_unstable();
         }
-        if state.next_seqs.len() == engine.shards.len() {
-            for (shard, next) in engine.shards.iter().zip(&state.next_seqs) {
-                let mut shard = shard.lock();
-                shard.next_seq = shard.next_seq.max(*next);
+        // Sequences are kept per shard index whatever the shard count: ids never repeat when it changes.
+        for (index, next) in state.next_seqs.iter().enumerate() {
+            match engine.shards.get(index) {
+                Some(shard) => {
+                    let mut shard = shard.lock();
+                    shard.next_seq = shard.next_seq.max(*next);
+                }
+                None if *next > 1 => {
+                    let index = u16::try_from(index)
+                        .map_err(|_| fail(format!("{} shard sequences", state.next_seqs.len())))?;
+                    engine.retired_seqs.lock().insert(index, *next);
+                }
+                None => {}
             }
         }
         for k in &state.keys {
@@ -143,6 +155,10 @@ impl Engine {
         let mut shard = self.shards[usize::from(store)].lock();
         if usize::from(view.id.shard()) == usize::from(store) {
             shard.next_seq = shard.next_seq.max(view.id.seq() + 1);
+        } else if usize::from(view.id.shard()) >= self.shards.len() {
+            let mut retired = self.retired_seqs.lock();
+            let next = retired.entry(view.id.shard()).or_insert(1);
+            *next = (*next).max(view.id.seq() + 1);
         }
         match view.state {
             ReservationState::Active => {
