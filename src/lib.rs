@@ -20,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod durable;
 pub mod engine;
+pub mod files;
 pub mod http;
 pub mod limits;
 pub mod reconcile;

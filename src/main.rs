@@ -263,7 +263,7 @@ mod crash_drill {
     //! Durable writes until killed, each acknowledgement printed only after its sync.
 
     use holdfast::durable::Durable;
-    use holdfast::engine::{EngineConfig, Item, ReserveRequest, SkuId};
+    use holdfast::engine::{Item, ReserveRequest, SkuId};
     use holdfast_wal::storage::FsStorage;
     use holdfast_wal::WalOptions;
     use std::io::Write;
@@ -287,10 +287,15 @@ mod crash_drill {
             }
         }
         let dir = dir.ok_or("--data-dir DIR is required")?;
+        holdfast::files::private_dir(std::path::Path::new(&dir)).map_err(|e| e.to_string())?;
+        let _lock = holdfast::files::lock_data_dir(std::path::Path::new(&dir)).map_err(|e| e.to_string())?;
         let storage = FsStorage::new(std::path::Path::new(&dir).join("wal")).map_err(|e| e.to_string())?;
-        let (durable, opened) =
-            Durable::open(Arc::new(storage), EngineConfig::default(), WalOptions::default())
-                .map_err(|e| e.to_string())?;
+        let (durable, opened) = Durable::open(
+            Arc::new(storage),
+            holdfast::durable::settings::load(std::path::Path::new(&dir))?,
+            WalOptions::default(),
+        )
+        .map_err(|e| e.to_string())?;
         eprintln!(
             "recovered from snapshot {:?} and {} records; torn tail: {:?}; skipped snapshots: {:?}",
             opened.snapshot.map(|s| s.lsn),

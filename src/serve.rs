@@ -119,17 +119,11 @@ fn open(
     wal: WalOptions,
     database: Option<&DatabaseOptions>,
 ) -> anyhow::Result<(Arc<Durable>, crate::waitroom::Signer, File)> {
-    std::fs::create_dir_all(&dir)
+    crate::files::private_dir(&dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
-    let lock_path = dir.join("LOCK");
-    let lock = File::create(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
-    lock.try_lock().map_err(|_| {
-        anyhow::anyhow!(
-            "{} is in use by another holdfast process (it holds {})",
-            dir.display(),
-            lock_path.display()
-        )
-    })?;
+    let lock = crate::files::lock_data_dir(&dir)?;
+    crate::durable::settings::save(&dir, &engine)
+        .with_context(|| format!("recording the engine settings in {}", dir.display()))?;
     let started = Instant::now();
     let storage =
         FsStorage::new(dir.join("wal")).with_context(|| format!("opening {}/wal", dir.display()))?;

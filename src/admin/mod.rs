@@ -206,6 +206,11 @@ fn storage(dir: &Path) -> anyhow::Result<FsStorage> {
     Ok(FsStorage::new(wal)?)
 }
 
+/// The engine settings the data directory `dir` was last served with (its defaults if none).
+fn settings(dir: &Path) -> anyhow::Result<EngineConfig> {
+    crate::durable::settings::load(dir).map_err(anyhow::Error::msg)
+}
+
 /// A record that did not decode, with where it is.
 struct Undecodable {
     file: String,
@@ -245,10 +250,11 @@ fn scan(
 /// Each snapshot, and whether it reads, decodes and restores (`Err` says why not).
 fn checked_snapshots(storage: &FsStorage) -> anyhow::Result<Vec<(SnapshotFile, Result<Engine, String>)>> {
     let files = snapshot::list_snapshots(storage)?;
+    let config = settings(storage.dir().parent().unwrap_or(storage.dir()))?;
     Ok(files
         .into_iter()
         .map(|file| {
-            let engine = crate::durable::load_snapshot(storage, &EngineConfig::default(), &file);
+            let engine = crate::durable::load_snapshot(storage, &config, &file);
             (file, engine)
         })
         .collect())

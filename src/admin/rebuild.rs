@@ -1,9 +1,8 @@
 //! The commands that rebuild state or write: replay, repair, snapshots, and the Postgres ones.
 
 use super::describe::{self, time};
-use super::{checked_snapshots, problem_json, scan, storage, Out, ReplayArgs};
+use super::{checked_snapshots, problem_json, scan, settings, storage, Out, ReplayArgs};
 use crate::durable::Durable;
-use crate::engine::EngineConfig;
 use holdfast_wal::storage::FsStorage;
 use holdfast_wal::{LogProblem, Lsn, WalOptions};
 use serde_json::{json, Value};
@@ -53,7 +52,7 @@ pub(super) fn replay(args: &ReplayArgs, out: &mut Out<'_>) -> anyhow::Result<()>
         }
         (None, None) => unreachable!("clap requires one of them"),
     };
-    let (engine, from, replayed) = crate::durable::engine_at(&storage, &EngineConfig::default(), cut)?;
+    let (engine, from, replayed) = crate::durable::engine_at(&storage, &settings(&args.dir)?, cut)?;
     let at = if replayed.records > 0 { (replayed.last_lsn, replayed.last_at_ms) } else { (from, 0) };
     if args.until_lsn.is_some() && at.0 < cut {
         anyhow::bail!("the log ends at LSN {} (asked for {cut})", at.0);
@@ -95,16 +94,7 @@ pub(super) fn replay(args: &ReplayArgs, out: &mut Out<'_>) -> anyhow::Result<()>
 
 /// Locks the data directory as the server does: a tool that writes must not run beside a server.
 pub(super) fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
-    let path = dir.join("LOCK");
-    let file = std::fs::File::create(&path)?;
-    file.try_lock().map_err(|_| {
-        anyhow::anyhow!(
-            "{} is in use by a running holdfast (it holds {}); stop it first",
-            dir.display(),
-            path.display()
-        )
-    })?;
-    Ok(file)
+    Ok(crate::files::lock_data_dir(dir)?)
 }
 
 pub(super) fn repair(dir: &Path, yes: bool, out: &mut Out<'_>) -> anyhow::Result<ExitCode> {
@@ -158,7 +148,7 @@ pub(super) fn snapshot_create(dir: &Path, out: &mut Out<'_>) -> anyhow::Result<(
     storage(dir)?;
     let _lock = lock(dir)?;
     let storage = Arc::new(FsStorage::new(dir.join("wal"))?);
-    let (durable, _) = Durable::open(storage, EngineConfig::default(), WalOptions::default())?;
+    let (durable, _) = Durable::open(storage, settings(dir)?, WalOptions::default())?;
     let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     let file = durable.snapshot(now_ms, false)?;
     durable.close()?;
@@ -199,11 +189,12 @@ pub(super) fn db_migrate(url: &str, out: &mut Out<'_>) -> anyhow::Result<ExitCod
 
 pub(super) fn reconcile(url: &str, dir: &Path, as_json: bool, out: &mut Out<'_>) -> anyhow::Result<ExitCode> {
     let storage = storage(dir)?;
+    let config = settings(dir)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = rt.block_on(async {
         let pool = crate::reconcile::pool(url)?;
         let mut client = pool.get().await?;
-        crate::reconcile::drift::check(&mut client, &storage, &EngineConfig::default()).await
+        crate::reconcile::drift::check(&mut client, &storage, &config).await
     })?;
     if as_json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;

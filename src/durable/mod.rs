@@ -10,6 +10,7 @@
 //! Refusals (sold out, expired) promise nothing and need no wait.
 
 pub mod codec;
+pub mod settings;
 
 use crate::engine::{
     ConfigError, Engine, EngineConfig, EngineState, Joined, QueueError, Reason, Record, RecordSink,

@@ -74,6 +74,7 @@ impl Signer {
         let path = dir.join(KEY_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
+                crate::files::check_private(&path)?;
                 let key = bytes.try_into().map_err(|_| {
                     std::io::Error::other(format!("{} is not a {KEY_BYTES}-byte key", path.display()))
                 })?;
@@ -86,7 +87,7 @@ impl Signer {
         getrandom::fill(&mut key).map_err(std::io::Error::other)?;
         // Written beside, synced, then renamed and the directory synced: a crash leaves no half key.
         let temporary = dir.join(format!("{KEY_FILE}.new"));
-        let mut file = open_private(&temporary)?;
+        let mut file = crate::files::private_file(&temporary)?;
         file.write_all(&key)?;
         file.sync_all()?;
         std::fs::rename(&temporary, &path)?;
@@ -155,20 +156,21 @@ fn parse(body: &[u8]) -> Option<Claims> {
     rest.is_empty().then_some(Claims { sale, user, expires_at_ms: u64::from_le_bytes(*expiry) })
 }
 
-#[cfg(unix)]
-fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
-}
-
-#[cfg(not(unix))]
-fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::create(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        Signer::load_or_create(dir.path()).expect("made");
+        let path = dir.path().join(KEY_FILE);
+        assert_eq!(std::fs::metadata(&path).expect("key").permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let refused = Signer::load_or_create(dir.path()).err().expect("refused");
+        assert!(refused.to_string().contains("chmod 600"), "{refused}");
+    }
 
     fn claims() -> Claims {
         Claims { sale: "noon".into(), user: "ada@example.com".into(), expires_at_ms: 5_000 }

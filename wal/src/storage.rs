@@ -55,9 +55,11 @@ pub struct FsStorage {
 }
 
 impl FsStorage {
-    /// Uses `dir`, creating it (and its parents) if needed.
+    /// Uses `dir`, creating it (and its parents) if needed. Records hold other systems' user ids and
+    /// keys: the directory is created owner-only, and so is every file in it.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
-        std::fs::create_dir_all(dir.as_ref())?;
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir.as_ref())?;
         Ok(Self { dir: dir.as_ref().to_path_buf() })
     }
 
@@ -107,7 +109,13 @@ impl Storage for FsStorage {
         Ok(names)
     }
     fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(self.dir.join(name))?;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.dir.join(name))?;
         Ok(Box::new(FsFile(file)))
     }
     fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {

@@ -491,6 +491,22 @@ fn real_files_round_trip_and_a_torn_tail_is_cut() {
     assert!(torn.bytes > 0);
 }
 
+#[test]
+fn the_log_directory_and_its_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("wal");
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(&path).unwrap());
+    let (wal, _) = Wal::open(storage.clone(), WalOptions::default(), 1, |_, _| Ok(())).unwrap();
+    wal.close().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o700);
+    assert_eq!(mode(path.parent().unwrap()), 0o700, "parents it creates too");
+    for name in storage.list().unwrap() {
+        assert_eq!(mode(&path.join(&name)), 0o600, "{name}");
+    }
+}
+
 /// A frame as the log writes it, built by a throwaway log in memory.
 fn holdfast_wal_test_frame(out: &mut Vec<u8>, lsn: Lsn) {
     let storage = MemStorage::new();
