@@ -182,7 +182,7 @@ fn run(args: &Args) -> Result<(), String> {
     let sale = SaleId::new("noon-drop").map_err(|e| e.to_string())?;
     let t0 = 1_800_000_000_000u64;
     engine.set_stock(&sku, args.units, t0, &mut ()).map_err(|e| format!("{e:?}"))?;
-    engine.set_sale_limit(&sale, 1, t0, &mut ()).map_err(|e| format!("{e:?}"))?;
+    engine.set_sale(&sale, 1, std::slice::from_ref(&sku), t0, &mut ()).map_err(|e| format!("{e:?}"))?;
 
     let (won, sold_out, committed, released) =
         (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));

@@ -22,7 +22,7 @@ pub fn kind(record: &Record) -> &'static str {
     match record {
         Record::StockSet { .. } => "stock_set",
         Record::StockAdjusted { .. } => "stock_adjusted",
-        Record::SaleLimitSet { .. } => "sale_limit_set",
+        Record::SaleSet { .. } => "sale_set",
         Record::SaleConfigured { .. } => "sale_configured",
         Record::QueueJoined { .. } => "queue_joined",
         Record::QueueOpened { .. } => "queue_opened",
@@ -38,7 +38,7 @@ pub fn kind(record: &Record) -> &'static str {
 pub const KINDS: [&str; 12] = [
     "stock_set",
     "stock_adjusted",
-    "sale_limit_set",
+    "sale_set",
     "sale_configured",
     "queue_joined",
     "queue_opened",
@@ -74,9 +74,10 @@ pub fn record_json(lsn: u64, record: &Record) -> Value {
             put("delta", json!(delta));
             put("reason", json!(reason.as_str()));
         }
-        Record::SaleLimitSet { sale, per_user_max, .. } => {
+        Record::SaleSet { sale, per_user_max, skus, .. } => {
             put("sale", json!(sale.as_str()));
             put("per_user_limit", json!(per_user_max));
+            put("skus", json!(skus.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
         }
         Record::SaleConfigured { sale, per_user_max, room, .. } => {
             put("sale", json!(sale.as_str()));
@@ -129,8 +130,9 @@ pub fn record_line(lsn: u64, record: &Record) -> String {
         Record::StockAdjusted { sku, delta, reason, .. } => {
             format!("{} delta={delta:+} reason={:?}", sku.as_str(), reason.as_str())
         }
-        Record::SaleLimitSet { sale, per_user_max, .. } => {
-            format!("{} per_user_limit={per_user_max}", sale.as_str())
+        Record::SaleSet { sale, per_user_max, skus, .. } => {
+            let skus: Vec<&str> = skus.iter().map(|s| s.as_str()).collect();
+            format!("{} per_user_limit={per_user_max} skus={}", sale.as_str(), skus.join(","))
         }
         Record::SaleConfigured { sale, per_user_max, room, .. } => format!(
             "{} per_user_limit={per_user_max} opens={} rate={}/s max_active={} session={}ms order={} skus={}",
@@ -244,7 +246,7 @@ impl Filter {
         }
         if let Some(sale) = &self.sale {
             let hit = match record {
-                Record::SaleLimitSet { sale: s, .. }
+                Record::SaleSet { sale: s, .. }
                 | Record::SaleConfigured { sale: s, .. }
                 | Record::QueueJoined { sale: s, .. }
                 | Record::QueueOpened { sale: s, .. }

@@ -32,6 +32,8 @@ enum LogRecord {
     QueueJoined { sale: String, user: String, at_ms: u64 },
     QueueOpened { sale: String, at_ms: u64 },
     QueueAdmitted { sale: String, count: u32, at_ms: u64 },
+    // A sale's limit with the SKUs it covers; `SaleLimitSet` (no SKUs) is read as one covering none.
+    SaleSet { sale: String, per_user_max: u32, skus: Vec<String>, at_ms: u64 },
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
@@ -109,9 +111,12 @@ fn to_log(record: &Record) -> LogRecord {
             reason: reason.as_str().to_owned(),
             at_ms: *at_ms,
         },
-        Record::SaleLimitSet { sale, per_user_max, at_ms } => {
-            LogRecord::SaleLimitSet { sale: s(sale), per_user_max: *per_user_max, at_ms: *at_ms }
-        }
+        Record::SaleSet { sale, per_user_max, skus, at_ms } => LogRecord::SaleSet {
+            sale: s(sale),
+            per_user_max: *per_user_max,
+            skus: skus.iter().map(|sku| s(sku)).collect(),
+            at_ms: *at_ms,
+        },
         Record::Reserved(r) => LogRecord::Reserved(LogReserved {
             id: r.id.raw(),
             items: r.items.iter().map(|i| LogItem { sku: s(&i.sku), qty: i.qty }).collect(),
@@ -234,9 +239,16 @@ fn from_archived(r: &ArchivedLogRecord) -> Result<Record, Invalid> {
             reason: Reason::new(reason)?,
             at_ms: at_ms.to_native(),
         },
-        ArchivedLogRecord::SaleLimitSet { sale, per_user_max, at_ms } => Record::SaleLimitSet {
+        ArchivedLogRecord::SaleLimitSet { sale, per_user_max, at_ms } => Record::SaleSet {
             sale: SaleId::new(sale)?,
             per_user_max: per_user_max.to_native(),
+            skus: Vec::new(),
+            at_ms: at_ms.to_native(),
+        },
+        ArchivedLogRecord::SaleSet { sale, per_user_max, skus, at_ms } => Record::SaleSet {
+            sale: SaleId::new(sale)?,
+            per_user_max: per_user_max.to_native(),
+            skus: skus.iter().map(|sku| SkuId::new(sku)).collect::<Result<_, _>>()?,
             at_ms: at_ms.to_native(),
         },
         ArchivedLogRecord::Reserved(r) => {
@@ -317,7 +329,13 @@ mod tests {
                 reason: Reason::new("damaged").expect("valid"),
                 at_ms: 2,
             },
-            Record::SaleLimitSet { sale: SaleId::new("noon").expect("valid"), per_user_max: 2, at_ms: 3 },
+            // Written as `SaleLimitSet`, which reads as a sale covering no SKU.
+            Record::SaleSet {
+                sale: SaleId::new("noon").expect("valid"),
+                per_user_max: 2,
+                skus: vec![],
+                at_ms: 3,
+            },
             Record::Reserved(ReservedRecord {
                 id,
                 items: vec![Item { sku, qty: 2 }],
@@ -350,6 +368,12 @@ mod tests {
             Record::QueueJoined { sale: sale.clone(), user: UserId::new("u@x").expect("valid"), at_ms: 10 },
             Record::QueueOpened { sale: sale.clone(), at_ms: 11 },
             Record::QueueAdmitted { sale, count: 40, at_ms: 12 },
+            Record::SaleSet {
+                sale: SaleId::new("late").expect("valid"),
+                per_user_max: 3,
+                skus: vec![SkuId::new("cap").expect("valid"), SkuId::new("mug").expect("valid")],
+                at_ms: 13,
+            },
         ]
     }
 
@@ -423,12 +447,25 @@ mod tests {
 
 pub const STATE_MAGIC: [u8; 4] = *b"HFST";
 /// Version 2 added waiting rooms; version 1 snapshots (without them) still read.
-pub const STATE_FORMAT_VERSION: u32 = 2;
+pub const STATE_FORMAT_VERSION: u32 = 3;
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapStateV2 {
     base: SnapState,
     rooms: Vec<SnapRoom>,
+}
+
+/// Version 3: the SKUs each sale covers. (Version 2 snapshots read as sales covering their rooms' SKUs.)
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapStateV3 {
+    v2: SnapStateV2,
+    sale_skus: Vec<SnapSaleSkus>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapSaleSkus {
+    sale: String,
+    skus: Vec<String>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -581,7 +618,13 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
         .collect();
     let mut out = Vec::new();
     prefix(&mut out, STATE_MAGIC, STATE_FORMAT_VERSION);
-    let snap = SnapStateV2 { base: snap, rooms };
+    let sale_skus = (state.sale_skus.iter())
+        .map(|(sale, skus)| SnapSaleSkus {
+            sale: sale.to_string(),
+            skus: skus.iter().map(|sku| sku.to_string()).collect(),
+        })
+        .collect();
+    let snap = SnapStateV3 { v2: SnapStateV2 { base: snap, rooms }, sale_skus };
     out.extend_from_slice(
         &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
     );
@@ -591,13 +634,15 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
 /// Decodes and validates a snapshot payload (16-byte aligned).
 pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, DecodeError> {
     use crate::engine::{EngineState, RememberedKey, ReservationState, ReservationView, Stock};
-    let (snap, rooms) = match unprefix(payload, STATE_MAGIC, 1, "snapshot") {
-        Ok(body) => (rkyv::access::<ArchivedSnapState, rancor::Error>(body).map_err(bad)?, None),
-        Err(_) => {
-            let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
-            let v2 = rkyv::access::<ArchivedSnapStateV2, rancor::Error>(body).map_err(bad)?;
-            (&v2.base, Some(&v2.rooms))
-        }
+    let (snap, rooms, sale_skus) = if let Ok(body) = unprefix(payload, STATE_MAGIC, 1, "snapshot") {
+        (rkyv::access::<ArchivedSnapState, rancor::Error>(body).map_err(bad)?, None, None)
+    } else if let Ok(body) = unprefix(payload, STATE_MAGIC, 2, "snapshot") {
+        let v2 = rkyv::access::<ArchivedSnapStateV2, rancor::Error>(body).map_err(bad)?;
+        (&v2.base, Some(&v2.rooms), None)
+    } else {
+        let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
+        let v3 = rkyv::access::<ArchivedSnapStateV3, rancor::Error>(body).map_err(bad)?;
+        (&v3.v2.base, Some(&v3.v2.rooms), Some(&v3.sale_skus))
     };
     let name_err = |e: NameError| bad(e);
     let id_of = |raw: &rkyv::rend::u64_le| {
@@ -679,5 +724,15 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
             batches: r.batches.iter().map(|b| (b.0.to_native(), b.1.to_native())).collect(),
         });
     }
+    state.sale_skus = match sale_skus {
+        Some(sales) => (sales.iter())
+            .map(|s| {
+                let skus = s.skus.iter().map(|sku| SkuId::new(sku)).collect::<Result<_, _>>();
+                Ok((SaleId::new(&s.sale).map_err(name_err)?, skus.map_err(name_err)?))
+            })
+            .collect::<Result<_, DecodeError>>()?,
+        // Before version 3 only rooms named SKUs.
+        None => state.rooms.iter().map(|r| (r.sale.clone(), r.config.skus.clone())).collect(),
+    };
     Ok(state)
 }

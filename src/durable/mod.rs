@@ -502,14 +502,15 @@ impl Durable {
         self.logged(StockError::LogRefused, |sink| self.engine.adjust_stock(sku, delta, reason, now_ms, sink))
     }
 
-    pub fn set_sale_limit(
+    pub fn set_sale(
         &self,
         sale: &SaleId,
         per_user_max: u32,
+        skus: &[SkuId],
         now_ms: u64,
-    ) -> Result<Logged<()>, Refused<StockError>> {
-        self.logged(StockError::LogRefused, |sink| {
-            self.engine.set_sale_limit(sale, per_user_max, now_ms, sink)
+    ) -> Result<Logged<()>, Refused<QueueError>> {
+        self.logged(QueueError::LogRefused, |sink| {
+            self.engine.set_sale(sale, per_user_max, skus, now_ms, sink)
         })
     }
 

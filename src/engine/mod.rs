@@ -15,6 +15,7 @@ mod queue;
 mod record;
 mod replay;
 mod reserve;
+mod sales;
 mod shard;
 mod state;
 mod stock;
@@ -59,6 +60,10 @@ pub struct Engine {
     /// directory ran with more shards. Kept (and snapshotted) so that growing back never reissues them.
     /// Touched only by replay, restore and export.
     retired_seqs: Mutex<std::collections::BTreeMap<u16, u64>>,
+    /// Each sale's SKUs; its lock orders every change to a sale (see `sales.rs`).
+    sale_book: Mutex<sales::SaleBook>,
+    /// SKU → the sale covering it, read lock-free by every reserve.
+    sku_sale: papaya::HashMap<SkuId, SaleId, foldhash::fast::RandomState>,
 }
 
 impl Engine {
@@ -72,6 +77,8 @@ impl Engine {
             keys: KeyTable::new(config.idempotency_window_ms, config.idempotency_keys_max),
             rooms: crate::sync::RwLock::new(Default::default()),
             retired_seqs: Mutex::new(Default::default()),
+            sale_book: Mutex::new(Default::default()),
+            sku_sale: papaya::HashMap::builder().hasher(Default::default()).build(),
             config,
         })
     }

@@ -81,6 +81,10 @@ pub enum QueueError {
     UnknownSku {
         index: usize,
     },
+    /// `skus[index]` belongs to another sale (a SKU is in one sale at a time).
+    SkuInOtherSale {
+        index: usize,
+    },
     Invalid(RequestError),
     LogRefused,
 }
@@ -217,12 +221,14 @@ impl Room {
         (self.joiners.len() - self.admitted() as usize) as u64
     }
 
-    fn apply_join(&mut self, user: &UserId, at_ms: u64) {
+    /// `has_reserved`: whether the user already holds or has bought units of the sale, read from the
+    /// counters as of the join's place in the log, live and in replay alike.
+    fn apply_join(&mut self, user: &UserId, at_ms: u64, has_reserved: bool) {
         let arrival = self.joiners.len() as u32;
         self.joiners.push((user.clone(), at_ms));
         self.by_user.insert(user.clone(), arrival);
         self.rank.push(UNRANKED);
-        self.reserved.push(false);
+        self.reserved.push(has_reserved);
         if self.config.order == QueueOrder::Fifo || self.opened_at_ms.is_some() {
             self.rank[arrival as usize] = self.order.len() as u32;
             self.order.push(arrival);
@@ -389,7 +395,9 @@ impl Engine {
         if let Some(index) = room.skus.iter().position(|sku| self.catalog.find(sku.as_str()).is_none()) {
             return Err(QueueError::UnknownSku { index });
         }
-        // The rooms' write lock orders changes to one sale, as the sales map entry does for limits.
+        // The sale book's lock orders every change to a sale; the rooms' write lock, changes to rooms.
+        let mut book = self.sale_book.lock();
+        self.check_skus_free(sale, &room.skus)?;
         let mut rooms = self.rooms.write();
         let mut config = room.clone();
         if let Some(existing) = rooms.get(sale) {
@@ -410,6 +418,7 @@ impl Engine {
         };
         sink.append(&record).map_err(|_| QueueError::LogRefused)?;
         self.apply_configured(&mut rooms, sale, per_user_max, &config);
+        self.cover(&mut book, sale, &config.skus);
         Ok(config)
     }
 
@@ -465,9 +474,12 @@ impl Engine {
         // the clock before another but joins after it is stamped no earlier than the one ahead, so
         // no shopper's `joined_at` contradicts their place.
         let at_ms = room.joiners.last().map_or(now_ms, |&(_, ahead)| ahead.max(now_ms));
+        // Read before the record is appended: a reserve the counters already show was logged before
+        // this join, so replay sees it too; one logged after sets the flag itself once it is applied.
+        let has_reserved = self.held(sale, user) > 0;
         let record = Record::QueueJoined { sale: sale.clone(), user: user.clone(), at_ms };
         sink.append(&record).map_err(|_| QueueError::LogRefused)?;
-        room.apply_join(user, at_ms);
+        room.apply_join(user, at_ms, has_reserved);
         let arrival = room.joiners.len() as u32 - 1;
         Ok(Joined::Queued { view: room.view(arrival, false), again: false })
     }
@@ -590,8 +602,12 @@ impl Engine {
         match record {
             Record::SaleConfigured { sale, per_user_max, room, .. } => {
                 check_config(room).map_err(|e| format!("room of {sale}: {e:?}"))?;
+                let mut book = self.sale_book.lock();
+                self.check_skus_free(sale, &room.skus)
+                    .map_err(|_| format!("{sale} covers a SKU of another sale"))?;
                 let mut rooms = self.rooms.write();
                 self.apply_configured(&mut rooms, sale, *per_user_max, room);
+                self.cover(&mut book, sale, &room.skus);
             }
             Record::QueueJoined { sale, user, at_ms } => {
                 let room =
@@ -600,7 +616,7 @@ impl Engine {
                 if room.by_user.contains_key(user) {
                     return Err(format!("{user} joined {sale} twice"));
                 }
-                room.apply_join(user, *at_ms);
+                room.apply_join(user, *at_ms, self.held(sale, user) > 0);
             }
             Record::QueueOpened { sale, at_ms } => {
                 let room = self.room(sale.as_str()).ok_or(format!("{sale} opened without a room"))?;

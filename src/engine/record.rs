@@ -21,10 +21,11 @@ pub enum Record {
         reason: Reason,
         at_ms: u64,
     },
-    /// A sale's per-user limit was set.
-    SaleLimitSet {
+    /// A sale without a waiting room was set: its per-user limit and the SKUs it covers.
+    SaleSet {
         sale: SaleId,
         per_user_max: u32,
+        skus: Vec<SkuId>,
         at_ms: u64,
     },
     /// A sale's per-user limit and its waiting room were set.
@@ -91,7 +92,7 @@ impl Record {
         match self {
             Record::StockSet { at_ms, .. }
             | Record::StockAdjusted { at_ms, .. }
-            | Record::SaleLimitSet { at_ms, .. }
+            | Record::SaleSet { at_ms, .. }
             | Record::SaleConfigured { at_ms, .. }
             | Record::QueueJoined { at_ms, .. }
             | Record::QueueOpened { at_ms, .. }

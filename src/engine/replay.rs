@@ -52,8 +52,8 @@ impl Engine {
                 };
                 self.apply_stock_set(sku, cell.shard, on_hand);
             }
-            Record::SaleLimitSet { sale, per_user_max, .. } => {
-                self.sales.insert(sale.clone(), *per_user_max);
+            Record::SaleSet { sale, per_user_max, skus, .. } => {
+                self.replay_sale_set(sale, *per_user_max, skus).map_err(|detail| ReplayError { detail })?
             }
             Record::SaleConfigured { .. }
             | Record::QueueJoined { .. }

@@ -65,6 +65,12 @@ impl Engine {
                 return Ok(hit);
             }
         }
+        // The sale follows from the SKUs (see `sales.rs`), decided after the key so that a retry of an
+        // acknowledged reserve gets its answer whatever changed since.
+        record.sale = self.sale_for(req.items.iter().map(|i| &i.sku), req.sale.as_ref())?;
+        if record.sale.is_some() && record.user.is_none() {
+            return Err(ReserveError::Invalid(RequestError::SaleWithoutUser));
+        }
         let set = shard_set(lines.iter().map(|l| l.cell.shard));
         let home = set[0];
         let mut locked = self.lock(&set);
@@ -75,9 +81,9 @@ impl Engine {
             return Err(ReserveError::ShardFull);
         }
         let mut counters = None;
-        if let Some(sale) = &req.sale {
+        if let Some(sale) = &record.sale {
             let limit = self.sale_limit(sale.as_str()).ok_or(ReserveError::UnknownSale)?;
-            let user = req.user.as_ref().expect("check_reserve: a sale comes with a user");
+            let user = record.user.as_ref().expect("checked above: a sale comes with a user");
             let shard = self.counters.lock(user);
             let held = shard.held(sale, user);
             if held + units(&req.items) > u64::from(limit) {

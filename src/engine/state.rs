@@ -22,6 +22,8 @@ pub struct EngineState {
     pub next_seqs: Vec<u64>,
     /// Waiting rooms, by sale.
     pub rooms: Vec<super::RoomState>,
+    /// The SKUs each sale covers, by sale (rooms' included).
+    pub sale_skus: Vec<(SaleId, Vec<SkuId>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +47,7 @@ impl Engine {
         state.skus.sort_by(|a, b| a.0.cmp(&b.0));
         state.sales = self.sales.iter().map(|e| (e.key().clone(), *e.value())).collect();
         state.sales.sort();
+        state.sale_skus = self.export_sale_skus();
         let retired = self.retired_seqs.lock().clone();
         let indices = retired.last_key_value().map_or(self.shards.len(), |(i, _)| usize::from(*i) + 1);
         state.next_seqs = (0..indices).map(|i| retired.get(&(i as u16)).copied().unwrap_or(1)).collect();
@@ -93,6 +96,7 @@ impl Engine {
             engine.sales.insert(sale.clone(), *limit);
         }
         engine.restore_rooms(&state.rooms).map_err(fail)?;
+        engine.restore_sale_skus(&state.sale_skus).map_err(fail)?;
         for view in &state.reservations {
             engine.restore_reservation(view).map_err(fail)?;
         }

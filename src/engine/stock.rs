@@ -1,7 +1,7 @@
-//! Stock and sale administration: set stock, restock or shrink, set a sale's per-user limit.
+//! Stock administration: set stock, restock or shrink.
 
-use super::{Engine, Reason, Record, RecordSink, RequestError, SaleId, SkuId, Stock, StockError};
-use crate::limits::{ON_HAND_MAX, PER_USER_UNITS_MAX};
+use super::{Engine, Reason, Record, RecordSink, RequestError, SkuId, Stock, StockError};
+use crate::limits::ON_HAND_MAX;
 
 impl Engine {
     /// Creates a SKU with `on_hand` units, or sets an existing SKU's `on_hand`. Refused below what is
@@ -44,26 +44,6 @@ impl Engine {
         let record = Record::StockAdjusted { sku: sku.clone(), delta, reason: reason.clone(), at_ms: now_ms };
         sink.append(&record).map_err(|_| StockError::LogRefused)?;
         Ok(self.apply_stock_set(sku, cell.shard, on_hand))
-    }
-
-    /// Sets how many units one user may hold plus buy in `sale`.
-    pub fn set_sale_limit(
-        &self,
-        sale: &SaleId,
-        per_user_max: u32,
-        now_ms: u64,
-        sink: &mut impl RecordSink,
-    ) -> Result<(), StockError> {
-        if per_user_max == 0 || per_user_max > PER_USER_UNITS_MAX {
-            return Err(StockError::Invalid(RequestError::PerUserLimitOutOfRange));
-        }
-        // The entry holds the sale's map shard, so two changes to one sale are logged in the order
-        // they take effect.
-        let entry = self.sales.entry(sale.clone());
-        let record = Record::SaleLimitSet { sale: sale.clone(), per_user_max, at_ms: now_ms };
-        sink.append(&record).map_err(|_| StockError::LogRefused)?;
-        entry.insert(per_user_max);
-        Ok(())
     }
 
     /// The caller holds `shard` (the SKU's) and has checked `on_hand` against what is held.

@@ -22,6 +22,10 @@ fn engine(stock: &[(&str, u64)]) -> Engine {
     engine_with(EngineConfig { shards: 4, ..EngineConfig::default() }, stock)
 }
 
+fn user(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
 fn request(items: &[(&str, u32)]) -> ReserveRequest {
     ReserveRequest {
         items: items.iter().map(|(s, qty)| Item { sku: sku(s), qty: *qty }).collect(),
@@ -313,7 +317,7 @@ fn idempotency_keys_expire_after_the_window_and_the_table_is_bounded() {
 fn per_user_limit_counts_held_and_bought_units() {
     let e = engine(&[("a", 100), ("b", 100)]);
     let sale = SaleId::new("noon").unwrap();
-    e.set_sale_limit(&sale, 3, T0, &mut ()).unwrap();
+    e.set_sale(&sale, 3, &[sku("a"), sku("b")], T0, &mut ()).unwrap();
     let first = e.reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0, &mut ()).unwrap().id;
     let err = e.reserve(&in_sale(&[("b", 2)], "noon", "u1"), T0, &mut ()).unwrap_err();
     assert_eq!(err, ReserveError::LimitExceeded { limit: 3, held: 2 });
@@ -328,9 +332,69 @@ fn per_user_limit_counts_held_and_bought_units() {
 }
 
 #[test]
+fn a_sales_sku_counts_against_it_whether_or_not_the_reserve_names_it() {
+    let e = engine(&[("hot", 100), ("cold", 100), ("tee", 100)]);
+    let (gated, big) = (SaleId::new("gated").unwrap(), SaleId::new("big").unwrap());
+    e.set_sale(&gated, 1, &[sku("hot")], T0, &mut ()).unwrap();
+    e.set_sale(&big, 1_000, &[sku("tee")], T0, &mut ()).unwrap();
+    let unnamed = |items: &[(&str, u32)]| ReserveRequest { user: Some(user("u1")), ..request(items) };
+    e.reserve(&unnamed(&[("hot", 1)]), T0, &mut ()).expect("one unit, within the limit");
+    assert_eq!(
+        e.reserve(&unnamed(&[("hot", 1)]), T0, &mut ()),
+        Err(ReserveError::LimitExceeded { limit: 1, held: 1 }),
+        "leaving out sale_id does not skip the limit"
+    );
+    assert_eq!(e.held(&gated, &user("u1")), 1);
+    assert_eq!(
+        e.reserve(&in_sale(&[("hot", 1)], "big", "u2"), T0, &mut ()),
+        Err(ReserveError::SaleMismatch { item: 0 })
+    );
+    assert_eq!(
+        e.reserve(&in_sale(&[("cold", 1)], "big", "u2"), T0, &mut ()),
+        Err(ReserveError::SaleMismatch { item: 0 })
+    );
+    assert_eq!(
+        e.reserve(&unnamed(&[("cold", 1), ("hot", 1)]), T0, &mut ()),
+        Err(ReserveError::SaleMismatch { item: 1 }),
+        "a reserve's SKUs are all in one sale or in none"
+    );
+    assert_eq!(
+        e.reserve(&request(&[("hot", 1)]), T0, &mut ()),
+        Err(ReserveError::Invalid(RequestError::SaleWithoutUser))
+    );
+    assert_eq!(
+        e.reserve(&in_sale(&[("cold", 1)], "nope", "u2"), T0, &mut ()),
+        Err(ReserveError::UnknownSale)
+    );
+    e.reserve(&request(&[("cold", 1)]), T0, &mut ()).expect("a SKU in no sale needs no user");
+    assert_eq!(stock(&e, "hot"), (100, 99, 1, 0));
+}
+
+#[test]
+fn a_sku_is_in_one_sale_at_a_time() {
+    let e = engine(&[("hot", 100), ("tee", 100)]);
+    let (a, b) = (SaleId::new("a").unwrap(), SaleId::new("b").unwrap());
+    e.set_sale(&a, 1, &[sku("hot")], T0, &mut ()).unwrap();
+    assert_eq!(
+        e.set_sale(&b, 1, &[sku("tee"), sku("hot")], T0, &mut ()),
+        Err(QueueError::SkuInOtherSale { index: 1 })
+    );
+    assert_eq!(e.set_sale(&b, 1, &[sku("nope")], T0, &mut ()), Err(QueueError::UnknownSku { index: 0 }));
+    e.set_sale(&a, 1, &[sku("tee")], T0, &mut ()).expect("a lets hot go");
+    e.set_sale(&b, 1, &[sku("hot")], T0, &mut ()).expect("now b may take it");
+    assert_eq!(e.sale_of_sku("hot"), Some(b.clone()));
+    assert_eq!(e.sale_skus("a"), Some(vec![sku("tee")]));
+    let state = e.export(T0);
+    assert_eq!(state.sale_skus, vec![(a, vec![sku("tee")]), (b, vec![sku("hot")])]);
+    let restored = Engine::restore(e.config().clone(), &state).unwrap();
+    assert_eq!(restored.export(T0), state);
+    assert_eq!(restored.sale_of_sku("hot"), Some(SaleId::new("b").unwrap()));
+}
+
+#[test]
 fn released_and_expired_units_give_the_allowance_back() {
     let e = engine(&[("a", 100)]);
-    e.set_sale_limit(&SaleId::new("noon").unwrap(), 2, T0, &mut ()).unwrap();
+    e.set_sale(&SaleId::new("noon").unwrap(), 2, &[sku("a")], T0, &mut ()).unwrap();
     let r = e.reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0, &mut ()).unwrap().id;
     e.release(r, T0 + 1, &mut ()).unwrap();
     let r = e.reserve(&in_sale(&[("a", 2)], "noon", "u1"), T0 + 2, &mut ()).unwrap().id;
@@ -350,9 +414,9 @@ fn reserve_in_an_unknown_sale_fails() {
 fn sale_limit_must_be_in_range() {
     let e = engine(&[]);
     let sale = SaleId::new("noon").unwrap();
-    let out = Err(StockError::Invalid(RequestError::PerUserLimitOutOfRange));
-    assert_eq!(e.set_sale_limit(&sale, 0, T0, &mut ()), out);
-    assert_eq!(e.set_sale_limit(&sale, u32::MAX, T0, &mut ()), out);
+    let out = Err(QueueError::Invalid(RequestError::PerUserLimitOutOfRange));
+    assert_eq!(e.set_sale(&sale, 0, &[], T0, &mut ()), out);
+    assert_eq!(e.set_sale(&sale, u32::MAX, &[], T0, &mut ()), out);
     assert_eq!(e.sale_limit("noon"), None);
 }
 
@@ -423,7 +487,7 @@ fn a_refused_record_changes_nothing() {
     let why = Reason::default();
     assert_eq!(e.adjust_stock(&sku("a"), 3, &why, T0, &mut Refusing), Err(StockError::LogRefused));
     let sale = SaleId::new("s").unwrap();
-    assert_eq!(e.set_sale_limit(&sale, 3, T0, &mut Refusing), Err(StockError::LogRefused));
+    assert_eq!(e.set_sale(&sale, 3, &[sku("a")], T0, &mut Refusing), Err(QueueError::LogRefused));
     assert_eq!(e.expire_due(T0 + TTL, &mut Refusing), vec![]);
     assert_eq!(e.export(T0), before);
     assert!(e.stock("new").is_none());
@@ -438,8 +502,8 @@ fn records_replayed_in_order_reproduce_the_state() {
     let now = T0;
     e.set_stock(&sku("a"), 10, now, &mut log).unwrap();
     e.set_stock(&sku("b"), 5, now, &mut log).unwrap();
-    e.set_sale_limit(&SaleId::new("noon").unwrap(), 4, now, &mut log).unwrap();
     let r1 = e.reserve(&keyed(&[("a", 2), ("b", 1)], "k1"), now, &mut log).unwrap().id;
+    e.set_sale(&SaleId::new("noon").unwrap(), 4, &[sku("a")], now, &mut log).unwrap();
     let r2 = e.reserve(&in_sale(&[("a", 3)], "noon", "u1"), now, &mut log).unwrap().id;
     let r3 = e.reserve(&request(&[("b", 2)]), now, &mut log).unwrap().id;
     e.adjust_stock(&sku("a"), 7, &Reason::new("restock").unwrap(), now + 1, &mut log).unwrap();
@@ -454,7 +518,7 @@ fn records_replayed_in_order_reproduce_the_state() {
     }
     assert_eq!(replayed.export(now + TTL), e.export(now + TTL));
     // And the replayed engine issues fresh ids, not old ones.
-    let next = replayed.reserve(&request(&[("a", 1)]), now + TTL, &mut ()).unwrap().id;
+    let next = replayed.reserve(&request(&[("b", 1)]), now + TTL, &mut ()).unwrap().id;
     assert!(![r1, r2, r3].contains(&next));
 }
 

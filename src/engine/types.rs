@@ -92,6 +92,11 @@ pub enum ReserveError {
         item: usize,
     },
     UnknownSale,
+    /// `items[item]`'s SKU is not in the sale the reserve counts against: the one named, or the one
+    /// covering the reserve's other SKUs (a reserve's SKUs belong to one sale or to none).
+    SaleMismatch {
+        item: usize,
+    },
     InsufficientStock {
         item: usize,
         available: u64,

@@ -93,10 +93,11 @@ pub struct Adjust {
 #[serde(deny_unknown_fields)]
 pub struct SetSale {
     pub per_user_limit: u32,
-    /// The waiting room: present together (`skus`, `opens_at`, `admission_rate` required, the rest
-    /// defaulted), or all absent for a sale without one.
+    /// The SKUs the sale covers (a SKU is in one sale at a time).
     #[serde(default)]
     pub skus: Option<Vec<String>>,
+    /// The waiting room: present together (`skus`, `opens_at`, `admission_rate` required, the rest
+    /// defaulted), or all absent for a sale without one.
     #[serde(default)]
     pub opens_at: Option<String>,
     #[serde(default)]
@@ -110,9 +111,9 @@ pub struct SetSale {
 }
 
 impl SetSale {
+    /// `skus` alone (with the limit) is a sale without a room.
     pub fn has_room(&self) -> bool {
-        self.skus.is_some()
-            || self.opens_at.is_some()
+        self.opens_at.is_some()
             || self.admission_rate.is_some()
             || self.max_active.is_some()
             || self.session_ms.is_some()
@@ -124,6 +125,8 @@ impl SetSale {
 pub struct SaleOut<'a> {
     pub sale: &'a str,
     pub per_user_limit: u32,
+    /// The SKUs the sale covers.
+    pub skus: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_room: Option<RoomOut>,
 }

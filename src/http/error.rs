@@ -94,7 +94,9 @@ pub fn request_error(e: RequestError) -> Problem {
         RequestError::QuantityTooLarge { item, max } => format!("items[{item}].qty must be at most {max}"),
         RequestError::DuplicateSku { item } => format!("items[{item}] repeats a SKU named earlier"),
         RequestError::TtlOutOfRange { min, max } => format!("ttl_ms must be between {min} and {max}"),
-        RequestError::SaleWithoutUser => "sale_id needs user_id".to_owned(),
+        RequestError::SaleWithoutUser => {
+            "user_id is required: the reserve is in a sale, whose per-user limit counts it".to_owned()
+        }
         RequestError::Name(e) => e.to_string(),
         RequestError::StockOutOfRange => "stock or adjustment out of range".to_owned(),
         RequestError::PerUserLimitOutOfRange => "per-user limit out of range".to_owned(),
@@ -131,6 +133,15 @@ pub fn reserve_error(e: &Refused<ReserveError>, skus: &[&str]) -> Problem {
         ReserveError::UnknownSale => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_sale", "no such sale")
         }
+        ReserveError::SaleMismatch { item } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sale_mismatch",
+            format!(
+                "SKU {} (items[{item}]) is not in the sale this reserve counts against: every SKU of a \
+                 reserve belongs to the sale it names (or, naming none, the one sale covering its SKUs) or to none",
+                sku(item)
+            ),
+        ),
         ReserveError::InsufficientStock { item, available } => Problem::new(
             StatusCode::CONFLICT,
             "insufficient_stock",

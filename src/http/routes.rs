@@ -356,9 +356,14 @@ impl Handler<'_> {
     async fn reserve(&self, req: Request<Incoming>) -> Result<Reply, Problem> {
         let key = idempotency_key(&req)?;
         let body: dto::Reserve = self.body(req).await?;
-        let request = reserve_request(&body, key)?;
-        if let Some(sale) = &request.sale {
-            self.check_admission(sale, &body.user_id, body.admission.as_deref())?;
+        let mut request = reserve_request(&body, key)?;
+        // The sale follows from the SKUs: a gated sale's SKU needs its admission, named or not. (A
+        // SKU that is in no sale, or a mismatch, is the engine's to answer.)
+        let skus = request.items.iter().map(|i| &i.sku);
+        if let Ok(Some(sale)) = self.d.engine().sale_for(skus, request.sale.as_ref()) {
+            self.check_admission(&sale, &body.user_id, body.admission.as_deref())?;
+            // Named from here on: should the sale's SKUs change before the engine decides, it refuses.
+            request.sale = Some(sale);
         }
         let result = self.d.reserve(&request, self.now_ms);
         let logged = match result {

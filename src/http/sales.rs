@@ -52,16 +52,20 @@ fn queue_error(e: &crate::durable::Refused<QueueError>) -> Problem {
             "unknown_sku",
             format!("skus[{index}] names no SKU: create the stock first"),
         ),
+        Refused::Engine(QueueError::SkuInOtherSale { index }) => Problem::new(
+            StatusCode::CONFLICT,
+            "sku_in_other_sale",
+            format!("skus[{index}] belongs to another sale: a SKU is in one sale at a time (take it out of that sale first)"),
+        ),
         Refused::Engine(QueueError::Invalid(e)) => error::request_error(*e),
         Refused::Engine(QueueError::LogRefused) => unreachable!("the durable layer reports the log's error"),
     }
 }
 
-/// The room a `PUT /v1/sales` body describes, its fields checked one by one.
-fn room_config(body: &dto::SetSale) -> Result<RoomConfig, Problem> {
-    let skus = body.skus.as_ref().ok_or_else(|| Problem::invalid("a waiting room needs skus"))?;
-    if skus.is_empty() || skus.len() > ROOM_SKUS_MAX {
-        return Err(Problem::invalid(format!("skus: between 1 and {ROOM_SKUS_MAX} SKUs")));
+/// The SKUs a `PUT /v1/sales` body names, checked one by one (at most `ROOM_SKUS_MAX`, none twice).
+fn sale_skus(skus: &[String]) -> Result<Vec<SkuId>, Problem> {
+    if skus.len() > ROOM_SKUS_MAX {
+        return Err(Problem::invalid(format!("skus: at most {ROOM_SKUS_MAX} SKUs")));
     }
     let skus = (skus.iter().enumerate())
         .map(|(n, s)| SkuId::new(s).map_err(|e| Problem::invalid(format!("skus[{n}]: {e}"))))
@@ -69,6 +73,16 @@ fn room_config(body: &dto::SetSale) -> Result<RoomConfig, Problem> {
     if let Some(n) = (0..skus.len()).find(|&n| skus[..n].contains(&skus[n])) {
         return Err(Problem::invalid(format!("skus[{n}] repeats a SKU named earlier")));
     }
+    Ok(skus)
+}
+
+/// The room a `PUT /v1/sales` body describes, its fields checked one by one.
+fn room_config(body: &dto::SetSale) -> Result<RoomConfig, Problem> {
+    let skus = body.skus.as_ref().ok_or_else(|| Problem::invalid("a waiting room needs skus"))?;
+    if skus.is_empty() {
+        return Err(Problem::invalid(format!("skus: between 1 and {ROOM_SKUS_MAX} SKUs")));
+    }
+    let skus = sale_skus(skus)?;
     let opens_at =
         body.opens_at.as_deref().ok_or_else(|| Problem::invalid("a waiting room needs opens_at"))?;
     let opens_at_ms = humantime::parse_rfc3339(opens_at)
@@ -135,7 +149,9 @@ impl Handler<'_> {
         let per_user_limit =
             engine.sale_limit(sale.as_str()).ok_or_else(|| Problem::not_found("no such sale"))?;
         let waiting_room = engine.room_view(sale.as_str()).map(|v| room_out(&v));
-        Ok(dto::SaleOut { sale: sale.as_str(), per_user_limit, waiting_room })
+        let skus =
+            engine.sale_skus(sale.as_str()).unwrap_or_default().iter().map(|s| s.to_string()).collect();
+        Ok(dto::SaleOut { sale: sale.as_str(), per_user_limit, skus, waiting_room })
     }
 
     pub(super) async fn put_sale(&self, sale: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
@@ -146,11 +162,9 @@ impl Handler<'_> {
             let logged = self.d.configure_sale(&sale, body.per_user_limit, &room, self.now_ms);
             self.counted("set_sale", logged.map_err(|e| queue_error(&e)))?.lsn
         } else {
-            if self.d.engine().is_gated(sale.as_str()) {
-                return Err(queue_error(&crate::durable::Refused::Engine(QueueError::RoomRequired)));
-            }
-            let logged = self.d.set_sale_limit(&sale, body.per_user_limit, self.now_ms);
-            self.counted("set_sale", logged.map_err(|e| error::stock_error(&e)))?.lsn
+            let skus = sale_skus(body.skus.as_deref().unwrap_or_default())?;
+            let logged = self.d.set_sale(&sale, body.per_user_limit, &skus, self.now_ms);
+            self.counted("set_sale", logged.map_err(|e| queue_error(&e)))?.lsn
         };
         self.synced(lsn).await?;
         Ok(json(StatusCode::OK, &self.sale_out(&sale)?))

@@ -108,7 +108,7 @@ impl Changes {
             }
             Record::StockSet { .. }
             | Record::StockAdjusted { .. }
-            | Record::SaleLimitSet { .. }
+            | Record::SaleSet { .. }
             | Record::SaleConfigured { .. }
             | Record::QueueJoined { .. }
             | Record::QueueOpened { .. }
@@ -269,8 +269,7 @@ async fn apply_stock(tx: &Transaction<'_>, lsn: Lsn, record: &Record) -> anyhow:
                 .await?;
             }
         }
-        Record::SaleLimitSet { sale, per_user_max, .. }
-        | Record::SaleConfigured { sale, per_user_max, .. } => {
+        Record::SaleSet { sale, per_user_max, .. } | Record::SaleConfigured { sale, per_user_max, .. } => {
             tx.execute(
                 "INSERT INTO holdfast_sales (sale, per_user_limit, updated_lsn) VALUES ($1, $2, $3)
                  ON CONFLICT (sale) DO UPDATE SET per_user_limit = EXCLUDED.per_user_limit, updated_lsn = EXCLUDED.updated_lsn",
@@ -301,7 +300,7 @@ pub async fn apply_batch(client: &mut Client, applied: Lsn, batch: &[(Lsn, Recor
         match record {
             Record::StockSet { .. }
             | Record::StockAdjusted { .. }
-            | Record::SaleLimitSet { .. }
+            | Record::SaleSet { .. }
             | Record::SaleConfigured { .. } => {
                 std::mem::take(&mut changes).apply(&tx, generation).await?;
                 apply_stock(&tx, *lsn, record).await?;

@@ -76,8 +76,15 @@ fn nothing_after_the_end(storage: &MemStorage) -> Result<(), String> {
 /// Runs one random mutation; returns its LSN if it produced a result that must be acknowledged.
 fn step(d: &Durable, rng: &mut Rng, now: u64, ids: &mut Vec<ReservationId>) -> Option<Lsn> {
     let sku = |rng: &mut Rng| name(SkuId::new, "s", rng.below(6));
-    match rng.below(10) {
+    match rng.below(11) {
         0 => d.set_stock(&sku(rng), rng.below(20), now).ok().map(|l| l.lsn),
+        10 => {
+            // The sale's SKUs change now and then (an unknown SKU is refused, as in production).
+            let mut skus: Vec<SkuId> = (0..rng.below(3)).map(|_| sku(rng)).collect();
+            skus.sort();
+            skus.dedup();
+            d.set_sale(&name(SaleId::new, "sale", 0), 4, &skus, now).ok().map(|l| l.lsn)
+        }
         1 => d.adjust_stock(&sku(rng), rng.below(7) as i64 - 3, &Reason::default(), now).ok().map(|l| l.lsn),
         2..=5 => {
             let mut items: Vec<Item> = Vec::new();
@@ -118,7 +125,7 @@ fn simulate(seed: u64) -> Result<(), String> {
     let mut storage = MemStorage::new();
     let (mut durable, _) =
         Durable::open(Arc::new(storage.clone()), config(shards), options()).map_err(|e| e.to_string())?;
-    durable.set_sale_limit(&name(SaleId::new, "sale", 0), 4, 0).map_err(|e| e.to_string())?;
+    durable.set_sale(&name(SaleId::new, "sale", 0), 4, &[], 0).map_err(|e| e.to_string())?;
     let mut now = 1_000_000u64;
     let mut ids = Vec::new();
     // Every record ever logged, by LSN: the reference, kept across cycles because snapshots let the

@@ -33,9 +33,10 @@ enum Op {
         sku: usize,
         delta: i64,
     },
-    SetSaleLimit {
+    SetSale {
         sale: usize,
         limit: u32,
+        skus: Vec<usize>,
     },
     Reserve {
         items: Vec<(usize, u32)>,
@@ -69,7 +70,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..SKUS.len(), 0u64..12).prop_map(|(sku, on_hand)| Op::SetStock { sku, on_hand }),
         1 => (0..SKUS.len(), -6i64..=6).prop_map(|(sku, delta)| Op::Adjust { sku, delta }),
-        1 => (0..SALES.len(), 1u32..5).prop_map(|(sale, limit)| Op::SetSaleLimit { sale, limit }),
+        1 => (0..SALES.len(), 1u32..5, prop::collection::vec(0..SKUS.len(), 0..3))
+            .prop_map(|(sale, limit, skus)| Op::SetSale { sale, limit, skus }),
         8 => (
             prop::collection::vec((0..SKUS.len(), 0u32..4), 0..4),
             ttl(),
@@ -109,6 +111,8 @@ struct MRes {
 struct Model {
     skus: BTreeMap<String, MStock>,
     sales: BTreeMap<String, u32>,
+    /// SKU → the sale covering it (a SKU is in one sale at a time).
+    sku_sale: BTreeMap<String, String>,
     res: BTreeMap<ReservationId, MRes>,
     /// key → (request without key, reservation, expires, created)
     keys: BTreeMap<String, (ReserveRequest, ReservationId, u64, u64)>,
@@ -116,6 +120,40 @@ struct Model {
 }
 
 impl Model {
+    /// The sale a reserve counts against: the named one, which must cover every SKU, or the one
+    /// covering them all; SKUs of a reserve are in one sale or in none.
+    fn sale_of(&self, req: &ReserveRequest) -> Result<Option<String>, ReserveError> {
+        if let Some(named) = &req.sale {
+            if !self.sales.contains_key(named.as_str()) {
+                return Err(ReserveError::UnknownSale);
+            }
+        }
+        let covering = |i: usize| self.sku_sale.get(req.items[i].sku.as_str()).cloned();
+        let expected = match &req.sale {
+            Some(named) => Some(named.to_string()),
+            None => covering(0),
+        };
+        match (0..req.items.len()).find(|&i| covering(i) != expected) {
+            Some(item) => Err(ReserveError::SaleMismatch { item }),
+            None => Ok(expected),
+        }
+    }
+
+    fn set_sale(&mut self, sale: &str, limit: u32, skus: &[String]) -> Result<(), QueueError> {
+        if let Some(index) = skus.iter().position(|s| !self.skus.contains_key(s)) {
+            return Err(QueueError::UnknownSku { index });
+        }
+        if let Some(index) = skus.iter().position(|s| self.sku_sale.get(s).is_some_and(|o| o != sale)) {
+            return Err(QueueError::SkuInOtherSale { index });
+        }
+        self.sku_sale.retain(|_, owner| owner != sale);
+        for s in skus {
+            self.sku_sale.insert(s.clone(), sale.to_string());
+        }
+        self.sales.insert(sale.to_string(), limit);
+        Ok(())
+    }
+
     fn end(&mut self, id: ReservationId, to: ReservationState, now: u64) {
         let r = self.res.get_mut(&id).expect("known");
         assert_eq!(r.state, ReservationState::Active);
@@ -202,9 +240,10 @@ impl Model {
                 return Err(ReserveError::InsufficientStock { item: i, available });
             }
         }
-        if let Some(sale) = &req.sale {
-            let limit = *self.sales.get(sale.as_str()).ok_or(ReserveError::UnknownSale)?;
-            let user = req.user.as_ref().expect("validated").to_string();
+        if let Some(sale) = self.sale_of(req)? {
+            let limit = self.sales[&sale];
+            let user =
+                req.user.as_ref().ok_or(ReserveError::Invalid(RequestError::SaleWithoutUser))?.to_string();
             let held = self.counters.get(&(sale.to_string(), user)).copied().unwrap_or(0);
             let units: u64 = req.items.iter().map(|i| u64::from(i.qty)).sum();
             if held + units > u64::from(limit) {
@@ -220,7 +259,8 @@ impl Model {
             s.available -= u64::from(item.qty);
             s.reserved += u64::from(item.qty);
         }
-        let holder = req.sale.as_ref().map(|s| (s.to_string(), req.user.as_ref().expect("user").to_string()));
+        let sale = self.sale_of(req).expect("decided");
+        let holder = sale.map(|s| (s, req.user.as_ref().expect("user").to_string()));
         if let Some(h) = &holder {
             *self.counters.entry(h.clone()).or_default() +=
                 req.items.iter().map(|i| u64::from(i.qty)).sum::<u64>();
@@ -334,10 +374,14 @@ fn run(ops: &[Op], shards: usize) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Op::SetSaleLimit { sale, limit } => {
+            Op::SetSale { sale, limit, skus } => {
                 let s = name_of(&SALES, *sale, SaleId::new);
-                prop_assert!(engine.set_sale_limit(&s, *limit, now, &mut log).is_ok());
-                model.sales.insert(SALES[*sale].to_string(), *limit);
+                let mut names: Vec<String> = skus.iter().map(|&i| SKUS[i].to_string()).collect();
+                names.sort();
+                names.dedup();
+                let ids: Vec<SkuId> = names.iter().map(|n| SkuId::new(n).expect("valid")).collect();
+                let got = engine.set_sale(&s, *limit, &ids, now, &mut log);
+                prop_assert_eq!(got, model.set_sale(SALES[*sale], *limit, &names));
             }
             Op::Reserve { items, ttl_ms, user, sale, key } => {
                 let req = ReserveRequest {

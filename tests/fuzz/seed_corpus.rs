@@ -12,7 +12,7 @@ fn main() {
     let engine = Engine::new(EngineConfig { shards: 2, ..EngineConfig::default() }).expect("engine");
     let mut records: Vec<Record> = Vec::new();
     engine.set_stock(&sku, 10, 1_000, &mut records).expect("stock");
-    engine.set_sale_limit(&sale, 3, 1_001, &mut records).expect("sale");
+    engine.set_sale(&sale, 3, std::slice::from_ref(&sku), 1_001, &mut records).expect("sale");
     engine
         .adjust_stock(&sku, 5, &Reason::new("restock").expect("reason"), 1_002, &mut records)
         .expect("adjust");
@@ -26,7 +26,13 @@ fn main() {
     let r = engine.reserve(&req, 1_003, &mut records).expect("reserve");
     engine.extend(r.id, 120_000, 1_004, &mut records).expect("extend");
     engine.commit(r.id, 1_005, &mut records).expect("commit");
-    let other = ReserveRequest { idempotency_key: None, sale: None, user: None, ..req };
+    // Not naming the sale: it still counts against it, as its SKU's sale.
+    let other = ReserveRequest {
+        idempotency_key: None,
+        sale: None,
+        user: Some(UserId::new("bob").expect("user")),
+        ..req
+    };
     let r2 = engine.reserve(&other, 1_006, &mut records).expect("reserve");
     engine.release(r2.id, 1_007, &mut records).expect("release");
     let log = dir.join("log_record");

@@ -122,12 +122,16 @@ fn sales_apply_a_per_user_limit() {
     };
     let r = s.post("/v1/reservations", &body(1, "ann", "noon"));
     assert_eq!((r.status, r.code().as_str()), (422, "unknown_sale"));
-    let r = s.put("/v1/sales/noon", r#"{"per_user_limit": 2}"#);
+    let r = s.put("/v1/sales/noon", r#"{"per_user_limit": 2, "skus": ["tee"]}"#);
     assert_eq!((r.status, r.json()["per_user_limit"].as_u64()), (200, Some(2)));
+    assert_eq!(r.json()["skus"], serde_json::json!(["tee"]));
     assert_eq!(s.post("/v1/reservations", &body(2, "ann", "noon")).status, 201);
     let r = s.post("/v1/reservations", &body(1, "ann", "noon"));
     assert_eq!((r.status, r.code().as_str()), (429, "limit_exceeded"));
     assert_eq!(s.post("/v1/reservations", &body(2, "bob", "noon")).status, 201);
+    // Leaving sale_id out does not leave the sale: tee is its SKU.
+    let unnamed = r#"{"items":[{"sku":"tee","qty":1}],"ttl_ms":60000,"user_id":"bob"}"#;
+    assert_eq!(s.post("/v1/reservations", unnamed).code(), "limit_exceeded");
     assert_eq!(s.put("/v1/sales/noon", r#"{"per_user_limit": 0}"#).code(), "invalid_request");
     assert_eq!(s.counts("tee"), (96, 4, 0));
 }

@@ -32,7 +32,7 @@ fn put_sale(what: &'static str, body: String, status: u16, code: &'static str) -
 fn room(field: &str) -> String {
     let mut fields = vec![
         r#""per_user_limit":1"#.to_owned(),
-        r#""skus":["tee"]"#.to_owned(),
+        r#""skus":["cap"]"#.to_owned(),
         r#""opens_at":"2027-01-15T09:00:00Z""#.to_owned(),
         r#""admission_rate":5"#.to_owned(),
     ];
@@ -138,8 +138,14 @@ fn cases(id: &str) -> Vec<Case> {
         Case { what: "poll with garbage", bytes: request("GET", "/v1/sales/gate/queue/garbage", &[], None), status: 403, code: "invalid_ticket" },
         Case { what: "read an unknown sale", bytes: request("GET", "/v1/sales/nope", &[], None), status: 404, code: "not_found" },
         Case { what: "DELETE a queue", bytes: request("DELETE", "/v1/sales/gate/queue", &[], None), status: 405, code: "method_not_allowed" },
-        post("reserve in a gated sale without admission", r, &format!(r#"{{"items":[{{"sku":"tee","qty":1}}],{TTL},"sale_id":"gate"}}"#), 403, "not_admitted"),
-        post("reserve with a forged admission", r, &format!(r#"{{"items":[{{"sku":"tee","qty":1}}],{TTL},"sale_id":"gate","admission":"AAAA"}}"#), 403, "not_admitted"),
+        post("reserve in a gated sale without admission", r, &format!(r#"{{"items":[{{"sku":"cap","qty":1}}],{TTL},"sale_id":"gate"}}"#), 403, "not_admitted"),
+        post("reserve with a forged admission", r, &format!(r#"{{"items":[{{"sku":"cap","qty":1}}],{TTL},"sale_id":"gate","admission":"AAAA"}}"#), 403, "not_admitted"),
+        // A sale's SKUs count against it whether or not the reserve names it.
+        post("reserve a gated SKU without naming its sale", r, &reserve(r#"[{"sku":"cap","qty":1}]"#), 403, "not_admitted"),
+        post("reserve a gated SKU naming another sale", r, &format!(r#"{{"items":[{{"sku":"cap","qty":1}}],{TTL},"sale_id":"noon"}}"#), 422, "sale_mismatch"),
+        post("reserve naming a sale that covers none of its SKUs", r, &format!(r#"{{"items":[{{"sku":"tee","qty":1}}],{TTL},"sale_id":"noon"}}"#), 422, "sale_mismatch"),
+        Case { what: "a sale taking another sale's SKU", bytes: request("PUT", "/v1/sales/noon", &[], Some(r#"{"per_user_limit":2,"skus":["cap"]}"#)), status: 409, code: "sku_in_other_sale" },
+        Case { what: "a sale naming an unknown SKU", bytes: request("PUT", "/v1/sales/noon", &[], Some(r#"{"per_user_limit":2,"skus":["nope"]}"#)), status: 422, code: "unknown_sku" },
         // Reservation ids and bodies of the reservation routes.
         post("malformed id", "/v1/reservations/abc/commit", "", bad, invalid),
         post("id with upper-case hex", "/v1/reservations/rsv_00000000000000AB/commit", "", bad, invalid),
@@ -187,6 +193,7 @@ fn bad_requests_get_a_clear_problem_and_change_nothing() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
     let s = TestServer::start(options(dir.path()));
     s.stock("tee", 10);
+    s.stock("cap", 10);
     assert_eq!(s.put("/v1/sales/noon", r#"{"per_user_limit": 2}"#).status, 200);
     assert_eq!(s.put("/v1/sales/gate", &room(r#""max_active":10"#)).status, 200);
     let held = s.post("/v1/reservations", &super::harness::reserve_body("tee", 1, "u0"));
@@ -214,6 +221,7 @@ fn bad_requests_get_a_clear_problem_and_change_nothing() {
     }
     assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
     assert_eq!((s.counts("tee"), s.get(&format!("/v1/reservations/{id}")).text()), before, "state unchanged");
+    assert_eq!(s.counts("cap"), (10, 0, 0), "nothing of the gated SKU was reserved");
     assert_eq!(s.metric("holdfast_wal_appended_lsn"), lsn, "nothing was logged");
 }
 

@@ -106,8 +106,9 @@ fn forged_foreign_and_expired_tickets_and_admissions_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = TestServer::start(options(dir.path()));
     sale(&s, 100, "fifo", 100, 2_000);
+    s.stock("cap", 10);
     let other =
-        r#"{"per_user_limit":1,"skus":["tee"],"opens_at":"2027-01-15T08:01:00Z","admission_rate":10}"#;
+        r#"{"per_user_limit":1,"skus":["cap"],"opens_at":"2027-01-15T08:01:00Z","admission_rate":10}"#;
     assert_eq!(s.put("/v1/sales/dusk", other).status, 200);
     let ada = ticket(&join(&s, "ada"));
     let mut forged = ada.clone().into_bytes();
