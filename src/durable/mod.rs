@@ -397,15 +397,21 @@ impl Durable {
         }
         holdfast_wal::read_range(storage, from + 1, to, &mut replay_into(&engine))?;
         let written = snapshot::write_snapshot(storage, to, &codec::encode_state(&engine.export(now_ms)))?;
-        let all = snapshot::list_snapshots(storage)?;
-        for old in all.iter().skip(SNAPSHOTS_KEPT) {
-            snapshot::remove_snapshot(storage, old)?;
-        }
-        if remove_covered_segments {
-            if let Some(oldest_kept) = all.get(SNAPSHOTS_KEPT.min(all.len()).saturating_sub(1)) {
-                let floor = self.retention_floor.load(std::sync::atomic::Ordering::Relaxed);
-                self.wal.remove_segments_through(oldest_kept.lsn.min(floor.saturating_sub(1)))?;
+        // Only snapshots that read back intact count as kept: a damaged one is no fallback (one newer
+        // than the kept ones stays for inspection). Segments go only once `SNAPSHOTS_KEPT` intact
+        // snapshots cover them, so that the newest can turn out damaged and the one before serve.
+        let mut intact = Vec::new();
+        for file in snapshot::list_snapshots(storage)? {
+            if intact.len() >= SNAPSHOTS_KEPT {
+                snapshot::remove_snapshot(storage, &file)?;
+            } else if snapshot::read_snapshot(storage, &file).is_ok() {
+                intact.push(file);
             }
+        }
+        if remove_covered_segments && intact.len() >= SNAPSHOTS_KEPT {
+            let oldest_kept = &intact[SNAPSHOTS_KEPT - 1];
+            let floor = self.retention_floor.load(std::sync::atomic::Ordering::Relaxed);
+            self.wal.remove_segments_through(oldest_kept.lsn.min(floor.saturating_sub(1)))?;
         }
         Ok(written)
     }

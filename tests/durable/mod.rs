@@ -329,6 +329,28 @@ fn snapshots_bound_recovery_and_the_segments_they_cover_are_removed() {
 }
 
 #[test]
+fn the_log_stays_until_two_intact_snapshots_cover_it() {
+    let storage = MemStorage::new();
+    let (d, _) = Durable::open(Arc::new(storage.clone()), config(2), options()).expect("open");
+    busy(&d, 0, 12_000); // several segments of the smallest size
+    let segments = || storage.list().expect("list").iter().filter(|n| n.ends_with(".wal")).count();
+    let before = segments();
+    let first = d.snapshot(9_000, true).expect("snapshot");
+    assert_eq!(segments(), before, "one snapshot is no fallback: the log stays");
+    storage.corrupt(&first.name, 200, &[0xab]);
+    busy(&d, 12_000, 100);
+    let second = d.snapshot(9_000, true).expect("snapshot");
+    assert_eq!(segments(), before, "a damaged snapshot does not count as the second");
+    busy(&d, 12_100, 10);
+    let expected = d.engine().export(9_000);
+    d.close().expect("close");
+    storage.corrupt(&second.name, 200, &[0xab]);
+    let (d, opened) = Durable::open(Arc::new(storage), config(2), options()).expect("the whole log replays");
+    assert_eq!((opened.snapshot, opened.skipped_snapshots.len()), (None, 2));
+    assert_eq!(d.engine().export(9_000), expected);
+}
+
+#[test]
 fn snapshots_are_taken_when_the_policy_says() {
     use holdfast::durable::SnapshotPolicy;
     let storage = MemStorage::new();
