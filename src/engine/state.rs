@@ -118,7 +118,12 @@ impl Engine {
                 None => {}
             }
         }
-        for k in &state.keys {
+        // Oldest first: each key shard forgets keys in the order they were queued, so they must be
+        // queued by age, not in the state's key order (an old key behind a new one would stay, and
+        // keep a full table refusing keys, until the new one aged out too).
+        let mut keys: Vec<&RememberedKey> = state.keys.iter().collect();
+        keys.sort_by_key(|k| k.created_at_ms);
+        for k in keys {
             let remembered = Remembered {
                 fingerprint: k.fingerprint,
                 id: k.id,

@@ -314,6 +314,27 @@ fn idempotency_keys_expire_after_the_window_and_the_table_is_bounded() {
 }
 
 #[test]
+fn a_restored_key_table_forgets_keys_oldest_first() {
+    let config = EngineConfig {
+        shards: 1,
+        idempotency_keys_max: 128,
+        idempotency_window_ms: 1_000,
+        ..EngineConfig::default()
+    };
+    let e = engine_with(config.clone(), &[("a", 100)]);
+    // Three keys of one key shard (two fit in it), the newer of the first two sorting first.
+    let names: Vec<String> = (0..1_000).map(|i| format!("k{i:03}")).collect();
+    let shard_of = |n: &str| e.keys.shard(&IdempotencyKey::new(n).unwrap()) as *const _;
+    let same: Vec<&String> = names.iter().filter(|n| shard_of(n) == shard_of(&names[0])).take(3).collect();
+    let (newer, older, third) = (same[0], same[1], same[2]);
+    e.reserve(&keyed(&[("a", 1)], older), T0, &mut ()).unwrap();
+    e.reserve(&keyed(&[("a", 1)], newer), T0 + 500, &mut ()).unwrap();
+    let restored = Engine::restore(config, &e.export(T0 + 500)).unwrap();
+    // Past the older key's window only: it makes room for the third.
+    restored.reserve(&keyed(&[("a", 1)], third), T0 + 1_200, &mut ()).expect("the aged-out key made room");
+}
+
+#[test]
 fn per_user_limit_counts_held_and_bought_units() {
     let e = engine(&[("a", 100), ("b", 100)]);
     let sale = SaleId::new("noon").unwrap();
