@@ -1,6 +1,7 @@
 //! A bounded pool of HTTP/1.1 keep-alive connections that every simulated shopper shares: a request
 //! waits for a free connection (which is latency the shopper sees, and is counted), so a hundred
-//! thousand shoppers need only as many sockets as `connections`.
+//! thousand shoppers need only as many sockets as `connections`. Every request has a time limit: a
+//! server that stops answering costs each request that limit and its connection, never the drill.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,22 +21,25 @@ struct Job {
     method: hyper::Method,
     path: String,
     body: Option<Bytes>,
+    idempotency_key: Option<String>,
     reply: oneshot::Sender<Result<Reply, String>>,
 }
 
 #[derive(Clone)]
 pub struct Client {
     jobs: async_channel::Sender<Job>,
+    timeout: Duration,
 }
 
 impl Client {
-    /// Starts `connections` workers against `addr`.
-    pub fn new(addr: SocketAddr, connections: usize) -> Client {
+    /// Starts `connections` workers against `addr`; each request gets `timeout` from when it is
+    /// handed to the client (waiting for a connection included) to its whole reply.
+    pub fn new(addr: SocketAddr, connections: usize, timeout: Duration) -> Client {
         let (jobs, queue) = async_channel::unbounded::<Job>();
         for _ in 0..connections {
-            tokio::spawn(worker(addr, queue.clone()));
+            tokio::spawn(worker(addr, queue.clone(), timeout));
         }
-        Client { jobs }
+        Client { jobs, timeout }
     }
 
     pub async fn call(
@@ -44,10 +48,27 @@ impl Client {
         path: String,
         body: Option<String>,
     ) -> Result<Reply, String> {
+        self.call_keyed(method, path, body, None).await
+    }
+
+    /// A call with an `Idempotency-Key` header.
+    pub async fn call_keyed(
+        &self,
+        method: hyper::Method,
+        path: String,
+        body: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<Reply, String> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { method, path, body: body.map(Bytes::from), reply };
-        self.jobs.send(job).await.map_err(|_| "the client stopped".to_owned())?;
-        answer.await.map_err(|_| "the connection worker stopped".to_owned())?
+        let job = Job { method, path, body: body.map(Bytes::from), idempotency_key, reply };
+        let call = async {
+            self.jobs.send(job).await.map_err(|_| "the client stopped".to_owned())?;
+            answer.await.map_err(|_| "the connection worker stopped".to_owned())?
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no reply within {:?}", self.timeout)),
+        }
     }
 
     pub async fn get(&self, path: String) -> Result<Reply, String> {
@@ -74,7 +95,7 @@ async fn connect(addr: SocketAddr) -> Result<Sender, String> {
 
 /// One connection: takes the next job, sends it, answers; reconnects (with a short backoff) when the
 /// connection breaks, failing only the job that was on it.
-async fn worker(addr: SocketAddr, queue: async_channel::Receiver<Job>) {
+async fn worker(addr: SocketAddr, queue: async_channel::Receiver<Job>, timeout: Duration) {
     let mut sender: Option<Sender> = None;
     while let Ok(job) = queue.recv().await {
         let mut attempts = 0;
@@ -87,7 +108,8 @@ async fn worker(addr: SocketAddr, queue: async_channel::Receiver<Job>) {
                 break Ok(sender.as_mut().expect("checked above"));
             }
             attempts += 1;
-            match connect(addr).await {
+            let connected = tokio::time::timeout(timeout, connect(addr)).await;
+            match connected.unwrap_or_else(|_| Err(format!("connect {addr}: no answer within {timeout:?}"))) {
                 Ok(s) => sender = Some(s),
                 Err(e) if attempts >= 3 => break Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50 * attempts)).await,
@@ -95,7 +117,9 @@ async fn worker(addr: SocketAddr, queue: async_channel::Receiver<Job>) {
         };
         let result = match conn {
             Err(e) => Err(e),
-            Ok(conn) => send(conn, &job).await,
+            Ok(conn) => tokio::time::timeout(timeout, send(conn, &job))
+                .await
+                .unwrap_or_else(|_| Err(format!("no reply within {timeout:?}"))),
         };
         if result.is_err() {
             sender = None;
@@ -108,6 +132,9 @@ async fn send(conn: &mut Sender, job: &Job) -> Result<Reply, String> {
     let mut request = Request::builder().method(job.method.clone()).uri(&job.path).header("host", "holdfast");
     if job.body.is_some() {
         request = request.header("content-type", "application/json");
+    }
+    if let Some(key) = &job.idempotency_key {
+        request = request.header("idempotency-key", key);
     }
     let request =
         request.body(Full::new(job.body.clone().unwrap_or_default())).map_err(|e| format!("request: {e}"))?;

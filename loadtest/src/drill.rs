@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::time::sleep_until;
 
 pub const ROUTES: [&str; 5] = ["join", "poll", "reserve", "commit", "release"];
 
@@ -35,6 +34,39 @@ pub enum Outcome {
     Deadline,
 }
 
+/// What the server last told a shopper about one of its reservations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Told {
+    /// 201, and nothing after it: left to expire (or not yet ended when the drill stopped).
+    Held,
+    Committed,
+    Released,
+    /// The commit came too late: 410.
+    Expired,
+    /// A commit or release got no reply: either outcome is possible.
+    Unknown,
+}
+
+/// A reservation the server acknowledged to a shopper, and what it said of it since.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub id: String,
+    pub told: Told,
+    /// Server time (Unix ms) the hold runs out.
+    pub expires_at_ms: u64,
+}
+
+/// The drill's own clock readings of a shopper's waiting (µs from the drill's start): when the
+/// join was sent and its reply came, when the last poll that said "waiting" was sent, and when the
+/// reply that said "admitted" came. They bound what the server did between them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clocks {
+    pub join_sent_us: u64,
+    pub join_answered_us: u64,
+    pub last_waiting_sent_us: Option<u64>,
+    pub admitted_answered_us: Option<u64>,
+}
+
 /// What one shopper saw, kept for the verification and the fairness figures.
 #[derive(Debug, Clone, Default)]
 pub struct Shopper {
@@ -42,9 +74,14 @@ pub struct Shopper {
     /// Server times (Unix ms): when the queue took them, when they were admitted.
     pub joined_at_ms: Option<u64>,
     pub admitted_at_ms: Option<u64>,
+    pub clocks: Clocks,
+    /// Every reservation the server acknowledged, with what it said of it since.
+    pub holds: Vec<Hold>,
     /// Units in reservations the server acknowledged (201), and of those, committed (200).
     pub reserved_units: u64,
     pub bought_units: u64,
+    /// A greedy shopper's attempt past the limit, refused as it must be (`Some(true)`) or not.
+    pub limit_refused: Option<bool>,
     pub errors: Vec<String>,
 }
 
@@ -126,6 +163,7 @@ impl Stats {
 pub struct Drill {
     pub scenario: Scenario,
     client: Client,
+    pacer: crate::pacer::Pacer,
     pub stats: Stats,
     pub start: Instant,
     pub opening: Instant,
@@ -143,6 +181,12 @@ fn rfc3339(ms: u64) -> String {
 
 fn json(reply: &Reply) -> Value {
     serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
+}
+
+/// The hold a 201 to a reserve describes.
+fn hold_of(v: &Value) -> Hold {
+    let id = v["id"].as_str().unwrap_or_default().to_owned();
+    Hold { id, told: Told::Held, expires_at_ms: parse_time(&v["expires_at"]).unwrap_or(0) }
 }
 
 fn parse_time(v: &Value) -> Option<u64> {
@@ -185,7 +229,17 @@ impl Drill {
         let start = Instant::now();
         let opening = start + Duration::from_millis(opens_at_ms.saturating_sub(unix_ms()));
         let deadline = start + scenario.deadline();
-        Ok(Arc::new(Drill { scenario, client, stats: Stats::new(), start, opening, opens_at_ms, deadline }))
+        let pacer = crate::pacer::Pacer::new();
+        Ok(Arc::new(Drill {
+            scenario,
+            client,
+            pacer,
+            stats: Stats::new(),
+            start,
+            opening,
+            opens_at_ms,
+            deadline,
+        }))
     }
 
     fn at(&self, seconds_from_opening: f64) -> Instant {
@@ -207,12 +261,23 @@ impl Drill {
         path: String,
         body: Option<String>,
     ) -> Option<Reply> {
-        sleep_until(intended.into()).await;
+        self.request_keyed(route, intended, path, body, None).await
+    }
+
+    async fn request_keyed(
+        &self,
+        route: usize,
+        intended: Instant,
+        path: String,
+        body: Option<String>,
+        key: Option<String>,
+    ) -> Option<Reply> {
+        self.pacer.until(intended).await;
         let method = match (route, &body) {
             (_, None) => hyper::Method::GET,
             _ => hyper::Method::POST,
         };
-        match self.client.call(method, path, body).await {
+        match self.client.call_keyed(method, path, body, key).await {
             Ok(reply) => {
                 self.stats.record(route, intended, self.start, Some(reply.status));
                 Some(reply)
@@ -224,13 +289,18 @@ impl Drill {
         }
     }
 
-    /// One shopper's visit.
+    /// One shopper's visit, cut off at the drill's deadline (what it saw until then is kept).
     pub async fn shopper(self: Arc<Self>, i: u64) -> Shopper {
         let mut me = Shopper::default();
-        let outcome = self.visit(i, &mut me).await;
-        me.outcome = Some(outcome);
+        let visit = tokio::time::timeout_at(self.deadline.into(), self.visit(i, &mut me)).await;
+        me.outcome = Some(visit.unwrap_or(Outcome::Deadline));
         self.stats.done.fetch_add(1, Relaxed);
         me
+    }
+
+    /// Microseconds since the drill's start.
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
     }
 
     async fn visit(&self, i: u64, me: &mut Shopper) -> Outcome {
@@ -244,7 +314,9 @@ impl Drill {
             format!("/v1/sales/{sale}/queue"),
             Some(format!(r#"{{"user_id":"{user}"}}"#)),
         );
+        me.clocks.join_sent_us = arrive.saturating_duration_since(self.start).as_micros() as u64;
         let Some(reply) = joined.await else { return Outcome::Error };
+        me.clocks.join_answered_us = self.now_us();
         self.stats.arrived.fetch_add(1, Relaxed);
         let mut state = json(&reply);
         if reply.status != 201 && reply.status != 200 {
@@ -254,12 +326,16 @@ impl Drill {
         me.joined_at_ms = parse_time(&state["joined_at"]);
         let ticket = state["ticket"].as_str().unwrap_or_default().to_owned();
         self.stats.waiting.fetch_add(1, Relaxed);
+        let mut sent_us = me.clocks.join_sent_us;
         let waited = loop {
             match state["status"].as_str() {
-                Some("admitted") => break None,
+                Some("admitted") => {
+                    me.clocks.admitted_answered_us = Some(self.now_us());
+                    break None;
+                }
                 Some("sold_out") => break Some(Outcome::SoldOut),
                 Some("session_over") => break Some(Outcome::SessionOver),
-                Some("waiting") => {}
+                Some("waiting") => me.clocks.last_waiting_sent_us = Some(sent_us),
                 _ => {
                     me.errors.push(format!("poll: {state}"));
                     break Some(Outcome::Error);
@@ -270,6 +346,7 @@ impl Drill {
             if next > self.deadline {
                 break Some(Outcome::Deadline);
             }
+            sent_us = next.saturating_duration_since(self.start).as_micros() as u64;
             let Some(reply) = self.request(1, next, format!("/v1/sales/{sale}/queue/{ticket}"), None).await
             else {
                 break Some(Outcome::Error);
@@ -294,20 +371,23 @@ impl Drill {
     async fn shop(&self, i: u64, user: &str, admission: &str, me: &mut Shopper) -> Outcome {
         let s = &self.scenario;
         let think = Duration::from_millis(s.think_ms);
-        let body = format!(
-            r#"{{"items":[{{"sku":"{}","qty":{}}}],"ttl_ms":{},"user_id":"{user}","sale_id":"{}","admission":"{admission}"}}"#,
-            s.sku, s.qty, s.hold_ttl_ms, s.sale
-        );
+        let reserve_body = |qty: u32| {
+            format!(
+                r#"{{"items":[{{"sku":"{}","qty":{qty}}}],"ttl_ms":{},"user_id":"{user}","sale_id":"{}","admission":"{admission}"}}"#,
+                s.sku, s.hold_ttl_ms, s.sale
+            )
+        };
+        // One key for the shopper's reserve, kept across its retries: a checkout service's way.
+        let key = format!("drill-{i}");
         let mut intended = Instant::now() + think;
         let mut attempt = 0;
-        let id = loop {
-            let Some(reply) = self.request(2, intended, "/v1/reservations".into(), Some(body.clone())).await
-            else {
-                return Outcome::Error;
-            };
+        let hold = loop {
+            let path = "/v1/reservations".to_owned();
+            let reply = self.request_keyed(2, intended, path, Some(reserve_body(s.qty)), Some(key.clone()));
+            let Some(reply) = reply.await else { return Outcome::Error };
             let v = json(&reply);
             match (reply.status, v["code"].as_str()) {
-                (201, _) => break v["id"].as_str().unwrap_or_default().to_owned(),
+                (201, _) => break hold_of(&v),
                 (409, Some("insufficient_stock")) if attempt < s.retries => {
                     attempt += 1;
                     intended = Instant::now() + Duration::from_millis(s.retry_ms);
@@ -320,7 +400,60 @@ impl Drill {
                 }
             }
         };
+        let id = hold.id.clone();
         me.reserved_units += u64::from(s.qty);
+        me.holds.push(hold);
+        if s.draw(i, 2) < s.key_retry {
+            if let Err(e) = self.retry_with_key(&key, &reserve_body(s.qty), &id).await {
+                me.errors.push(e);
+                return Outcome::Error;
+            }
+        }
+        if s.draw(i, 3) < s.greedy {
+            self.try_past_the_limit(i, &reserve_body, me).await;
+        }
+        self.end_hold(i, &id, me).await
+    }
+
+    /// Sends the same reserve with the same key again: the answer must name the same reservation.
+    async fn retry_with_key(&self, key: &str, body: &str, id: &str) -> Result<(), String> {
+        let path = "/v1/reservations".to_owned();
+        let reply = self.request_keyed(2, Instant::now(), path, Some(body.to_owned()), Some(key.to_owned()));
+        let reply = reply.await.ok_or("reserve retried with its key: no reply")?;
+        let v = json(&reply);
+        match reply.status {
+            200 | 201 if v["id"].as_str() == Some(id) => Ok(()),
+            status => Err(format!("reserve retried with its key: {status} {v}, expected {id} again")),
+        }
+    }
+
+    /// A second session of the same user asks for more than the limit leaves: it must be refused.
+    async fn try_past_the_limit(&self, i: u64, body: &(dyn Fn(u32) -> String + Sync), me: &mut Shopper) {
+        let s = &self.scenario;
+        let qty = (u64::from(s.per_user_limit) + 1).saturating_sub(me.reserved_units).max(1) as u32;
+        let path = "/v1/reservations".to_owned();
+        let key = Some(format!("drill-{i}-again"));
+        let Some(reply) = self.request_keyed(2, Instant::now(), path, Some(body(qty)), key).await else {
+            me.errors.push("reserve past the limit: no reply".into());
+            return;
+        };
+        let v = json(&reply);
+        match (reply.status, v["code"].as_str()) {
+            (429, Some("limit_exceeded")) => me.limit_refused = Some(true),
+            // Nothing left to take: refused, but that proves nothing of the limit.
+            (409, Some("insufficient_stock")) => {}
+            (201, _) => {
+                me.limit_refused = Some(false);
+                me.reserved_units += u64::from(qty);
+                me.holds.push(hold_of(&v));
+            }
+            (status, _) => me.errors.push(format!("reserve past the limit: {status} {v}")),
+        }
+    }
+
+    /// Commits, releases or abandons the hold, and notes what the server said of it.
+    async fn end_hold(&self, i: u64, id: &str, me: &mut Shopper) -> Outcome {
+        let s = &self.scenario;
         let draw = s.draw(i, 1);
         let (route, action, outcome) = if draw < s.commit {
             (3, "commit", Outcome::Bought)
@@ -329,19 +462,36 @@ impl Drill {
         } else {
             return Outcome::Abandoned;
         };
+        // A few buyers commit about when the hold runs out: up to 300 ms either side of it.
+        let wait = if outcome == Outcome::Bought && s.draw(i, 4) < s.late_commit {
+            let around = s.hold_ttl_ms as f64 + (s.draw(i, 5) - 0.5) * 600.0;
+            Duration::from_millis(around.max(0.0) as u64)
+        } else {
+            Duration::from_millis(s.think_ms)
+        };
         let path = format!("/v1/reservations/{id}/{action}");
-        let Some(reply) = self.request(route, Instant::now() + think, path, Some("{}".into())).await else {
+        let hold = me.holds.iter().position(|h| h.id == id).expect("the shopper's own hold");
+        let Some(reply) = self.request(route, Instant::now() + wait, path, Some("{}".into())).await else {
+            me.holds[hold].told = Told::Unknown;
             return Outcome::Error;
         };
         match reply.status {
             200 if outcome == Outcome::Bought => {
+                me.holds[hold].told = Told::Committed;
                 me.bought_units += u64::from(s.qty);
                 outcome
             }
-            200 => outcome,
-            // The hold ran out while thinking: as good as abandoned, and not sold.
-            410 => Outcome::Abandoned,
+            200 => {
+                me.holds[hold].told = Told::Released;
+                outcome
+            }
+            // The hold ran out first: as good as abandoned, and not sold.
+            410 => {
+                me.holds[hold].told = Told::Expired;
+                Outcome::Abandoned
+            }
             status => {
+                me.holds[hold].told = Told::Unknown;
                 me.errors.push(format!("{action}: {status} {}", json(&reply)));
                 Outcome::Error
             }

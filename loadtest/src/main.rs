@@ -7,9 +7,11 @@ mod client;
 mod compare;
 mod cpu;
 mod drill;
+mod pacer;
 mod report;
 mod scenario;
 mod servers;
+mod verify;
 
 use clap::Parser;
 use scenario::{Arrival, Order, Scenario};
@@ -77,6 +79,17 @@ struct Args {
     retries: Option<u32>,
     #[arg(long)]
     retry_ms: Option<u64>,
+    /// Share of shoppers who try to buy past the per-user limit (the server must refuse).
+    #[arg(long)]
+    greedy: Option<f64>,
+    /// Share of shoppers who resend their reserve with the same Idempotency-Key.
+    #[arg(long)]
+    key_retry: Option<f64>,
+    /// Share of buyers who commit about when their hold runs out.
+    #[arg(long)]
+    late_commit: Option<f64>,
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
     #[arg(long)]
     connections: Option<usize>,
     #[arg(long)]
@@ -112,7 +125,7 @@ fn scenario(args: &Args) -> anyhow::Result<Scenario> {
         max_active
     );
     set!(session_ms, order, per_user_limit, qty, think_ms, commit, release, hold_ttl_ms, retries, retry_ms);
-    set!(connections, deadline_secs);
+    set!(connections, deadline_secs, greedy, key_retry, late_commit, request_timeout_ms);
     s.check()?;
     Ok(s)
 }
@@ -154,13 +167,22 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let addr = address(&args.target)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let client = client::Client::new(addr, scenario.connections);
-        ready(&client).await?;
+        let timeout = std::time::Duration::from_millis(scenario.request_timeout_ms);
+        let client = client::Client::new(addr, scenario.connections, timeout);
         let users = scenario.users;
-        let drill = drill::Drill::setup(scenario, client).await?;
+        // A server that never becomes ready, or refuses the sale, still gets a report, by the deadline.
+        let prepared = async {
+            ready(&client, scenario.deadline()).await?;
+            drill::Drill::setup(scenario.clone(), client).await
+        };
+        let drill = match prepared.await {
+            Ok(drill) => drill,
+            Err(e) => return not_started(args, &scenario, &e),
+        };
         let started = Instant::now();
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let progress = tokio::spawn(drill.clone().progress(done_rx, args.quiet));
+        // Each shopper stops itself at the deadline, keeping what it saw.
         let tasks: Vec<_> = (0..users).map(|i| tokio::spawn(drill.clone().shopper(i))).collect();
         let mut shoppers = Vec::with_capacity(users as usize);
         for task in tasks {
@@ -170,11 +192,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         let sale = std::time::Instant::now().saturating_duration_since(drill.opening).as_secs_f64();
         let _ = done_tx.send(true);
         progress.abort();
-        let sku = &drill.scenario.sku;
-        let reply = drill.client().get(format!("/v1/skus/{sku}")).await.map_err(anyhow::Error::msg)?;
-        let stock: serde_json::Value = serde_json::from_slice(&reply.body)?;
+        let (stock, states) = end_state(&drill, &shoppers).await;
         let errors = drill.stats.errors.load(std::sync::atomic::Ordering::Relaxed);
-        let checks = report::verify(&drill.scenario, errors, &shoppers, &stock);
+        let end = verify::EndState { stock: &stock, states: &states };
+        let checks = verify::verify(&drill.scenario, errors, &shoppers, &end);
         let report = report::build(&drill, &shoppers, &checks, (wall, sale), &args.target, &stock);
         std::fs::create_dir_all(&args.report)?;
         std::fs::write(args.report.join("report.json"), serde_json::to_string_pretty(&report)?)?;
@@ -188,15 +209,65 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     })
 }
 
-/// Waits (30 s at most) for the server to be ready: a drill may start beside a server that recovers.
-async fn ready(client: &client::Client) -> anyhow::Result<()> {
-    let until = Instant::now() + std::time::Duration::from_secs(30);
+/// The server's word at the end, once every hold the shoppers left has run out (one expiry tick and a
+/// margin after the last deadline; not past the drill's own deadline plus a request timeout): the
+/// SKU's counters and the state of every reservation a shopper was given. What gets no answer is
+/// `Null` or `None`, and fails the checks that need it.
+async fn end_state(
+    drill: &drill::Drill,
+    shoppers: &[drill::Shopper],
+) -> (serde_json::Value, std::collections::HashMap<String, Option<String>>) {
+    let last = shoppers.iter().flat_map(|p| &p.holds).map(|h| h.expires_at_ms).max().unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let wait = std::time::Duration::from_millis((last + 500).saturating_sub(now));
+    tokio::time::sleep(wait.min(std::time::Duration::from_millis(drill.scenario.hold_ttl_ms + 1_000))).await;
+    let reads = shoppers.iter().flat_map(|p| &p.holds).map(|h| {
+        let path = format!("/v1/reservations/{}", h.id);
+        async move {
+            let state = match drill.client().get(path).await {
+                Ok(reply) if reply.status == 200 => serde_json::from_slice::<serde_json::Value>(&reply.body)
+                    .ok()
+                    .and_then(|v| v["state"].as_str().map(str::to_owned)),
+                _ => None,
+            };
+            (h.id.clone(), state)
+        }
+    });
+    let states = futures_util::future::join_all(reads).await.into_iter().collect();
+    let sku = &drill.scenario.sku;
+    let stock = match drill.client().get(format!("/v1/skus/{sku}")).await {
+        Ok(reply) => serde_json::from_slice(&reply.body).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    };
+    (stock, states)
+}
+
+/// A drill that could not start: a report that says why, and a failed verification.
+fn not_started(args: &Args, scenario: &Scenario, e: &anyhow::Error) -> anyhow::Result<bool> {
+    let report = serde_json::json!({
+        "target": args.target,
+        "scenario": scenario,
+        "verification": {"passed": false, "checks": [{"name": "drill_started", "ok": false, "detail": format!("{e:#}")}]},
+    });
+    std::fs::create_dir_all(&args.report)?;
+    std::fs::write(args.report.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(args.report.join("report.html"), report::html(&report))?;
+    eprintln!("VERIFICATION FAILED: drill_started: {e:#}");
+    Ok(false)
+}
+
+/// Waits (30 s at most, and not past `deadline`) for the server to be ready: a drill may start beside
+/// a server that recovers.
+async fn ready(client: &client::Client, deadline: std::time::Duration) -> anyhow::Result<()> {
+    let until = Instant::now() + deadline.min(std::time::Duration::from_secs(30));
     loop {
         match client.get("/readyz".into()).await {
             Ok(reply) if reply.status == 200 => return Ok(()),
             outcome if Instant::now() > until => {
                 let why = outcome.map_or_else(|e| e, |r| format!("status {}", r.status));
-                anyhow::bail!("the server is not ready after 30 s: {why}")
+                anyhow::bail!("the server is not ready in time: {why}")
             }
             _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }

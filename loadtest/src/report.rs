@@ -1,18 +1,12 @@
 //! The drill's report: figures per route, outcomes, waiting times, fairness, the verification against
 //! the server, and a timeline; written as JSON and as a self-contained HTML page with SVG charts.
 
-use crate::drill::{Drill, Outcome, Shopper, ROUTES};
+use crate::drill::{Drill, Shopper, ROUTES};
+use crate::verify::Check;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-
-/// One verification check: its name, whether it held, and the evidence.
-pub struct Check {
-    pub name: &'static str,
-    pub ok: bool,
-    pub detail: String,
-}
 
 fn quantiles_ms(h: &Histogram<u64>, scale_to_ms: f64) -> Value {
     let q = |q: f64| (h.value_at_quantile(q) as f64 * scale_to_ms * 1000.0).round() / 1000.0;
@@ -70,54 +64,6 @@ fn merge_count(v: &mut [u64], buffer: &mut [u64]) -> u64 {
     buffer[k..k + n - j].copy_from_slice(&v[j..n]);
     v.copy_from_slice(&buffer[..n]);
     count
-}
-
-/// Checks the server's end state against what the shoppers were told.
-pub fn verify(s: &crate::scenario::Scenario, errors: u64, shoppers: &[Shopper], stock: &Value) -> Vec<Check> {
-    let n = |k: &str| stock[k].as_u64().unwrap_or(u64::MAX);
-    let (on_hand, available, reserved, sold) = (n("on_hand"), n("available"), n("reserved"), n("sold"));
-    let bought: u64 = shoppers.iter().map(|p| p.bought_units).sum();
-    let over: Vec<usize> =
-        (0..shoppers.len()).filter(|&i| shoppers[i].reserved_units > u64::from(s.per_user_limit)).collect();
-    let unfinished = shoppers.iter().filter(|p| p.outcome == Some(Outcome::Deadline)).count();
-    let samples: Vec<&String> = shoppers.iter().flat_map(|p| &p.errors).take(5).collect();
-    vec![
-        Check {
-            name: "conservation",
-            ok: available.checked_add(reserved).and_then(|x| x.checked_add(sold)) == Some(on_hand),
-            detail: format!("available {available} + reserved {reserved} + sold {sold} = on_hand {on_hand}?"),
-        },
-        Check {
-            name: "no_oversell",
-            ok: on_hand == s.units && sold <= s.units,
-            detail: format!("sold {sold} of {} units (on_hand {on_hand})", s.units),
-        },
-        Check {
-            name: "sold_equals_acknowledged_commits",
-            ok: sold == bought,
-            detail: format!("the server sold {sold}; shoppers were told of {bought} committed"),
-        },
-        Check {
-            name: "per_user_limit",
-            ok: over.is_empty(),
-            detail: format!(
-                "{} shoppers reserved above the limit of {} (first: {:?})",
-                over.len(),
-                s.per_user_limit,
-                over.iter().take(5).map(|i| format!("drill-user-{i}")).collect::<Vec<_>>()
-            ),
-        },
-        Check {
-            name: "every_request_answered",
-            ok: errors == 0,
-            detail: format!("{errors} requests got no reply or a 5xx; examples: {samples:?}"),
-        },
-        Check {
-            name: "finished_before_deadline",
-            ok: unfinished == 0,
-            detail: format!("{unfinished} shoppers still going at the deadline of {:?}", s.deadline()),
-        },
-    ]
 }
 
 pub fn build(
@@ -336,42 +282,6 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::Scenario;
-
-    fn failed(checks: &[Check]) -> Vec<&'static str> {
-        checks.iter().filter(|c| !c.ok).map(|c| c.name).collect()
-    }
-
-    #[test]
-    fn verification_fails_on_each_kind_of_violation() {
-        let s = Scenario { units: 10, per_user_limit: 1, ..Scenario::default() };
-        let buyer = Shopper {
-            outcome: Some(Outcome::Bought),
-            reserved_units: 1,
-            bought_units: 1,
-            ..Shopper::default()
-        };
-        let stock = |available: u64, reserved: u64, sold: u64, on_hand: u64| json!({"on_hand": on_hand, "available": available, "reserved": reserved, "sold": sold});
-        let ok = verify(&s, 0, &[buyer.clone(), buyer.clone()], &stock(8, 0, 2, 10));
-        assert!(failed(&ok).is_empty());
-        assert_eq!(
-            failed(&verify(&s, 0, std::slice::from_ref(&buyer), &stock(8, 0, 2, 10))),
-            ["sold_equals_acknowledged_commits"]
-        );
-        assert_eq!(failed(&verify(&s, 0, &vec![buyer.clone(); 2], &stock(9, 0, 2, 10))), ["conservation"]);
-        assert_eq!(failed(&verify(&s, 0, &vec![buyer.clone(); 11], &stock(0, 0, 11, 11))), ["no_oversell"]);
-        let greedy = Shopper { reserved_units: 2, ..buyer.clone() };
-        assert_eq!(failed(&verify(&s, 0, &[greedy, buyer.clone()], &stock(8, 0, 2, 10))), ["per_user_limit"]);
-        assert_eq!(
-            failed(&verify(&s, 3, &vec![buyer.clone(); 2], &stock(8, 0, 2, 10))),
-            ["every_request_answered"]
-        );
-        let late = Shopper { outcome: Some(Outcome::Deadline), ..Shopper::default() };
-        assert_eq!(
-            failed(&verify(&s, 0, &[buyer.clone(), buyer, late], &stock(8, 0, 2, 10))),
-            ["finished_before_deadline"]
-        );
-    }
 
     #[test]
     fn inversions_count_later_arrivals_admitted_first() {

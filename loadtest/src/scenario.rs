@@ -51,6 +51,16 @@ pub struct Scenario {
     /// Attempts after an `insufficient_stock` refusal, `retry_ms` apart.
     pub retries: u32,
     pub retry_ms: u64,
+    /// Shares of shoppers who test the server's rules: `greedy` ones try to reserve again past the
+    /// per-user limit (the server must refuse: 429); `key_retry` ones send their successful reserve
+    /// again with the same `Idempotency-Key` (the server must answer the same reservation); buyers
+    /// among `late_commit` think until about their hold's deadline before committing (200 or 410,
+    /// and the reservation read back must agree with the answer).
+    pub greedy: f64,
+    pub key_retry: f64,
+    pub late_commit: f64,
+    /// No reply within this is a failed request (and the connection is dropped).
+    pub request_timeout_ms: u64,
     /// Keep-alive connections all shoppers share.
     pub connections: usize,
     /// The drill stops here whatever happens (seconds; 0: users ÷ admission rate + 120).
@@ -80,6 +90,10 @@ impl Default for Scenario {
             hold_ttl_ms: 5_000,
             retries: 3,
             retry_ms: 500,
+            greedy: 0.05,
+            key_retry: 0.05,
+            late_commit: 0.02,
+            request_timeout_ms: 10_000,
             connections: 256,
             deadline_secs: 0,
         }
@@ -98,6 +112,11 @@ impl Scenario {
                 && self.commit + self.release <= 1.0,
             "commit and release are probabilities adding up to at most 1"
         );
+        anyhow::ensure!(
+            [self.greedy, self.key_retry, self.late_commit].iter().all(|p| (0.0..=1.0).contains(p)),
+            "greedy, key_retry and late_commit are probabilities"
+        );
+        anyhow::ensure!(self.request_timeout_ms >= 1, "request_timeout_ms: at least 1");
         anyhow::ensure!(
             self.arrival_secs >= 0.0 && self.arrival_rate > 0.0,
             "arrival_secs ≥ 0, arrival_rate > 0"

@@ -1,5 +1,6 @@
-//! A CI-sized drill: the real server and the real drill tool, 5,000 shoppers through the waiting room,
-//! and the drill's own verification must pass.
+//! CI-sized drills: the real server and the real drill tool, 5,000 shoppers through the waiting room,
+//! and the drill's own verification must pass; and drills through a proxy that lies to the shoppers
+//! in one way each, which the verification must catch.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -22,22 +23,28 @@ impl Drop for Server {
     }
 }
 
-fn run_drill(order: &str, users: &str, units: &str) -> serde_json::Value {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+/// Starts a server in `dir`; returns it (killed on drop) and its address.
+fn start_server(dir: &std::path::Path) -> (Server, String) {
     let mut child = Command::new(holdfast())
         .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start holdfast serve");
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("a line");
-    let _server = Server(child);
+    let server = Server(child);
     let addr = line
         .trim()
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected: {line:?}"))
         .to_owned();
+    (server, addr)
+}
+
+fn run_drill(order: &str, users: &str, units: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let (_server, addr) = start_server(dir.path());
     let report = dir.path().join("report");
     let status = Command::new(env!("CARGO_BIN_EXE_holdfast-drill"))
         .args(["--target", &format!("http://{addr}"), "--quiet", "--users", users, "--units", units])
@@ -86,4 +93,213 @@ fn a_lottery_drill_admits_out_of_arrival_order_and_verifies() {
         "drawn: {}",
         r["fairness"]
     );
+}
+
+mod lying_proxy {
+    //! A proxy between the drill and a real server that lies to the shoppers in one way.
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    use std::sync::Arc;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Lie {
+        None,
+        /// Every commit answered 404 without being forwarded.
+        CommitNotFound,
+        /// Every release answered 200 "released" without being forwarded.
+        ReleaseNotForwarded,
+        /// 20 commits answered 200 without being forwarded, and 20 later releases forwarded as
+        /// commits (answered 200): the server sells as many units as the shoppers were told.
+        CommitsSwapped,
+    }
+
+    struct Proxy {
+        upstream: String,
+        lie: Lie,
+        dropped: AtomicU32,
+        swapped: AtomicU32,
+    }
+
+    fn reply(status: u16, body: String) -> Response<Full<Bytes>> {
+        let kind = if status >= 400 { "application/problem+json" } else { "application/json" };
+        Response::builder()
+            .status(status)
+            .header("content-type", kind)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response")
+    }
+
+    impl Proxy {
+        async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+            let path = req.uri().path().to_owned();
+            let id = path.trim_start_matches("/v1/reservations/").split('/').next().unwrap_or("").to_owned();
+            let mut forward_path = path.clone();
+            match self.lie {
+                Lie::CommitNotFound if path.ends_with("/commit") => {
+                    return reply(
+                        404,
+                        r#"{"type":"/problems/not_found","status":404,"code":"not_found"}"#.into(),
+                    )
+                }
+                Lie::ReleaseNotForwarded if path.ends_with("/release") => {
+                    return reply(200, format!(r#"{{"id":"{id}","state":"released"}}"#))
+                }
+                Lie::CommitsSwapped
+                    if path.ends_with("/commit") && self.dropped.fetch_add(1, Relaxed) < 20 =>
+                {
+                    return reply(200, format!(r#"{{"id":"{id}","state":"committed"}}"#));
+                }
+                Lie::CommitsSwapped
+                    if path.ends_with("/release") && self.swapped.fetch_add(1, Relaxed) < 20 =>
+                {
+                    forward_path = path.replace("/release", "/commit");
+                    let forwarded = self.forward(req, &forward_path).await;
+                    return match forwarded.status().as_u16() {
+                        200 => reply(200, format!(r#"{{"id":"{id}","state":"released"}}"#)),
+                        _ => forwarded,
+                    };
+                }
+                _ => {}
+            }
+            self.forward(req, &forward_path).await
+        }
+
+        async fn forward(&self, req: Request<hyper::body::Incoming>, path: &str) -> Response<Full<Bytes>> {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let stream = tokio::net::TcpStream::connect(&self.upstream).await.expect("upstream");
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+            tokio::spawn(conn);
+            let mut out = Request::builder().method(parts.method).uri(path);
+            for (name, value) in &parts.headers {
+                out = out.header(name, value);
+            }
+            let response =
+                send.send_request(out.body(Full::new(body)).expect("request")).await.expect("upstream reply");
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            Response::from_parts(parts, Full::new(body))
+        }
+    }
+
+    /// Starts the proxy on a loopback port of its own; returns its address.
+    pub fn start(upstream: &str, lie: Lie) -> String {
+        let proxy = Arc::new(Proxy {
+            upstream: upstream.to_owned(),
+            lie,
+            dropped: AtomicU32::new(0),
+            swapped: AtomicU32::new(0),
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("address").to_string();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                while let Ok((stream, _)) = listener.accept().await {
+                    let proxy = proxy.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let proxy = proxy.clone();
+                            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        addr
+    }
+}
+
+/// A small drill through a proxy: its report, and whether the drill passed.
+fn drill_through(lie: lying_proxy::Lie) -> (bool, serde_json::Value) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let (_server, addr) = start_server(dir.path());
+    let proxy = lying_proxy::start(&addr, lie);
+    let report = dir.path().join("report");
+    let status = Command::new(env!("CARGO_BIN_EXE_holdfast-drill"))
+        .args(["--target", &format!("http://{proxy}"), "--quiet", "--users", "400", "--units", "100"])
+        .args([
+            "--admission-rate",
+            "1000",
+            "--opens-in-ms",
+            "1000",
+            "--hold-ttl-ms",
+            "1500",
+            "--think-ms",
+            "50",
+        ])
+        .args([
+            "--commit",
+            "0.6",
+            "--release",
+            "0.3",
+            "--connections",
+            "32",
+            "--deadline-secs",
+            "60",
+            "--report",
+        ])
+        .arg(&report)
+        .status()
+        .expect("run holdfast-drill");
+    let text = std::fs::read_to_string(report.join("report.json")).expect("a JSON report");
+    (status.success(), serde_json::from_str(&text).expect("valid JSON"))
+}
+
+fn failed_checks(report: &serde_json::Value) -> Vec<String> {
+    let checks = report["verification"]["checks"].as_array().cloned().unwrap_or_default();
+    checks.iter().filter(|c| c["ok"] == false).map(|c| c["name"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+#[test]
+fn the_drill_fails_against_every_lying_proxy_and_passes_an_honest_one() {
+    use lying_proxy::Lie;
+    let (passed, report) = drill_through(Lie::None);
+    assert!(passed, "an honest proxy failed: {}", report["verification"]);
+    for (lie, must_fail) in [
+        (Lie::CommitNotFound, "every_answer_expected"),
+        (Lie::ReleaseNotForwarded, "reservations_read_back_as_told"),
+        (Lie::CommitsSwapped, "reservations_read_back_as_told"),
+    ] {
+        let (passed, report) = drill_through(lie);
+        let failed = failed_checks(&report);
+        assert!(!passed, "{lie:?}: the drill passed: {}", report["verification"]);
+        assert!(failed.iter().any(|f| f == must_fail), "{lie:?}: failed {failed:?}, not {must_fail}");
+    }
+}
+
+#[test]
+fn against_a_server_that_never_answers_the_drill_stops_at_its_deadline_with_a_report() {
+    // Connections are accepted by the kernel (the backlog) and never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("address");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let started = std::time::Instant::now();
+    let status = Command::new(env!("CARGO_BIN_EXE_holdfast-drill"))
+        .args(["--target", &format!("http://{addr}"), "--quiet", "--users", "100", "--units", "10"])
+        .args(["--deadline-secs", "3", "--request-timeout-ms", "1000", "--report"])
+        .arg(dir.path())
+        .status()
+        .expect("run holdfast-drill");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(1), "a drill that could not run fails");
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?} with a 3 s deadline");
+    let text = std::fs::read_to_string(dir.path().join("report.json")).expect("a report all the same");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(report["verification"]["passed"], false);
+    drop(silent);
 }
