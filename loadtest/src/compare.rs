@@ -53,7 +53,11 @@ const SYSTEMS: [(System, &str, &str); 5] = [
         "holdfast",
         "holdfast over HTTP, durable (fsync before every acknowledgement, group commit)",
     ),
-    (System::Redis, "redis", "Redis, atomic Lua reserve (GET, compare, DECRBY), no persistence"),
+    (
+        System::Redis,
+        "redis",
+        "Redis, atomic Lua reserve (idempotency key checked, GET, compare, DECRBY, the hold recorded with its user and TTL, the key remembered), no persistence",
+    ),
     (System::RedisAof, "redis-aof", "the same, appendonly yes, appendfsync always"),
     (
         System::TwoLayer,
@@ -63,7 +67,7 @@ const SYSTEMS: [(System, &str, &str); 5] = [
     (
         System::Postgres,
         "postgres",
-        "Postgres alone: UPDATE … WHERE available >= qty on the row, synchronous commit",
+        "Postgres alone: UPDATE … WHERE available >= qty on the row, synchronous commit, prepared once per connection",
     ),
 ];
 
@@ -90,15 +94,32 @@ const WORKLOADS: [(Workload, &str, &str); 4] = [
     ),
 ];
 
+/// Runs started so far, for ids unique across runs.
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 const SPREAD_SKUS: u64 = 10_000;
 const PLENTY: u64 = 1 << 39;
 const SCARCE: u64 = 1_000;
 
-const RESERVE_LUA: &str = "local a = tonumber(redis.call('GET', KEYS[1]) or '0') \
-    if a >= tonumber(ARGV[1]) then redis.call('DECRBY', KEYS[1], ARGV[1]) \
-    redis.call('INCRBY', KEYS[2], ARGV[1]) return 1 else return 0 end";
-const COMMIT_LUA: &str =
-    "redis.call('DECRBY', KEYS[1], ARGV[1]) redis.call('INCRBY', KEYS[2], ARGV[1]) return 1";
+/// How long every system's holds last: longer than any run, so that no system spends a run expiring
+/// holds (holdfast logs each expiry; Redis would only drop the key) and refusals stay refusals.
+const HOLD_TTL_MS: u64 = 600_000;
+/// How long an idempotency key is remembered: holdfast's default window.
+const KEY_TTL_MS: u64 = 86_400_000;
+
+/// The seed designs' reserve: what holdfast does per reserve, in one atomic script. KEYS: the SKU's
+/// available and reserved counters, the hold, the idempotency key. ARGV: qty, the hold's TTL, the
+/// user, the key's TTL. A key seen before answers its first outcome (2); otherwise 1 reserved, 0 not.
+const RESERVE_LUA: &str = "if redis.call('EXISTS', KEYS[4]) == 1 then return 2 end \
+    local a = tonumber(redis.call('GET', KEYS[1]) or '0') \
+    if a < tonumber(ARGV[1]) then return 0 end \
+    redis.call('DECRBY', KEYS[1], ARGV[1]) redis.call('INCRBY', KEYS[2], ARGV[1]) \
+    redis.call('HSET', KEYS[3], 'sku', KEYS[1], 'qty', ARGV[1], 'user', ARGV[3], 'state', 'active') \
+    redis.call('PEXPIRE', KEYS[3], ARGV[2]) \
+    redis.call('SET', KEYS[4], KEYS[3], 'PX', ARGV[4]) return 1";
+/// Commit: the counters moved and the hold marked. KEYS: reserved, sold, the hold. ARGV: qty.
+const COMMIT_LUA: &str = "redis.call('DECRBY', KEYS[1], ARGV[1]) redis.call('INCRBY', KEYS[2], ARGV[1]) \
+    redis.call('HSET', KEYS[3], 'state', 'committed') return 1";
 
 // Made once: a script's SHA-1, which EVALSHA sends, is computed when it is made.
 static RESERVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RESERVE_LUA));
@@ -142,8 +163,35 @@ fn pg_url(addr: SocketAddr) -> String {
 enum Conn {
     Http(HttpConn),
     Redis(redis::aio::MultiplexedConnection),
-    TwoLayer(redis::aio::MultiplexedConnection, tokio_postgres::Client),
-    Postgres(tokio_postgres::Client),
+    TwoLayer(redis::aio::MultiplexedConnection, Pg),
+    Postgres(Pg),
+}
+
+/// A Postgres connection and its statements, prepared once (on first use: the tables are made after
+/// the first connection opens), as a production client would, not parsed and planned per call.
+struct Pg {
+    client: tokio_postgres::Client,
+    statements: Option<[tokio_postgres::Statement; 2]>,
+}
+
+impl Pg {
+    /// The reserve and commit statements of `system`, prepared on first use.
+    async fn statements(&mut self, system: System) -> anyhow::Result<[tokio_postgres::Statement; 2]> {
+        if self.statements.is_none() {
+            let (reserve, commit) = match system {
+                System::TwoLayer => (
+                    "INSERT INTO reservations (id, sku, qty, state) VALUES ($1, $2, 1, 'active') ON CONFLICT DO NOTHING",
+                    "UPDATE reservations SET state = 'committed' WHERE id = $1",
+                ),
+                _ => (
+                    "UPDATE stock SET available = available - 1, reserved = reserved + 1 WHERE sku = $1 AND available >= 1",
+                    "UPDATE stock SET reserved = reserved - 1, sold = sold + 1 WHERE sku = $1",
+                ),
+            };
+            self.statements = Some([self.client.prepare(reserve).await?, self.client.prepare(commit).await?]);
+        }
+        Ok(self.statements.clone().expect("prepared above"))
+    }
 }
 
 /// An HTTP/1.1 connection driven by the task that sends on it. hyper's usual pattern spawns the
@@ -163,13 +211,22 @@ impl HttpConn {
     }
 
     /// One request and its whole response: the status and the `Location` header (empty if none).
-    async fn exchange(&mut self, method: &str, path: &str, body: String) -> anyhow::Result<(u16, String)> {
-        let request = hyper::Request::builder()
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: String,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header("host", "holdfast")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+            .header("content-type", "application/json");
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        let request = request.body(Full::new(Bytes::from(body)))?;
         let HttpConn { sender, connection } = self;
         let exchange = async {
             sender.ready().await?;
@@ -195,10 +252,10 @@ async fn redis_conn(addr: SocketAddr) -> anyhow::Result<redis::aio::MultiplexedC
     Ok(client.get_multiplexed_async_connection().await?)
 }
 
-async fn pg_conn(addr: SocketAddr) -> anyhow::Result<tokio_postgres::Client> {
+async fn pg_conn(addr: SocketAddr) -> anyhow::Result<Pg> {
     let (client, connection) = tokio_postgres::connect(&pg_url(addr), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    Ok(client)
+    Ok(Pg { client, statements: None })
 }
 
 impl Conn {
@@ -222,14 +279,15 @@ impl Conn {
         match self {
             Conn::Http(c) => {
                 let body = format!(
-                    r#"{{"items":[{{"sku":"{sku}","qty":1}}],"ttl_ms":5000,"user_id":"u{}"}}"#,
+                    r#"{{"items":[{{"sku":"{sku}","qty":1}}],"ttl_ms":{HOLD_TTL_MS},"user_id":"u{}"}}"#,
                     id % 1000
                 );
-                let (status, location) = c.exchange("POST", "/v1/reservations", body).await?;
+                let key = format!("k{id}");
+                let (status, location) = c.exchange("POST", "/v1/reservations", body, Some(&key)).await?;
                 match status {
                     201 if commit => {
                         let (status, _) =
-                            c.exchange("POST", &format!("{location}/commit"), String::new()).await?;
+                            c.exchange("POST", &format!("{location}/commit"), String::new(), None).await?;
                         anyhow::ensure!(status == 200, "commit answered {status}");
                         Ok(true)
                     }
@@ -239,44 +297,29 @@ impl Conn {
                 }
             }
             Conn::Redis(r) => {
-                let reserved = redis_reserve(r, &sku).await?;
+                let reserved = redis_reserve(r, &sku, id).await?;
                 if reserved && commit {
-                    COMMIT_SCRIPT
-                        .key(format!("{sku}:reserved"))
-                        .key(format!("{sku}:sold"))
-                        .arg(1)
-                        .invoke_async::<i64>(r)
-                        .await?;
+                    redis_commit(r, &sku, id).await?;
                 }
                 Ok(reserved)
             }
             Conn::TwoLayer(r, pg) => {
-                if !redis_reserve(r, &sku).await? {
+                if !redis_reserve(r, &sku, id).await? {
                     return Ok(false);
                 }
-                let inserted = "INSERT INTO reservations (id, sku, qty, state) VALUES ($1, $2, 1, 'active') ON CONFLICT DO NOTHING";
-                pg.execute(inserted, &[&(id as i64), &sku]).await?;
+                let [insert, committed] = pg.statements(System::TwoLayer).await?;
+                pg.client.execute(&insert, &[&(id as i64), &sku]).await?;
                 if commit {
-                    COMMIT_SCRIPT
-                        .key(format!("{sku}:reserved"))
-                        .key(format!("{sku}:sold"))
-                        .arg(1)
-                        .invoke_async::<i64>(r)
-                        .await?;
-                    pg.execute("UPDATE reservations SET state = 'committed' WHERE id = $1", &[&(id as i64)])
-                        .await?;
+                    redis_commit(r, &sku, id).await?;
+                    pg.client.execute(&committed, &[&(id as i64)]).await?;
                 }
                 Ok(true)
             }
             Conn::Postgres(pg) => {
-                let reserve = "UPDATE stock SET available = available - 1, reserved = reserved + 1 WHERE sku = $1 AND available >= 1";
-                let reserved = pg.execute(reserve, &[&sku]).await? == 1;
+                let [reserve, committed] = pg.statements(System::Postgres).await?;
+                let reserved = pg.client.execute(&reserve, &[&sku]).await? == 1;
                 if reserved && commit {
-                    pg.execute(
-                        "UPDATE stock SET reserved = reserved - 1, sold = sold + 1 WHERE sku = $1",
-                        &[&sku],
-                    )
-                    .await?;
+                    pg.client.execute(&committed, &[&sku]).await?;
                 }
                 Ok(reserved)
             }
@@ -284,9 +327,35 @@ impl Conn {
     }
 }
 
-async fn redis_reserve(r: &mut redis::aio::MultiplexedConnection, sku: &str) -> anyhow::Result<bool> {
-    let reserved: i64 = RESERVE_SCRIPT.key(sku).key(format!("{sku}:reserved")).arg(1).invoke_async(r).await?;
+/// The Lua reserve of hold `id` (with idempotency key `k<id>`, as holdfast is sent).
+async fn redis_reserve(
+    r: &mut redis::aio::MultiplexedConnection,
+    sku: &str,
+    id: u64,
+) -> anyhow::Result<bool> {
+    let reserved: i64 = RESERVE_SCRIPT
+        .key(sku)
+        .key(format!("{sku}:reserved"))
+        .key(format!("hold:{id}"))
+        .key(format!("key:k{id}"))
+        .arg(1)
+        .arg(HOLD_TTL_MS)
+        .arg(format!("u{}", id % 1000))
+        .arg(KEY_TTL_MS)
+        .invoke_async(r)
+        .await?;
     Ok(reserved == 1)
+}
+
+async fn redis_commit(r: &mut redis::aio::MultiplexedConnection, sku: &str, id: u64) -> anyhow::Result<()> {
+    COMMIT_SCRIPT
+        .key(format!("{sku}:reserved"))
+        .key(format!("{sku}:sold"))
+        .key(format!("hold:{id}"))
+        .arg(1)
+        .invoke_async::<i64>(r)
+        .await?;
+    Ok(())
 }
 
 /// Puts the workload's stock into the system: plenty of the hot and the spread SKUs, 1,000 scarce.
@@ -300,8 +369,9 @@ async fn prepare(system: System, workload: Workload, s: &Servers) -> anyhow::Res
     match &mut conn {
         Conn::Http(c) => {
             for (sku, n) in &stock {
-                let (status, _) =
-                    c.exchange("PUT", &format!("/v1/skus/{sku}"), format!(r#"{{"on_hand":{n}}}"#)).await?;
+                let (status, _) = c
+                    .exchange("PUT", &format!("/v1/skus/{sku}"), format!(r#"{{"on_hand":{n}}}"#), None)
+                    .await?;
                 anyhow::ensure!(status == 200, "PUT /v1/skus/{sku} answered {status}");
             }
         }
@@ -319,7 +389,7 @@ async fn prepare(system: System, workload: Workload, s: &Servers) -> anyhow::Res
                 pipe.query_async::<()>(r).await?;
             }
             if let Conn::TwoLayer(_, pg) = &conn {
-                pg.batch_execute(
+                pg.client.batch_execute(
                     "DROP TABLE IF EXISTS reservations;
                      CREATE TABLE reservations (id bigint PRIMARY KEY, sku text NOT NULL, qty int NOT NULL, state text NOT NULL)",
                 )
@@ -327,19 +397,21 @@ async fn prepare(system: System, workload: Workload, s: &Servers) -> anyhow::Res
             }
         }
         Conn::Postgres(pg) => {
-            pg.batch_execute(
-                "DROP TABLE IF EXISTS stock;
+            pg.client
+                .batch_execute(
+                    "DROP TABLE IF EXISTS stock;
                  CREATE TABLE stock (sku text PRIMARY KEY, available bigint NOT NULL CHECK (available >= 0),
                                      reserved bigint NOT NULL, sold bigint NOT NULL)",
-            )
-            .await?;
+                )
+                .await?;
             let skus: Vec<&str> = stock.iter().map(|(s, _)| s.as_str()).collect();
             let counts: Vec<i64> = stock.iter().map(|(_, n)| *n as i64).collect();
-            pg.execute(
-                "INSERT INTO stock SELECT s, n, 0, 0 FROM unnest($1::text[], $2::bigint[]) AS t(s, n)",
-                &[&skus, &counts],
-            )
-            .await?;
+            pg.client
+                .execute(
+                    "INSERT INTO stock SELECT s, n, 0, 0 FROM unnest($1::text[], $2::bigint[]) AS t(s, n)",
+                    &[&skus, &counts],
+                )
+                .await?;
         }
     }
     Ok(())
@@ -440,6 +512,9 @@ async fn run(
     rate: Option<f64>,
 ) -> anyhow::Result<Figures> {
     let pids = s.pids(system);
+    // Ids (and the idempotency keys made from them) are unique across every run of the command: a key
+    // seen in an earlier run would be answered from memory, not reserved.
+    let run_no = RUNS.fetch_add(1, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(1);
@@ -463,7 +538,7 @@ async fn run(
                     None => Instant::now(),
                 };
                 seq += 1;
-                let result = conn.op(workload, ((w as u64) << 40) | seq).await;
+                let result = conn.op(workload, (run_no << 44) | ((w as u64) << 28) | seq).await;
                 let done = Instant::now();
                 if intended < measure_from || intended >= end {
                     continue;
