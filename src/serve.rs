@@ -214,10 +214,17 @@ impl Postgres {
         Ok(Self { mirror, drift, stop })
     }
 
+    /// Stops both threads; neither may hold up shutdown on a query Postgres does not answer.
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         self.mirror.stop();
-        let _ = self.drift.join();
+        let until = Instant::now() + Duration::from_secs(3);
+        while !self.drift.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.drift.is_finished() {
+            let _ = self.drift.join();
+        }
     }
 }
 

@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
+/// How long shutdown waits for the mirror's thread.
+const STOP_WAIT: Duration = Duration::from_secs(3);
+
 /// The prefix of the reason of an adjustment that came from `holdfast_stock_adjustments` row `id`.
 pub const ADJUSTMENT_PREFIX: &str = "pg-adjustment:";
 
@@ -59,6 +62,8 @@ pub struct MirrorStatus {
     pub resyncs: AtomicU64,
     pub adjustments_applied: AtomicU64,
     pub adjustments_refused: AtomicU64,
+    /// When the log was last measured against its budget (Unix ms).
+    pub budget_checked_at_ms: AtomicU64,
 }
 
 /// The mirror's thread; stops when `stop` is set.
@@ -74,6 +79,12 @@ impl Mirror {
         options: MirrorOptions,
         status: Arc<MirrorStatus>,
     ) -> std::io::Result<Mirror> {
+        // Until the mirror has read from Postgres what it applied, every segment may still be needed:
+        // none is removed (a snapshot at start would otherwise take them before it connects). The
+        // budget still bounds the log meanwhile.
+        if !status.retention_released.load(Ordering::Relaxed) {
+            durable.set_retention_floor(1);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
@@ -84,10 +95,21 @@ impl Mirror {
         Ok(Mirror { thread: Some(thread), stop })
     }
 
+    /// Stops the thread, waiting for it at most `STOP_WAIT`: a query stuck behind a lock in Postgres
+    /// must not hold up the server's shutdown. An unfinished transaction is rolled back by Postgres
+    /// when the process exits, and its records are applied again by the next session.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let until = Instant::now() + STOP_WAIT;
+            while !t.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(waited = ?STOP_WAIT, "the mirror is still waiting on Postgres; stopping without it");
+            }
         }
     }
 }
@@ -101,11 +123,12 @@ impl Drop for Mirror {
     }
 }
 
-/// Sleeps up to `d`, waking early when stopped, keeping the lag figures current meanwhile.
-fn nap(d: Duration, stop: &AtomicBool, durable: &Durable, status: &MirrorStatus) {
+/// Sleeps up to `d`, waking early when stopped, keeping the lag figures current and the log within
+/// its budget meanwhile (Postgres may be down for long).
+fn nap(d: Duration, stop: &AtomicBool, durable: &Durable, options: &MirrorOptions, status: &MirrorStatus) {
     let until = Instant::now() + d;
     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-        update_lag(durable, status);
+        check_budget(durable, options, status, update_lag(durable, status));
         std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
     }
 }
@@ -142,7 +165,7 @@ fn run(
                 status.connected.store(false, Ordering::Relaxed);
                 status.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "mirror to Postgres interrupted; holdfast keeps serving");
-                nap(backoff, stop, durable, status);
+                nap(backoff, stop, durable, options, status);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
@@ -193,9 +216,10 @@ async fn session(
     // Restocks written to Postgres are taken once the mirror has caught up with what was logged before
     // this session: any earlier one is then marked applied, and is not taken twice.
     let caught_up_at = durable.wal().acked_lsn();
-    let mut adjustments = Adjustments { last_polled: None, submitted_up_to: 0 };
-    let mut last_budget_check = Instant::now();
+    let mut adjustments = Adjustments { last_polled: None, taken: Default::default() };
     while !stop.load(Ordering::Relaxed) {
+        // Checked before the batch, so that a batch that keeps failing cannot keep the log growing.
+        check_budget(durable, options, status, update_lag(durable, status));
         let to = durable.wal().acked_lsn();
         let mut batch: Vec<(Lsn, Record)> = Vec::new();
         tail.read(to, options.batch_max, &mut |lsn, payload| {
@@ -214,11 +238,7 @@ async fn session(
                 durable.set_retention_floor(applied + 1);
             }
         }
-        let pending = update_lag(durable, status);
-        if last_budget_check.elapsed() >= Duration::from_secs(2) {
-            last_budget_check = Instant::now();
-            check_budget(durable, options, status, pending);
-        }
+        update_lag(durable, status);
         if applied >= caught_up_at {
             adjustments.poll(&mut client, durable, options, status).await?;
         }
@@ -232,6 +252,12 @@ async fn session(
 /// Lets the log go when a lagging mirror would make it outgrow its budget: a logged decision, with a
 /// metric; the mirror resyncs from a snapshot when it reconnects.
 fn check_budget(durable: &Durable, options: &MirrorOptions, status: &MirrorStatus, pending: u64) {
+    // At most every 2 s: it lists the log's directory.
+    let now = now_ms();
+    let last = status.budget_checked_at_ms.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 2_000 || status.budget_checked_at_ms.swap(now, Ordering::Relaxed) != last {
+        return;
+    }
     let storage = durable.wal().storage();
     let bytes: u64 = storage
         .list()
@@ -294,10 +320,12 @@ async fn resync(client: &mut Client, durable: &Durable, status: &MirrorStatus) -
 /// Restocks and shrinkage other systems write to `holdfast_stock_adjustments`, taken into the engine
 /// as logged adjustments. Exactly once: a row is taken only after the mirror applied everything logged
 /// before its session began (which marks the rows already taken), and this session remembers what it
-/// took until the mirror marks it.
+/// took until the mirror marks it. Every pending row is looked at, not only ids above the last taken:
+/// `bigserial` ids are handed out in order but committed in any order.
 struct Adjustments {
     last_polled: Option<Instant>,
-    submitted_up_to: i64,
+    /// Rows this session logged that Postgres does not show applied yet.
+    taken: std::collections::HashSet<i64>,
 }
 
 impl Adjustments {
@@ -312,19 +340,30 @@ impl Adjustments {
             return Ok(());
         }
         self.last_polled = Some(Instant::now());
+        let taken: Vec<i64> = self.taken.iter().copied().collect();
         let rows = client
             .query(
                 "SELECT id, sku, delta, reason FROM holdfast_stock_adjustments
-                 WHERE applied_lsn IS NULL AND refused IS NULL AND id > $1 ORDER BY id LIMIT 1000",
-                &[&self.submitted_up_to],
+                 WHERE applied_lsn IS NULL AND refused IS NULL AND id <> ALL($1) ORDER BY id LIMIT 1000",
+                &[&taken],
             )
             .await?;
+        // Forget what Postgres now shows applied (the mirror marked it), so the set stays small.
+        if !self.taken.is_empty() {
+            let pending = client
+                .query(
+                    "SELECT id FROM holdfast_stock_adjustments WHERE id = ANY($1) AND applied_lsn IS NULL",
+                    &[&taken],
+                )
+                .await?;
+            self.taken = pending.iter().map(|r| r.get::<_, i64>(0)).collect();
+        }
         for row in rows {
             let (id, sku, delta, reason): (i64, String, i64, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
-            self.submitted_up_to = id;
             match take_adjustment(durable, id, &sku, delta, &reason)? {
                 Ok(lsn) => {
+                    self.taken.insert(id);
                     durable.wal().wait(lsn)?;
                     status.adjustments_applied.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(id, sku, delta, lsn, "stock adjustment from Postgres applied");

@@ -24,6 +24,14 @@ pub fn pool(url: &str) -> anyhow::Result<Pool> {
     let mut config =
         tokio_postgres::Config::from_str(url).map_err(|e| anyhow::anyhow!("database URL: {e}"))?;
     config.connect_timeout(Duration::from_secs(3));
+    // A query stuck behind a lock fails instead of stalling the mirror (and shutdown) indefinitely;
+    // the URL's own options are kept.
+    let bounded = "-c statement_timeout=60000 -c lock_timeout=10000";
+    let options = match config.get_options() {
+        Some(own) => format!("{own} {bounded}"),
+        None => bounded.to_owned(),
+    };
+    config.options(&options);
     if config.get_application_name().is_none() {
         config.application_name("holdfast");
     }

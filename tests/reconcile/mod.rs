@@ -13,6 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
+mod outage;
+
 const ADMIN_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
 
 /// A role and a schema of this test's, dropped at the end.
@@ -53,6 +55,16 @@ impl Pg {
                 self.admin.query(query, &[]).await
             })
             .unwrap_or_else(|e| panic!("{query}: {e}"))
+    }
+
+    /// Another administrative session (for locks held across calls).
+    fn session(&self) -> tokio_postgres::Client {
+        let url = std::env::var("HOLDFAST_TEST_DATABASE_URL").unwrap_or_else(|_| ADMIN_URL.to_owned());
+        self.rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("admin session");
+            tokio::spawn(connection);
+            client
+        })
     }
 
     fn execute(&self, sql: &str) {

@@ -1,0 +1,161 @@
+//! The mirror when Postgres is away, slow or out of order: the log it needs is kept from the first
+//! moment after a restart, kept within its budget while Postgres is down, restocks committed out of
+//! id order are taken, and a query stuck on a lock does not hold up shutdown.
+
+use super::{caught_up, metric, Pg};
+use crate::http::harness::{request, reserve_body, send};
+use crate::http::process::{call, runtime, start_with, wait_ready, Process};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// `n` reserves of one unit each, sent in order (each acknowledged before the next).
+fn reserves(rt: &tokio::runtime::Runtime, p: &Process, n: usize) {
+    let addr = p.addr;
+    rt.block_on(async move {
+        for i in 0..n {
+            let body = reserve_body("tee", 1, &format!("u{i}"));
+            let reply =
+                send(addr, request("POST", "/v1/reservations", &[], Some(&body))).await.expect("served");
+            assert_eq!(reply.status, 201, "{}", reply.text());
+        }
+    });
+}
+
+fn log_bytes(dir: &Path) -> u64 {
+    let wal = dir.join("wal");
+    std::fs::read_dir(wal).expect("log dir").filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
+}
+
+fn stop(p: &mut Process) -> std::process::ExitStatus {
+    Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().expect("kill");
+    p.child.wait().expect("exit")
+}
+
+/// Small segments and frequent snapshots, so that segments would be removed within seconds.
+const SMALL_LOG: [&str; 4] = ["--segment-bytes", "1048672", "--snapshot-every-records", "300"];
+
+#[test]
+fn a_restart_keeps_the_segments_the_mirror_needs_before_it_reaches_postgres() {
+    let pg = Pg::new("floor");
+    let rt = runtime();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let flags = [&["--database-url", pg.url.as_str()][..], &SMALL_LOG].concat();
+    let mut p = start_with(dir.path(), &flags);
+    wait_ready(&rt, p.addr);
+    assert_eq!(
+        call(&rt, p.addr, request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 1000000}"#))).status,
+        200
+    );
+    caught_up(&rt, &p, &pg);
+    assert_eq!(stop(&mut p).code(), Some(0));
+    // Postgres is away when the server comes back, and stays away while several segments fill.
+    pg.take_away();
+    let mut p = start_with(dir.path(), &flags);
+    wait_ready(&rt, p.addr);
+    reserves(&rt, &p, 12_000);
+    std::thread::sleep(Duration::from_secs(1)); // snapshots run meanwhile
+    pg.bring_back();
+    caught_up(&rt, &p, &pg);
+    assert_eq!(
+        metric(&rt, p.addr, "holdfast_mirror_resyncs"),
+        0.0,
+        "the mirror found every record in the log"
+    );
+    stop(&mut p);
+}
+
+#[test]
+fn the_log_budget_holds_while_postgres_is_down() {
+    let pg = Pg::new("budget");
+    let rt = runtime();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let budget = (3u64 << 20).to_string();
+    let flags =
+        [&["--database-url", pg.url.as_str(), "--mirror-log-budget-bytes", budget.as_str()][..], &SMALL_LOG]
+            .concat();
+    let mut p = start_with(dir.path(), &flags);
+    wait_ready(&rt, p.addr);
+    assert_eq!(
+        call(&rt, p.addr, request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 1000000}"#))).status,
+        200
+    );
+    caught_up(&rt, &p, &pg);
+    pg.take_away();
+    reserves(&rt, &p, 25_000);
+    let until = Instant::now() + Duration::from_secs(10);
+    while metric(&rt, p.addr, "holdfast_mirror_retention_released") != 1.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&rt, p.addr, "holdfast_mirror_retention_released"), 1.0, "the budget let the log go");
+    reserves(&rt, &p, 2_000); // past another snapshot, which removes what is covered
+    let bytes = log_bytes(dir.path());
+    assert!(bytes < 6 << 20, "the log holds {bytes} bytes with a 3 MiB budget");
+    stop(&mut p);
+}
+
+#[test]
+fn restocks_committed_out_of_id_order_are_taken() {
+    let pg = Pg::new("order");
+    let rt = runtime();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let mut p = start_with(dir.path(), &["--database-url", pg.url.as_str()]);
+    wait_ready(&rt, p.addr);
+    assert_eq!(
+        call(&rt, p.addr, request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 10}"#))).status,
+        200
+    );
+    caught_up(&rt, &p, &pg);
+    let on_hand = |p: &Process| {
+        call(&rt, p.addr, request("GET", "/v1/skus/tee", &[], None)).json()["on_hand"].as_u64().unwrap_or(0)
+    };
+    let wait_for = |want: u64| {
+        let until = Instant::now() + Duration::from_secs(10);
+        while on_hand(&p) != want && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        on_hand(&p)
+    };
+    // Id 20 commits first; id 7, handed out earlier, commits after it.
+    pg.execute(
+        "INSERT INTO holdfast_stock_adjustments (id, sku, delta, reason) VALUES (20, 'tee', 5, 'second')",
+    );
+    assert_eq!(wait_for(15), 15);
+    pg.execute(
+        "INSERT INTO holdfast_stock_adjustments (id, sku, delta, reason) VALUES (7, 'tee', 3, 'first')",
+    );
+    assert_eq!(wait_for(18), 18, "the row committed after a higher id was taken too");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(on_hand(&p), 18, "and once");
+    stop(&mut p);
+}
+
+#[test]
+fn a_mirror_query_stuck_on_a_lock_does_not_hold_up_shutdown() {
+    let pg = Pg::new("stuck");
+    let rt = runtime();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let mut p = start_with(dir.path(), &["--database-url", pg.url.as_str()]);
+    wait_ready(&rt, p.addr);
+    assert_eq!(
+        call(&rt, p.addr, request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 100}"#))).status,
+        200
+    );
+    caught_up(&rt, &p, &pg);
+    // Another session holds the checkpoint's row: the mirror's next batch waits on it.
+    let blocker = pg.session();
+    pg.rt
+        .block_on(blocker.batch_execute(&format!(
+            "SET search_path = {}; BEGIN; LOCK TABLE holdfast_mirror IN ACCESS EXCLUSIVE MODE",
+            pg.name
+        )))
+        .expect("lock");
+    reserves(&rt, &p, 5);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let exit = stop(&mut p);
+    let took = started.elapsed();
+    assert_eq!(exit.code(), Some(0));
+    assert!(took < Duration::from_secs(15), "SIGTERM took {took:?} with the mirror stuck");
+    pg.rt.block_on(blocker.batch_execute("ROLLBACK")).expect("unlock");
+}
