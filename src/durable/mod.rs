@@ -465,6 +465,17 @@ impl Durable {
         self.logged(ReserveError::LogRefused, |sink| self.engine.reserve(req, now_ms, sink))
     }
 
+    /// A keyed reserve's remembered outcome (see `Engine::remembered`), with the LSN that covers the
+    /// record it was remembered from: one appended before it was applied, so before this read.
+    pub fn remembered(
+        &self,
+        req: &ReserveRequest,
+        now_ms: u64,
+    ) -> Result<Option<Logged<Reserved>>, ReserveError> {
+        let hit = self.engine.remembered(req, now_ms)?;
+        Ok(hit.map(|value| Logged { value, lsn: self.wal.appended_lsn() }))
+    }
+
     pub fn commit(&self, id: ReservationId, now_ms: u64) -> Result<Logged<()>, Refused<ReservationError>> {
         self.logged(ReservationError::LogRefused, |sink| self.engine.commit(id, now_ms, sink))
     }

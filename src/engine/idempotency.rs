@@ -6,7 +6,7 @@
 //! time `now` is a function of the records and `now` alone — replay reproduces it exactly.
 
 use super::ids::{IdempotencyKey, ReservationId};
-use super::types::{ReserveError, Reserved};
+use super::types::{ReserveError, ReserveRequest, Reserved};
 use crate::sync::RwLock;
 use std::collections::{HashMap, VecDeque};
 
@@ -72,6 +72,19 @@ impl KeyTable {
             all.extend(live.map(|(k, r)| (k.clone(), *r)));
         }
         all
+    }
+}
+
+impl super::Engine {
+    /// The reservation an earlier success of this keyed request made, if its key is still remembered
+    /// (`replayed`); `IdempotencyConflict` when the key names another request. Changes nothing. The
+    /// server asks this before checking a gated sale's admission: a retry of a success must get its
+    /// reservation back even after the admission ended (the units are held for it all the same).
+    pub fn remembered(&self, req: &ReserveRequest, now_ms: u64) -> Result<Option<Reserved>, ReserveError> {
+        match &req.idempotency_key {
+            Some(key) => self.keys.peek(key, || req.fingerprint(), now_ms),
+            None => Ok(None),
+        }
     }
 }
 

@@ -357,16 +357,12 @@ impl Handler<'_> {
         let key = idempotency_key(&req)?;
         let body: dto::Reserve = self.body(req).await?;
         let request = reserve_request(&body, key)?;
-        if let Some(sale) = &request.sale {
-            self.check_admission(sale, &body.user_id, body.admission.as_deref())?;
-        }
-        let result = self.d.reserve(&request, self.now_ms);
-        let logged = match result {
-            Ok(logged) => logged,
-            Err(e) => {
-                let skus: Vec<&str> = body.items.iter().map(|i| i.sku.as_str()).collect();
-                return self.counted("reserve", Err(error::reserve_error(&e, &skus)));
-            }
+        // A retry of a remembered success is answered from the key before any admission check: the
+        // admission may have ended since, yet the units are held for this caller (invariant 3). It is
+        // answered from this one look-up, so a key that lapses meanwhile is never decided afresh here.
+        let logged = match self.d.remembered(&request, self.now_ms) {
+            Ok(Some(hit)) => hit,
+            Ok(None) | Err(_) => self.reserve_new(&body, &request)?,
         };
         self.outcome("reserve", if logged.value.replayed { "replayed" } else { "ok" });
         self.synced(logged.lsn).await?;
@@ -387,6 +383,21 @@ impl Handler<'_> {
             headers.insert(&IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         }
         Ok(response)
+    }
+
+    /// A reserve the key does not answer: admission first (gated sales), then the engine decides.
+    fn reserve_new(
+        &self,
+        body: &dto::Reserve,
+        request: &ReserveRequest,
+    ) -> Result<crate::durable::Logged<crate::engine::Reserved>, Problem> {
+        if let Some(sale) = &request.sale {
+            self.check_admission(sale, &body.user_id, body.admission.as_deref())?;
+        }
+        self.d.reserve(request, self.now_ms).or_else(|e| {
+            let skus: Vec<&str> = body.items.iter().map(|i| i.sku.as_str()).collect();
+            self.counted("reserve", Err(error::reserve_error(&e, &skus)))
+        })
     }
 
     async fn get_reservation(&self, id: &str) -> Result<Reply, Problem> {
