@@ -48,7 +48,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HOLDFAST_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
-    /// Open connections at most; further connections are closed as soon as they are accepted.
+    /// Open connections at most. At the cap the connection idle the longest is closed to make room;
+    /// a new connection is closed at once only when none is idle.
     #[arg(long, env = "HOLDFAST_CONNECTIONS_MAX", default_value_t = 16_384)]
     pub connections_max: usize,
     /// Requests handled at once at most; beyond it requests get 503 overloaded with Retry-After.
@@ -69,6 +70,10 @@ pub struct ServeArgs {
     /// Time a client has to send a request's body (408 beyond it).
     #[arg(long, env = "HOLDFAST_BODY_READ_TIMEOUT", value_parser = duration, default_value = "5s")]
     pub body_read_timeout: Duration,
+    /// After a grace second, a request body must arrive at least this fast, in bytes per second on
+    /// average (408 otherwise): a stalled upload is cut within about a second.
+    #[arg(long, env = "HOLDFAST_BODY_BYTES_PER_S_MIN", default_value_t = 4096)]
+    pub body_bytes_per_s_min: u64,
     /// A keep-alive connection idle for this long is closed.
     #[arg(long, env = "HOLDFAST_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
     pub idle_timeout: Duration,
@@ -222,6 +227,7 @@ impl ServeArgs {
                 headers_max: self.headers_max,
                 header_read_timeout: self.header_read_timeout,
                 body_read_timeout: self.body_read_timeout,
+                body_bytes_per_s_min: self.body_bytes_per_s_min,
                 idle_timeout: self.idle_timeout,
                 drain_timeout: self.drain_timeout,
             },

@@ -4,12 +4,12 @@
 
 use super::dto::{self, ItemIn};
 use super::error::{self, Problem};
-use super::App;
+use super::{body, App};
 use crate::durable::Durable;
 use crate::engine::{IdempotencyKey, Item, Reason, ReservationId, ReserveRequest, SaleId, SkuId, UserId};
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -230,6 +230,10 @@ async fn dispatch(
         Route::OpenApi => return Ok(openapi()),
         _ => {}
     }
+    // The body first: a request counts as in flight only once it has all arrived, so slow uploads
+    // hold their connections (bounded, and cut below a minimum rate) but never the in-flight slots
+    // that requests ready to be decided need.
+    let req = body::collect(&app.config, req).await?;
     // Health and metrics stay answerable under overload; the API sheds.
     let Some(_in_flight) = app.enter() else {
         app.metrics.shed.inc();
@@ -319,14 +323,15 @@ impl Handler<'_> {
         result
     }
 
-    pub(super) async fn body<T: DeserializeOwned>(&self, req: Request<Incoming>) -> Result<T, Problem> {
-        let bytes = read_body(self.app, req, true).await?;
-        parse_json(&bytes)
+    /// The request's JSON body, declared `application/json` (415 otherwise).
+    pub(super) fn body<T: DeserializeOwned>(&self, req: &Request<Bytes>) -> Result<T, Problem> {
+        body::json(req, true)?;
+        body::parse_json(req.body())
     }
 
-    async fn put_sku(&self, sku: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn put_sku(&self, sku: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sku = SkuId::new(sku)?;
-        let body: dto::SetStock = self.body(req).await?;
+        let body: dto::SetStock = self.body(&req)?;
         let logged = self.d.set_stock(&sku, body.on_hand, self.now_ms).map_err(|e| error::stock_error(&e));
         let logged = self.counted("set_stock", logged)?;
         self.synced(logged.lsn).await?;
@@ -340,9 +345,9 @@ impl Handler<'_> {
         Ok(json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), stock)))
     }
 
-    async fn adjust_sku(&self, sku: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn adjust_sku(&self, sku: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sku = SkuId::new(sku)?;
-        let body: dto::Adjust = self.body(req).await?;
+        let body: dto::Adjust = self.body(&req)?;
         if body.reason.is_empty() {
             return Err(Problem::invalid("reason must not be empty: say why stock changed"));
         }
@@ -353,9 +358,9 @@ impl Handler<'_> {
         Ok(json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), logged.value)))
     }
 
-    async fn reserve(&self, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn reserve(&self, req: Request<Bytes>) -> Result<Reply, Problem> {
         let key = idempotency_key(&req)?;
-        let body: dto::Reserve = self.body(req).await?;
+        let body: dto::Reserve = self.body(&req)?;
         let request = reserve_request(&body, key)?;
         // A retry of a remembered success is answered from the key before any admission check: the
         // admission may have ended since, yet the units are held for this caller (invariant 3). It is
@@ -413,12 +418,12 @@ impl Handler<'_> {
     }
 
     /// Commit or release: idempotent by nature. An `Idempotency-Key` is checked for form and accepted.
-    async fn end(&self, route: Route, id: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn end(&self, route: Route, id: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let id = reservation_id(id)?;
         idempotency_key(&req)?;
-        let body = read_body(self.app, req, false).await?;
-        if !body.is_empty() {
-            parse_json::<dto::Empty>(&body)?;
+        if !req.body().is_empty() {
+            body::json(&req, false)?;
+            body::parse_json::<dto::Empty>(req.body())?;
         }
         let (op, result) = match route {
             Route::Commit => ("commit", self.d.commit(id, self.now_ms)),
@@ -429,9 +434,9 @@ impl Handler<'_> {
         Ok(json(StatusCode::OK, &self.view(id)?))
     }
 
-    async fn extend(&self, id: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn extend(&self, id: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let id = reservation_id(id)?;
-        let body: dto::Extend = self.body(req).await?;
+        let body: dto::Extend = self.body(&req)?;
         let result = self.d.extend(id, body.ttl_ms, self.now_ms).map_err(|e| error::reservation_error(&e));
         let logged = self.counted("extend", result)?;
         self.synced(logged.lsn).await?;
@@ -446,7 +451,7 @@ fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
     })
 }
 
-fn idempotency_key(req: &Request<Incoming>) -> Result<Option<IdempotencyKey>, Problem> {
+fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyKey>, Problem> {
     let mut values = req.headers().get_all("idempotency-key").iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
@@ -472,60 +477,4 @@ fn reserve_request(body: &dto::Reserve, key: Option<IdempotencyKey>) -> Result<R
         None => None,
     };
     Ok(ReserveRequest { items, ttl_ms: body.ttl_ms, user: Some(user), sale, idempotency_key: key })
-}
-
-/// The request's body, at most `body_bytes_max` bytes (413 beyond, by `Content-Length` before reading
-/// or while chunks arrive), within `body_read_timeout` (408). `json_required`: a body must be declared
-/// `application/json` (415 otherwise); a route without one accepts an empty body as well.
-async fn read_body(app: &App, req: Request<Incoming>, json_required: bool) -> Result<Bytes, Problem> {
-    let max = app.config.body_bytes_max;
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large(max));
-    }
-    let content_type = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?").to_owned());
-    let collected =
-        tokio::time::timeout(app.config.body_read_timeout, Limited::new(req.into_body(), max).collect());
-    let bytes = match collected.await {
-        Err(_) => {
-            let p = Problem::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the body did not arrive in time",
-            );
-            return Err(p.close());
-        }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(max)),
-        Ok(Err(e)) => return Err(Problem::invalid(format!("the body could not be read: {e}")).close()),
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-    if json_required || !bytes.is_empty() {
-        let is_json = content_type.as_deref().is_some_and(|t| {
-            let essence = t.split(';').next().unwrap_or("").trim();
-            essence.eq_ignore_ascii_case("application/json")
-        });
-        if !is_json {
-            let got = content_type.as_deref().unwrap_or("none");
-            let detail = format!("Content-Type must be application/json, not {got}");
-            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail));
-        }
-    }
-    Ok(bytes)
-}
-
-fn too_large(max: usize) -> Problem {
-    let detail = format!("the body is larger than {max} bytes");
-    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail).close()
-}
-
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Data => "invalid field",
-            serde_json::error::Category::Syntax | serde_json::error::Category::Io => "malformed JSON",
-            serde_json::error::Category::Eof => "truncated JSON",
-        };
-        Problem::invalid(format!("{what}: {e}"))
-    })
 }
