@@ -12,9 +12,9 @@
 pub mod codec;
 
 use crate::engine::{
-    ConfigError, Engine, EngineConfig, EngineState, Joined, QueueError, Reason, Record, RecordSink,
-    ReservationError, ReservationId, ReserveError, ReserveRequest, Reserved, RoomConfig, RoomTick, SaleId,
-    SinkRefused, SkuId, Stock, StockError, UserId,
+    Adjusted, ConfigError, Engine, EngineConfig, EngineState, IdempotencyKey, Joined, QueueError, Reason,
+    Record, RecordSink, ReservationError, ReservationId, ReserveError, ReserveRequest, Reserved, RoomConfig,
+    RoomTick, SaleId, SinkRefused, SkuId, Stock, StockError, UserId,
 };
 use holdfast_wal::snapshot::{self, SnapshotFile};
 use holdfast_wal::storage::Storage;
@@ -510,6 +510,20 @@ impl Durable {
         now_ms: u64,
     ) -> Result<Logged<Stock>, Refused<StockError>> {
         self.logged(StockError::LogRefused, |sink| self.engine.adjust_stock(sku, delta, reason, now_ms, sink))
+    }
+
+    /// An adjustment under an idempotency key (see `Engine::adjust_stock_keyed`).
+    pub fn adjust_stock_keyed(
+        &self,
+        sku: &SkuId,
+        delta: i64,
+        reason: &Reason,
+        key: Option<&IdempotencyKey>,
+        now_ms: u64,
+    ) -> Result<Logged<Adjusted>, Refused<StockError>> {
+        self.logged(StockError::LogRefused, |sink| {
+            self.engine.adjust_stock_keyed(sku, delta, reason, key, now_ms, sink)
+        })
     }
 
     pub fn set_sale_limit(

@@ -331,6 +331,10 @@ impl Handler<'_> {
 
     async fn put_sku(&self, sku: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sku = SkuId::new(sku)?;
+        unkeyed(
+            &req,
+            "it sets on_hand to the value sent; for a keyed change use POST /v1/skus/{sku}/adjust",
+        )?;
         let body: dto::SetStock = self.body(&req)?;
         let logged = self.d.set_stock(&sku, body.on_hand, self.now_ms).map_err(|e| error::stock_error(&e));
         let logged = self.counted("set_stock", logged)?;
@@ -347,15 +351,21 @@ impl Handler<'_> {
 
     async fn adjust_sku(&self, sku: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sku = SkuId::new(sku)?;
+        let key = idempotency_key(&req)?;
         let body: dto::Adjust = self.body(&req)?;
         if body.reason.is_empty() {
             return Err(Problem::invalid("reason must not be empty: say why stock changed"));
         }
         let reason = Reason::new(&body.reason).map_err(|e| Problem::invalid(format!("reason: {e}")))?;
-        let logged = self.d.adjust_stock(&sku, body.delta, &reason, self.now_ms);
+        let logged = self.d.adjust_stock_keyed(&sku, body.delta, &reason, key.as_ref(), self.now_ms);
         let logged = self.counted("adjust_stock", logged.map_err(|e| error::stock_error(&e)))?;
+        // A repeat waits like a first answer: for the log to cover the record it depends on.
         self.synced(logged.lsn).await?;
-        Ok(json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), logged.value)))
+        let mut response = json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), logged.value.stock));
+        if logged.value.replayed {
+            response.headers_mut().insert(&IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        }
+        Ok(response)
     }
 
     async fn reserve(&self, req: Request<Bytes>) -> Result<Reply, Problem> {
@@ -436,6 +446,7 @@ impl Handler<'_> {
 
     async fn extend(&self, id: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let id = reservation_id(id)?;
+        unkeyed(&req, "each extend sets the deadline anew from now; a repeat sets it again")?;
         let body: dto::Extend = self.body(&req)?;
         let result = self.d.extend(id, body.ttl_ms, self.now_ms).map_err(|e| error::reservation_error(&e));
         let logged = self.counted("extend", result)?;
@@ -451,7 +462,7 @@ fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
     })
 }
 
-fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyKey>, Problem> {
+pub(super) fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyKey>, Problem> {
     let mut values = req.headers().get_all("idempotency-key").iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
@@ -459,6 +470,17 @@ fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyKey>, Proble
     }
     let text = value.to_str().map_err(|_| Problem::invalid("Idempotency-Key must be visible ASCII"))?;
     IdempotencyKey::new(text).map(Some).map_err(|e| Problem::invalid(format!("Idempotency-Key: {e}")))
+}
+
+/// Refuses an `Idempotency-Key` on a route that cannot honour one (400): ignoring it would let a
+/// client believe a retry is harmless where it is not. `why` says what the route does instead.
+pub(super) fn unkeyed<B>(req: &Request<B>, why: &str) -> Result<(), Problem> {
+    if req.headers().contains_key("idempotency-key") {
+        let route = req.uri().path();
+        let shown: String = route.chars().take(100).collect();
+        return Err(Problem::invalid(format!("{shown} takes no Idempotency-Key: {why}")));
+    }
+    Ok(())
 }
 
 fn reserve_request(body: &dto::Reserve, key: Option<IdempotencyKey>) -> Result<ReserveRequest, Problem> {

@@ -140,6 +140,7 @@ impl Handler<'_> {
 
     pub(super) async fn put_sale(&self, sale: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sale = SaleId::new(sale)?;
+        super::routes::unkeyed(&req, "it sets the sale's settings to the values sent")?;
         let body: dto::SetSale = self.body(&req)?;
         let lsn = if body.has_room() {
             let room = room_config(&body)?;
@@ -165,6 +166,9 @@ impl Handler<'_> {
 
     pub(super) async fn join_queue(&self, sale: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sale = SaleId::new(sale)?;
+        // Joining is idempotent by user (a repeat keeps the place): a key is checked for form and
+        // accepted, as on commit and release.
+        super::routes::idempotency_key(&req)?;
         let body: dto::JoinQueue = self.body(&req)?;
         let user = UserId::new(&body.user_id).map_err(|e| Problem::invalid(format!("user_id: {e}")))?;
         let signer = self.signer()?;
