@@ -154,7 +154,7 @@ impl Route {
             None => Err(Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                format!("{path} accepts {allowed}, not {method}"),
+                format!("{} accepts {allowed}, not {method}", shown(path)),
             )
             .allow(allowed)),
         }
@@ -162,8 +162,13 @@ impl Route {
 }
 
 fn no_route(path: &str) -> Problem {
-    let shown: String = path.chars().take(200).collect();
-    Problem::not_found(format!("no route {shown}"))
+    Problem::not_found(format!("no route {}", shown(path)))
+}
+
+/// A request path as an answer may echo it: its first 200 characters, so that a long path is not
+/// reflected whole.
+fn shown(path: &str) -> String {
+    path.chars().take(200).collect()
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
