@@ -445,8 +445,10 @@ impl Handler<'_> {
             _ => ("release", self.d.release(id, self.now_ms)),
         };
         let logged = self.counted(op, result.map_err(|e| error::reservation_error(&e)))?;
+        // Read before the wait: the state is terminal now, and after the wait it may be forgotten.
+        let view = self.view(id)?;
         self.synced(logged.lsn).await?;
-        Ok(json(StatusCode::OK, &self.view(id)?))
+        Ok(json(StatusCode::OK, &view))
     }
 
     async fn extend(&self, id: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
@@ -455,8 +457,13 @@ impl Handler<'_> {
         let body: dto::Extend = self.body(&req)?;
         let result = self.d.extend(id, body.ttl_ms, self.now_ms).map_err(|e| error::reservation_error(&e));
         let logged = self.counted("extend", result)?;
+        // The answer is the state as of this extend's own record: a commit, release or extend that
+        // came after it (and that this sync may not cover) is not this request's to report.
+        let mut view = self.view(id)?;
+        (view.state, view.ended_at) = ("active", None);
+        view.expires_at = crate::clock::rfc3339(logged.value);
         self.synced(logged.lsn).await?;
-        Ok(json(StatusCode::OK, &self.view(id)?))
+        Ok(json(StatusCode::OK, &view))
     }
 }
 
