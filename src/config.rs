@@ -48,7 +48,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HOLDFAST_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
-    /// Open connections at most; further connections are closed as soon as they are accepted.
+    /// Open connections at most. At the cap the connection idle the longest is closed to make room;
+    /// a new connection is closed at once only when none is idle.
     #[arg(long, env = "HOLDFAST_CONNECTIONS_MAX", default_value_t = 16_384)]
     pub connections_max: usize,
     /// Requests handled at once at most; beyond it requests get 503 overloaded with Retry-After.
@@ -69,6 +70,10 @@ pub struct ServeArgs {
     /// Time a client has to send a request's body (408 beyond it).
     #[arg(long, env = "HOLDFAST_BODY_READ_TIMEOUT", value_parser = duration, default_value = "5s")]
     pub body_read_timeout: Duration,
+    /// After a grace second, a request body must arrive at least this fast, in bytes per second on
+    /// average (408 otherwise): a stalled upload is cut within about a second.
+    #[arg(long, env = "HOLDFAST_BODY_BYTES_PER_S_MIN", default_value_t = 4096)]
+    pub body_bytes_per_s_min: u64,
     /// A keep-alive connection idle for this long is closed.
     #[arg(long, env = "HOLDFAST_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
     pub idle_timeout: Duration,
@@ -186,7 +191,40 @@ fn file_arguments(path: &PathBuf, matches: &ArgMatches) -> Result<Vec<String>, S
     Ok(flags)
 }
 
+/// hyper refuses a read buffer smaller than this; a request head must fit in it.
+pub const HEADER_BYTES_MIN: usize = 8192;
+
 impl ServeArgs {
+    /// Refuses an HTTP setting that would break the server (a zero timeout resets every connection,
+    /// a zero cap refuses everything), naming it, rather than starting "ready" and failing each client.
+    fn check_http(&self) -> Result<(), String> {
+        let durations = [
+            ("header-read-timeout", self.header_read_timeout),
+            ("body-read-timeout", self.body_read_timeout),
+            ("idle-timeout", self.idle_timeout),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be above zero (write durations like 250ms, 5s)"));
+        }
+        let counts = [
+            ("connections-max", self.connections_max as u64),
+            ("in-flight-max", self.in_flight_max as u64),
+            ("body-bytes-max", self.body_bytes_max as u64),
+            ("headers-max", self.headers_max as u64),
+            ("body-bytes-per-s-min", self.body_bytes_per_s_min),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(format!("{name} must be above zero"));
+        }
+        if self.header_bytes_max < HEADER_BYTES_MIN {
+            return Err(format!(
+                "header-bytes-max must be at least {HEADER_BYTES_MIN} (the HTTP parser's smallest buffer), not {}",
+                self.header_bytes_max
+            ));
+        }
+        Ok(())
+    }
+
     pub fn options(&self) -> Result<ServeOptions, String> {
         let ms = |d: Duration| d.as_millis() as u64;
         let mut engine = EngineConfig {
@@ -205,8 +243,9 @@ impl ServeArgs {
         if self.segment_bytes < holdfast_wal::SEGMENT_BYTES_MIN {
             return Err(format!("segment-bytes must be at least {}", holdfast_wal::SEGMENT_BYTES_MIN));
         }
-        if self.expiry_tick.is_zero() || self.connections_max == 0 || self.in_flight_max == 0 {
-            return Err("expiry-tick, connections-max and in-flight-max must be above zero".into());
+        self.check_http()?;
+        if self.expiry_tick.is_zero() {
+            return Err("expiry-tick must be above zero".into());
         }
         let durability = match self.sync_interval {
             Some(every) if !every.is_zero() => Durability::Interval { every },
@@ -222,6 +261,7 @@ impl ServeArgs {
                 headers_max: self.headers_max,
                 header_read_timeout: self.header_read_timeout,
                 body_read_timeout: self.body_read_timeout,
+                body_bytes_per_s_min: self.body_bytes_per_s_min,
                 idle_timeout: self.idle_timeout,
                 drain_timeout: self.drain_timeout,
             },
@@ -293,5 +333,25 @@ mod tests {
         assert!(args.options().is_err());
         let args = parse_serve(&argv(&["--in-flight-max", "0"])).expect("parses");
         assert!(args.options().is_err());
+    }
+
+    #[test]
+    fn settings_that_would_break_the_server_are_refused_by_name() {
+        let cases = [
+            (&["--header-read-timeout", "0s"][..], "header-read-timeout"),
+            (&["--body-read-timeout", "0ms"], "body-read-timeout"),
+            (&["--idle-timeout", "0s"], "idle-timeout"),
+            (&["--body-bytes-max", "0"], "body-bytes-max"),
+            (&["--headers-max", "0"], "headers-max"),
+            (&["--connections-max", "0"], "connections-max"),
+            (&["--body-bytes-per-s-min", "0"], "body-bytes-per-s-min"),
+            (&["--header-bytes-max", "4096"], "header-bytes-max must be at least 8192"),
+        ];
+        for (flags, named) in cases {
+            let e = parse_serve(&argv(flags)).expect("parses").options().expect_err("refused");
+            assert!(e.contains(named), "{flags:?}: {e}");
+        }
+        let args = parse_serve(&argv(&["--header-bytes-max", "8192"])).expect("parses");
+        assert_eq!(args.options().expect("the smallest allowed").http.header_bytes_max, 8192);
     }
 }

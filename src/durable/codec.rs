@@ -34,6 +34,19 @@ enum LogRecord {
     QueueAdmitted { sale: String, count: u32, at_ms: u64 },
     // A sale's limit with the SKUs it covers; `SaleLimitSet` (no SKUs) is read as one covering none.
     SaleSet { sale: String, per_user_max: u32, skus: Vec<String>, at_ms: u64 },
+    // An adjustment under an idempotency key. Unkeyed adjustments are still written as
+    // `StockAdjusted`, so that logs without keyed ones read with builds that predate this.
+    StockAdjustedKeyed(Box<LogAdjustKeyed>),
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+struct LogAdjustKeyed {
+    sku: String,
+    delta: i64,
+    reason: String,
+    at_ms: u64,
+    key: String,
+    fingerprint: u128,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
@@ -105,7 +118,7 @@ fn to_log(record: &Record) -> LogRecord {
         Record::StockSet { sku, on_hand, at_ms } => {
             LogRecord::StockSet { sku: s(sku), on_hand: *on_hand, at_ms: *at_ms }
         }
-        Record::StockAdjusted { sku, delta, reason, at_ms } => LogRecord::StockAdjusted {
+        Record::StockAdjusted { sku, delta, reason, at_ms, idempotency: None } => LogRecord::StockAdjusted {
             sku: s(sku),
             delta: *delta,
             reason: reason.as_str().to_owned(),
@@ -117,6 +130,16 @@ fn to_log(record: &Record) -> LogRecord {
             skus: skus.iter().map(|sku| s(sku)).collect(),
             at_ms: *at_ms,
         },
+        Record::StockAdjusted { sku, delta, reason, at_ms, idempotency: Some((key, fingerprint)) } => {
+            LogRecord::StockAdjustedKeyed(Box::new(LogAdjustKeyed {
+                sku: s(sku),
+                delta: *delta,
+                reason: reason.as_str().to_owned(),
+                at_ms: *at_ms,
+                key: s(key),
+                fingerprint: *fingerprint,
+            }))
+        }
         Record::Reserved(r) => LogRecord::Reserved(LogReserved {
             id: r.id.raw(),
             items: r.items.iter().map(|i| LogItem { sku: s(&i.sku), qty: i.qty }).collect(),
@@ -238,6 +261,14 @@ fn from_archived(r: &ArchivedLogRecord) -> Result<Record, Invalid> {
             delta: delta.to_native(),
             reason: Reason::new(reason)?,
             at_ms: at_ms.to_native(),
+            idempotency: None,
+        },
+        ArchivedLogRecord::StockAdjustedKeyed(a) => Record::StockAdjusted {
+            sku: SkuId::new(&a.sku)?,
+            delta: a.delta.to_native(),
+            reason: Reason::new(&a.reason)?,
+            at_ms: a.at_ms.to_native(),
+            idempotency: Some((IdempotencyKey::new(&a.key)?, a.fingerprint.to_native())),
         },
         ArchivedLogRecord::SaleLimitSet { sale, per_user_max, at_ms } => Record::SaleSet {
             sale: SaleId::new(sale)?,
@@ -328,6 +359,7 @@ mod tests {
                 delta: -3,
                 reason: Reason::new("damaged").expect("valid"),
                 at_ms: 2,
+                idempotency: None,
             },
             // Written as `SaleLimitSet`, which reads as a sale covering no SKU.
             Record::SaleSet {
@@ -375,6 +407,45 @@ mod tests {
                 at_ms: 13,
             },
         ]
+    }
+
+    #[test]
+    fn a_keyed_adjustment_round_trips_and_an_unkeyed_one_keeps_the_first_layout() {
+        let keyed = Record::StockAdjusted {
+            sku: SkuId::new("tee-L").expect("valid"),
+            delta: 20,
+            reason: Reason::new("po-77 restock").expect("valid"),
+            at_ms: 13,
+            idempotency: Some((IdempotencyKey::new("po-77").expect("valid"), u128::MAX - 9)),
+        };
+        assert_eq!(round_trip(&keyed), Ok(keyed));
+        // Records without a key are written exactly as the first release of version 1 wrote them
+        // (but a sale, now written with its SKUs as `SaleSet`).
+        let fixture: Vec<&str> = include_str!("records-v1.hex").lines().collect();
+        for (record, line) in
+            sample().iter().zip(fixture).filter(|(r, _)| !matches!(r, Record::SaleSet { .. }))
+        {
+            let mut out = Vec::new();
+            encode(record, &mut out);
+            let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, line, "{record:?}");
+        }
+    }
+
+    #[test]
+    fn a_state_with_adjustment_keys_and_sale_skus_round_trips_as_version_3() {
+        use crate::engine::{EngineState, RememberedAdjustKey, Stock};
+        let stock = Stock { on_hand: 20, available: 16, reserved: 4, sold: 0 };
+        let key = IdempotencyKey::new("po-77").expect("valid");
+        let mut state = EngineState::default();
+        state.adjust_keys.push(RememberedAdjustKey { key, fingerprint: 7, stock, created_at_ms: 9 });
+        let sale = SaleId::new("noon").expect("valid");
+        state.sale_skus.push((sale, vec![SkuId::new("tee").expect("valid")]));
+        let bytes = encode_state(&state);
+        assert_eq!(bytes[4], 3);
+        let words = aligned(&bytes);
+        let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()]);
+        assert_eq!(decoded.expect("decodes"), state);
     }
 
     #[test]
@@ -447,6 +518,7 @@ mod tests {
 
 pub const STATE_MAGIC: [u8; 4] = *b"HFST";
 /// Version 2 added waiting rooms; version 1 snapshots (without them) still read.
+/// Version 3 added the SKUs each sale covers and the keys of stock adjustments.
 pub const STATE_FORMAT_VERSION: u32 = 3;
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -455,17 +527,27 @@ struct SnapStateV2 {
     rooms: Vec<SnapRoom>,
 }
 
-/// Version 3: the SKUs each sale covers. (Version 2 snapshots read as sales covering their rooms' SKUs.)
+/// Version 3: the SKUs each sale covers (version 2 snapshots read as sales covering their rooms'
+/// SKUs), and the keys of stock adjustments.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapStateV3 {
     v2: SnapStateV2,
     sale_skus: Vec<SnapSaleSkus>,
+    adjust_keys: Vec<SnapAdjustKey>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapSaleSkus {
     sale: String,
     skus: Vec<String>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapAdjustKey {
+    key: String,
+    fingerprint: u128,
+    stock: SnapSku,
+    created_at_ms: u64,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -624,25 +706,67 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
             skus: skus.iter().map(|sku| sku.to_string()).collect(),
         })
         .collect();
-    let snap = SnapStateV3 { v2: SnapStateV2 { base: snap, rooms }, sale_skus };
+    let adjust_keys = (state.adjust_keys.iter()).map(snap_adjust_key).collect();
+    let snap = SnapStateV3 { v2: SnapStateV2 { base: snap, rooms }, sale_skus, adjust_keys };
     out.extend_from_slice(
         &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
     );
     out
 }
 
+fn snap_adjust_key(k: &crate::engine::RememberedAdjustKey) -> SnapAdjustKey {
+    let s = &k.stock;
+    SnapAdjustKey {
+        key: k.key.to_string(),
+        fingerprint: k.fingerprint,
+        stock: SnapSku {
+            sku: String::new(),
+            on_hand: s.on_hand,
+            available: s.available,
+            reserved: s.reserved,
+            sold: s.sold,
+        },
+        created_at_ms: k.created_at_ms,
+    }
+}
+
+fn adjust_key(k: &ArchivedSnapAdjustKey) -> Result<crate::engine::RememberedAdjustKey, DecodeError> {
+    let s = &k.stock;
+    Ok(crate::engine::RememberedAdjustKey {
+        key: IdempotencyKey::new(&k.key).map_err(bad)?,
+        fingerprint: k.fingerprint.to_native(),
+        stock: crate::engine::Stock {
+            on_hand: s.on_hand.to_native(),
+            available: s.available.to_native(),
+            reserved: s.reserved.to_native(),
+            sold: s.sold.to_native(),
+        },
+        created_at_ms: k.created_at_ms.to_native(),
+    })
+}
+
 /// Decodes and validates a snapshot payload (16-byte aligned).
 pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, DecodeError> {
     use crate::engine::{EngineState, RememberedKey, ReservationState, ReservationView, Stock};
-    let (snap, rooms, sale_skus) = if let Ok(body) = unprefix(payload, STATE_MAGIC, 1, "snapshot") {
-        (rkyv::access::<ArchivedSnapState, rancor::Error>(body).map_err(bad)?, None, None)
-    } else if let Ok(body) = unprefix(payload, STATE_MAGIC, 2, "snapshot") {
-        let v2 = rkyv::access::<ArchivedSnapStateV2, rancor::Error>(body).map_err(bad)?;
-        (&v2.base, Some(&v2.rooms), None)
-    } else {
-        let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
-        let v3 = rkyv::access::<ArchivedSnapStateV3, rancor::Error>(body).map_err(bad)?;
-        (&v3.v2.base, Some(&v3.v2.rooms), Some(&v3.sale_skus))
+    let found = payload.get(4..8).map_or(0, |v| u32::from_le_bytes(v.try_into().expect("4 bytes")));
+    let (mut adjust_keys, mut sale_skus) = (None, None);
+    let (snap, rooms) = match found {
+        1 => {
+            let body = unprefix(payload, STATE_MAGIC, 1, "snapshot")?;
+            (rkyv::access::<ArchivedSnapState, rancor::Error>(body).map_err(bad)?, None)
+        }
+        2 => {
+            let body = unprefix(payload, STATE_MAGIC, 2, "snapshot")?;
+            let v2 = rkyv::access::<ArchivedSnapStateV2, rancor::Error>(body).map_err(bad)?;
+            (&v2.base, Some(&v2.rooms))
+        }
+        _ => {
+            let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
+            let v3 = rkyv::access::<ArchivedSnapStateV3, rancor::Error>(body).map_err(bad)?;
+            adjust_keys = Some(&v3.adjust_keys);
+            sale_skus = Some(&v3.sale_skus);
+            (&v3.v2.base, Some(&v3.v2.rooms))
+        }
     };
     let name_err = |e: NameError| bad(e);
     let id_of = |raw: &rkyv::rend::u64_le| {
@@ -702,6 +826,9 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
         state.counters.push((sale, user, c.units.to_native()));
     }
     state.next_seqs = snap.next_seqs.iter().map(|n| n.to_native()).collect();
+    for k in adjust_keys.into_iter().flat_map(|keys| keys.iter()) {
+        state.adjust_keys.push(adjust_key(k)?);
+    }
     for r in rooms.into_iter().flat_map(|rooms| rooms.iter()) {
         let invalid = |e: Invalid| match e {
             Invalid::Name(e) => bad(e),

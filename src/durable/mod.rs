@@ -13,9 +13,9 @@ pub mod codec;
 pub mod settings;
 
 use crate::engine::{
-    ConfigError, Engine, EngineConfig, EngineState, Joined, QueueError, Reason, Record, RecordSink,
-    ReservationError, ReservationId, ReserveError, ReserveRequest, Reserved, RoomConfig, RoomTick, SaleId,
-    SinkRefused, SkuId, Stock, StockError, UserId,
+    Adjusted, ConfigError, Engine, EngineConfig, EngineState, IdempotencyKey, Joined, QueueError, Reason,
+    Record, RecordSink, ReservationError, ReservationId, ReserveError, ReserveRequest, Reserved, RoomConfig,
+    RoomTick, SaleId, SinkRefused, SkuId, Stock, StockError, UserId,
 };
 use holdfast_wal::snapshot::{self, SnapshotFile};
 use holdfast_wal::storage::Storage;
@@ -472,6 +472,29 @@ impl Durable {
         self.logged(ReserveError::LogRefused, |sink| self.engine.reserve(req, now_ms, sink))
     }
 
+    /// A reserve refused unless its SKUs fall in the sale `expected` (see `Engine::reserve_in`).
+    pub fn reserve_in(
+        &self,
+        req: &ReserveRequest,
+        expected: Option<&SaleId>,
+        now_ms: u64,
+    ) -> Result<Logged<Reserved>, Refused<ReserveError>> {
+        self.logged(ReserveError::LogRefused, |sink| {
+            self.engine.reserve_in(req, Some(expected), now_ms, sink)
+        })
+    }
+
+    /// A keyed reserve's remembered outcome (see `Engine::remembered`), with the LSN that covers the
+    /// record it was remembered from: one appended before it was applied, so before this read.
+    pub fn remembered(
+        &self,
+        req: &ReserveRequest,
+        now_ms: u64,
+    ) -> Result<Option<Logged<Reserved>>, ReserveError> {
+        let hit = self.engine.remembered(req, now_ms)?;
+        Ok(hit.map(|value| Logged { value, lsn: self.wal.appended_lsn() }))
+    }
+
     pub fn commit(&self, id: ReservationId, now_ms: u64) -> Result<Logged<()>, Refused<ReservationError>> {
         self.logged(ReservationError::LogRefused, |sink| self.engine.commit(id, now_ms, sink))
     }
@@ -506,6 +529,20 @@ impl Durable {
         now_ms: u64,
     ) -> Result<Logged<Stock>, Refused<StockError>> {
         self.logged(StockError::LogRefused, |sink| self.engine.adjust_stock(sku, delta, reason, now_ms, sink))
+    }
+
+    /// An adjustment under an idempotency key (see `Engine::adjust_stock_keyed`).
+    pub fn adjust_stock_keyed(
+        &self,
+        sku: &SkuId,
+        delta: i64,
+        reason: &Reason,
+        key: Option<&IdempotencyKey>,
+        now_ms: u64,
+    ) -> Result<Logged<Adjusted>, Refused<StockError>> {
+        self.logged(StockError::LogRefused, |sink| {
+            self.engine.adjust_stock_keyed(sku, delta, reason, key, now_ms, sink)
+        })
     }
 
     pub fn set_sale(

@@ -29,10 +29,10 @@ pub use queue::{
 };
 pub use record::{Record, RecordSink, ReservedRecord, SinkRefused};
 pub use replay::ReplayError;
-pub use state::{EngineState, RememberedKey, RestoreError};
+pub use state::{EngineState, RememberedAdjustKey, RememberedKey, RestoreError};
 pub use types::{
-    Item, RequestError, ReservationError, ReservationState, ReservationView, ReserveError, ReserveRequest,
-    Reserved, Stock, StockError,
+    Adjusted, Item, RequestError, ReservationError, ReservationState, ReservationView, ReserveError,
+    ReserveRequest, Reserved, Stock, StockError,
 };
 
 use crate::sync::Mutex;

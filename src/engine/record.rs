@@ -20,6 +20,9 @@ pub enum Record {
         delta: i64,
         reason: Reason,
         at_ms: u64,
+        /// The key and the request's fingerprint, remembered (with the stock the adjustment left)
+        /// until the idempotency window passes, as a reserve's are.
+        idempotency: Option<(IdempotencyKey, u128)>,
     },
     /// A sale without a waiting room was set: its per-user limit and the SKUs it covers.
     SaleSet {

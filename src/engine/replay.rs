@@ -4,7 +4,6 @@
 
 use super::reserve::units;
 use super::shard::shard_set;
-use super::stock::adjusted;
 use super::{Engine, Record, ReservationId, ReservationState, ReservedRecord};
 use std::fmt;
 
@@ -42,16 +41,9 @@ impl Engine {
                 }
                 self.apply_stock_set(sku, shard, *on_hand);
             }
-            Record::StockAdjusted { sku, delta, .. } => {
-                let Some((_, cell)) = self.catalog.find(sku.as_str()) else {
-                    return fail(format!("adjustment of unknown SKU {sku}"));
-                };
-                let _locked = self.lock(&[cell.shard]);
-                let Ok(on_hand) = adjusted(cell.load(), *delta) else {
-                    return fail(format!("adjustment {delta} of {sku} does not fit {:?}", cell.load()));
-                };
-                self.apply_stock_set(sku, cell.shard, on_hand);
-            }
+            Record::StockAdjusted { sku, delta, idempotency, at_ms, .. } => self
+                .replay_adjusted(sku, *delta, idempotency.as_ref(), *at_ms)
+                .map_err(|detail| ReplayError { detail })?,
             Record::SaleSet { sale, per_user_max, skus, .. } => {
                 self.replay_sale_set(sale, *per_user_max, skus).map_err(|detail| ReplayError { detail })?
             }

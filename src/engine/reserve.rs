@@ -5,7 +5,7 @@ use super::holders::CounterShard;
 use super::idempotency::{KeyShard, Remembered};
 use super::shard::{shard_set, Holder, Line, Locked, Reservation};
 use super::{Engine, Item, Record, RecordSink, RequestError, ReserveError, ReserveRequest, Reserved};
-use super::{ReservationId, ReservationState, ReservedRecord};
+use super::{ReservationId, ReservationState, ReservedRecord, SaleId};
 use crate::limits::{ITEMS_PER_RESERVATION_MAX, QTY_PER_ITEM_MAX};
 use std::cmp::Reverse;
 
@@ -28,6 +28,18 @@ impl Engine {
     pub fn reserve(
         &self,
         req: &ReserveRequest,
+        now_ms: u64,
+        sink: &mut impl RecordSink,
+    ) -> Result<Reserved, ReserveError> {
+        self.reserve_in(req, None, now_ms, sink)
+    }
+
+    /// `reserve`, refused (`SaleMismatch`) unless the sale its SKUs fall in is `expected`: the sale
+    /// whose admission the caller checked, should a sale's SKUs change meanwhile.
+    pub fn reserve_in(
+        &self,
+        req: &ReserveRequest,
+        expected: Option<Option<&SaleId>>,
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<Reserved, ReserveError> {
@@ -68,6 +80,9 @@ impl Engine {
         // The sale follows from the SKUs (see `sales.rs`), decided after the key so that a retry of an
         // acknowledged reserve gets its answer whatever changed since.
         record.sale = self.sale_for(req.items.iter().map(|i| &i.sku), req.sale.as_ref())?;
+        if expected.is_some_and(|sale| sale != record.sale.as_ref()) {
+            return Err(ReserveError::SaleMismatch { item: 0 });
+        }
         if record.sale.is_some() && record.user.is_none() {
             return Err(ReserveError::Invalid(RequestError::SaleWithoutUser));
         }

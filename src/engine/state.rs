@@ -16,6 +16,8 @@ pub struct EngineState {
     /// Active reservations and ended ones still within retention, by id.
     pub reservations: Vec<ReservationView>,
     pub keys: Vec<RememberedKey>,
+    /// Keys of stock adjustments, with the stock each left (what a repeat answers).
+    pub adjust_keys: Vec<RememberedAdjustKey>,
     /// Units held or bought per sale and user.
     pub counters: Vec<(SaleId, UserId, u64)>,
     /// The next sequence number each shard issues.
@@ -32,6 +34,14 @@ pub struct RememberedKey {
     pub fingerprint: u128,
     pub id: ReservationId,
     pub expires_at_ms: u64,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RememberedAdjustKey {
+    pub key: IdempotencyKey,
+    pub fingerprint: u128,
+    pub stock: Stock,
     pub created_at_ms: u64,
 }
 
@@ -68,6 +78,15 @@ impl Engine {
             })
             .collect();
         state.keys.sort_by(|a, b| a.key.cmp(&b.key));
+        state.adjust_keys = (self.keys.live_adjusts(now_ms).into_iter())
+            .map(|(key, r)| RememberedAdjustKey {
+                key,
+                fingerprint: r.fingerprint,
+                stock: r.stock,
+                created_at_ms: r.created_at_ms,
+            })
+            .collect();
+        state.adjust_keys.sort_by(|a, b| a.key.cmp(&b.key));
         state.counters = self.counters.all();
         state.counters.sort();
         state.rooms = self.export_rooms();
@@ -131,6 +150,14 @@ impl Engine {
                 created_at_ms: k.created_at_ms,
             };
             engine.keys.shard(&k.key).write().remember(&k.key, remembered);
+        }
+        for k in &state.adjust_keys {
+            let remembered = super::idempotency::RememberedAdjust {
+                fingerprint: k.fingerprint,
+                stock: k.stock,
+                created_at_ms: k.created_at_ms,
+            };
+            engine.keys.shard(&k.key).write().remember_adjust(&k.key, remembered);
         }
         for (sale, user, units) in &state.counters {
             engine.counters.lock(user).add(sale, user, *units);

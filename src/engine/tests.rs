@@ -623,3 +623,34 @@ fn restore_refuses_counters_that_overflow() {
     let state = crate::engine::EngineState { skus: vec![(sku, stock)], ..Default::default() };
     assert!(Engine::restore(EngineConfig { shards: 2, ..EngineConfig::default() }, &state).is_err());
 }
+
+#[test]
+fn a_keyed_adjustment_counts_once_and_its_key_replays_from_records() {
+    let e = engine(&[("a", 10)]);
+    let (why, key) = (Reason::new("po-77").unwrap(), IdempotencyKey::new("po-77").unwrap());
+    let mut log = Vec::new();
+    let first = e.adjust_stock_keyed(&sku("a"), 10, &why, Some(&key), T0, &mut log).unwrap();
+    assert!(!first.replayed && first.stock.on_hand == 20);
+    e.reserve(&request(&[("a", 4)]), T0 + 1, &mut log).unwrap();
+    let again = e.adjust_stock_keyed(&sku("a"), 10, &why, Some(&key), T0 + 2, &mut log).unwrap();
+    assert_eq!(again, Adjusted { stock: first.stock, replayed: true }, "the first answer, no second effect");
+    assert_eq!(log.len(), 2, "a repeat writes nothing");
+    let other = e.adjust_stock_keyed(&sku("a"), 9, &why, Some(&key), T0 + 2, &mut ());
+    assert_eq!(other, Err(StockError::IdempotencyConflict));
+    assert_eq!(
+        e.reserve(&keyed(&[("a", 1)], "po-77"), T0 + 2, &mut ()),
+        Err(ReserveError::IdempotencyConflict)
+    );
+    let replayed = engine(&[("a", 10)]);
+    for record in &log {
+        replayed.apply(record).unwrap();
+    }
+    assert_eq!(replayed.export(T0 + 3), e.export(T0 + 3));
+    assert_eq!(replayed.export(T0 + 3).adjust_keys.len(), 1);
+    let restored = Engine::restore(e.config().clone(), &e.export(T0 + 3)).unwrap();
+    let again = restored.adjust_stock_keyed(&sku("a"), 10, &why, Some(&key), T0 + 3, &mut ()).unwrap();
+    assert!(again.replayed && again.stock == first.stock, "and from a snapshot's state");
+    // Past the window the key is forgotten: the same request is a new adjustment.
+    let late = T0 + e.config().idempotency_window_ms;
+    assert!(!e.adjust_stock_keyed(&sku("a"), 10, &why, Some(&key), late, &mut ()).unwrap().replayed);
+}

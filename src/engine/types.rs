@@ -138,6 +138,18 @@ pub enum StockError {
     },
     Invalid(RequestError),
     LogRefused,
+    /// The idempotency key was used with another request (or for a reserve).
+    IdempotencyConflict,
+    /// No room for one more idempotency key until older ones pass their window.
+    IdempotencyTableFull,
+}
+
+/// A stock adjustment's outcome. `replayed`: an earlier adjustment with the same idempotency key and
+/// request made it, and `stock` is what that one left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adjusted {
+    pub stock: Stock,
+    pub replayed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

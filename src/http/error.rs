@@ -152,11 +152,7 @@ pub fn reserve_error(e: &Refused<ReserveError>, skus: &[&str]) -> Problem {
             "limit_exceeded",
             format!("the sale allows {limit} units per user; this user holds or bought {held}"),
         ),
-        ReserveError::IdempotencyConflict => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_conflict",
-            "this Idempotency-Key was used with a different request",
-        ),
+        ReserveError::IdempotencyConflict => idempotency_conflict(),
         ReserveError::IdempotencyTableFull | ReserveError::ShardFull => {
             Problem::overloaded("too many reservations held; retry shortly")
         }
@@ -191,6 +187,14 @@ pub fn reservation_error(e: &Refused<ReservationError>) -> Problem {
     }
 }
 
+fn idempotency_conflict() -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_conflict",
+        "this Idempotency-Key was used with a different request",
+    )
+}
+
 pub fn stock_error(e: &Refused<StockError>) -> Problem {
     let e = match e {
         Refused::Log(e) => return log_error(e),
@@ -204,6 +208,10 @@ pub fn stock_error(e: &Refused<StockError>) -> Problem {
             format!("on_hand may not fall below the {held} units reserved or sold"),
         ),
         StockError::Invalid(r) => request_error(r),
+        StockError::IdempotencyConflict => idempotency_conflict(),
+        StockError::IdempotencyTableFull => {
+            Problem::overloaded("too many idempotency keys held; retry shortly")
+        }
         StockError::LogRefused => unreachable!("the durable layer reports log refusals as Refused::Log"),
     }
 }

@@ -100,6 +100,8 @@ pub struct Metrics {
     room_wait_seconds: Histogram,
     pub connections: Gauge,
     pub connections_refused: Counter,
+    /// Idle connections closed to make room for a new one at the connection cap.
+    pub connections_evicted: Counter,
     pub shed: Counter,
     pub wal: Arc<WalMetrics>,
     live_reservations: Gauge,
@@ -172,6 +174,7 @@ impl Metrics {
             room_wait_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 16)),
             connections: Gauge::default(),
             connections_refused: Counter::default(),
+            connections_evicted: Counter::default(),
             shed: Counter::default(),
             wal,
             live_reservations: Gauge::default(),
@@ -208,8 +211,13 @@ impl Metrics {
         r.register("connections_open", "Open client connections", m.connections.clone());
         r.register(
             "connections_refused",
-            "Connections closed at once: connections_max reached",
+            "Connections closed at once: connections_max reached and none idle",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_evicted",
+            "Idle connections closed to make room for a new one at connections_max",
+            m.connections_evicted.clone(),
         );
         r.register(
             "requests_shed",

@@ -2,10 +2,13 @@
 //!
 //! Owns everything between a socket and one call into [`Durable`]; knows nothing of how the engine or
 //! the log work inside. A mutation's response is sent only after the log sync that covers it. Bounds:
-//! open connections (`connections_max`, beyond it a connection is closed at once), requests in progress
-//! (`in_flight_max`, beyond it `503 overloaded`), header and body bytes, and the time a client may take
-//! to send headers, to send its body, or to send nothing at all.
+//! open connections (`connections_max`: at the cap, the connection idle the longest is closed to make
+//! room, and a new one is closed at once only when none is idle), requests in progress
+//! (`in_flight_max`, counted once the body has arrived; beyond it `503 overloaded`), header and body
+//! bytes, and the time a client may take to send headers, to send its body (with a minimum rate), or
+//! to send nothing at all.
 
+mod body;
 mod conn;
 mod dto;
 mod error;
@@ -27,12 +30,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The server's bounds. Defaults are safe for production; `holdfast serve --help` documents each.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// Open connections; one more is closed as soon as it is accepted.
+    /// Open connections. At the cap the connection idle the longest is closed to make room for a new
+    /// one; when none is idle, the new one is closed as soon as it is accepted.
     pub connections_max: usize,
     /// Requests being handled at once; beyond it requests get `503 overloaded` with `Retry-After`.
     pub in_flight_max: usize,
@@ -45,6 +49,8 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// Time to receive a request's body once its headers arrived (408 beyond it).
     pub body_read_timeout: Duration,
+    /// After a grace second, a body must arrive at least this fast on average (408 otherwise).
+    pub body_bytes_per_s_min: u64,
     /// A connection that neither sends nor receives a byte for this long is closed.
     pub idle_timeout: Duration,
     /// How long shutdown waits for requests in progress before closing their connections.
@@ -61,6 +67,7 @@ impl Default for HttpConfig {
             headers_max: 64,
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
+            body_bytes_per_s_min: 4096,
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
         }
@@ -136,6 +143,30 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A new connection's slot: free at once, or being freed by an idle connection closing for it.
+enum Slot {
+    Ready(OwnedSemaphorePermit),
+    Freeing(Arc<Semaphore>),
+}
+
+impl Slot {
+    /// The slot, once free; `None` if the evicted connection did not close in time (a request began
+    /// on it just as it was picked).
+    async fn take(self) -> Option<OwnedSemaphorePermit> {
+        match self {
+            Slot::Ready(slot) => Some(slot),
+            Slot::Freeing(slots) => {
+                let freed = tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await;
+                freed.ok()?.ok()
+            }
+        }
+    }
+}
+
+/// How long a new connection waits for the idle one closed for it to let its slot go (a wake-up and
+/// a close: microseconds, unless a request began on it just as it was picked).
+const EVICTION_WAIT: Duration = Duration::from_millis(500);
+
 /// Serves `listener` until `shutdown` completes, then stops accepting, lets requests in progress finish
 /// (up to `drain_timeout`) and returns. Syncing the log is the caller's last step.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
@@ -148,6 +179,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(app.config.connections_max));
+    let registry = Arc::new(conn::Registry::default());
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -162,12 +194,21 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            app.metrics.connections_refused.inc();
-            continue; // dropping the stream closes it
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Slot::Ready(slot),
+            // At the cap: an idle connection makes room, its slot handed over as it closes.
+            Err(_) if registry.evict_oldest_idle() => {
+                app.metrics.connections_evicted.inc();
+                Slot::Freeing(slots.clone())
+            }
+            Err(_) => {
+                app.metrics.connections_refused.inc();
+                continue; // dropping the stream closes it
+            }
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
+        let registered = registry.add(&activity);
         let io = TokioIo::new(conn::Tracked::new(stream, activity.clone()));
         let service = {
             let app = app.clone();
@@ -185,6 +226,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         let connection = graceful.watch(builder.serve_connection(io, service));
         let app = app.clone();
         tokio::spawn(async move {
+            let Some(slot) = slot.take().await else {
+                app.metrics.connections_refused.inc();
+                return;
+            };
             app.metrics.connections.inc();
             let timeouts =
                 conn::Timeouts { head: app.config.header_read_timeout, idle: app.config.idle_timeout };
@@ -195,7 +240,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                 () = activity.expired(timeouts) => tracing::debug!("closed a silent or idle connection"),
             }
             app.metrics.connections.dec();
-            drop(slot);
+            drop((registered, slot));
         });
     }
     drop(listener);

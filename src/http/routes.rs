@@ -4,12 +4,12 @@
 
 use super::dto::{self, ItemIn};
 use super::error::{self, Problem};
-use super::App;
+use super::{body, App};
 use crate::durable::Durable;
 use crate::engine::{IdempotencyKey, Item, Reason, ReservationId, ReserveRequest, SaleId, SkuId, UserId};
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -154,7 +154,7 @@ impl Route {
             None => Err(Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                format!("{path} accepts {allowed}, not {method}"),
+                format!("{} accepts {allowed}, not {method}", shown(path)),
             )
             .allow(allowed)),
         }
@@ -162,8 +162,13 @@ impl Route {
 }
 
 fn no_route(path: &str) -> Problem {
-    let shown: String = path.chars().take(200).collect();
-    Problem::not_found(format!("no route {shown}"))
+    Problem::not_found(format!("no route {}", shown(path)))
+}
+
+/// A request path as an answer may echo it: its first 200 characters, so that a long path is not
+/// reflected whole.
+fn shown(path: &str) -> String {
+    path.chars().take(200).collect()
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
@@ -230,6 +235,10 @@ async fn dispatch(
         Route::OpenApi => return Ok(openapi()),
         _ => {}
     }
+    // The body first: a request counts as in flight only once it has all arrived, so slow uploads
+    // hold their connections (bounded, and cut below a minimum rate) but never the in-flight slots
+    // that requests ready to be decided need.
+    let req = body::collect(&app.config, req).await?;
     // Health and metrics stay answerable under overload; the API sheds.
     let Some(_in_flight) = app.enter() else {
         app.metrics.shed.inc();
@@ -319,14 +328,19 @@ impl Handler<'_> {
         result
     }
 
-    pub(super) async fn body<T: DeserializeOwned>(&self, req: Request<Incoming>) -> Result<T, Problem> {
-        let bytes = read_body(self.app, req, true).await?;
-        parse_json(&bytes)
+    /// The request's JSON body, declared `application/json` (415 otherwise).
+    pub(super) fn body<T: DeserializeOwned>(&self, req: &Request<Bytes>) -> Result<T, Problem> {
+        body::json(req, true)?;
+        body::parse_json(req.body())
     }
 
-    async fn put_sku(&self, sku: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn put_sku(&self, sku: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sku = SkuId::new(sku)?;
-        let body: dto::SetStock = self.body(req).await?;
+        unkeyed(
+            &req,
+            "it sets on_hand to the value sent; for a keyed change use POST /v1/skus/{sku}/adjust",
+        )?;
+        let body: dto::SetStock = self.body(&req)?;
         let logged = self.d.set_stock(&sku, body.on_hand, self.now_ms).map_err(|e| error::stock_error(&e));
         let logged = self.counted("set_stock", logged)?;
         self.synced(logged.lsn).await?;
@@ -340,38 +354,35 @@ impl Handler<'_> {
         Ok(json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), stock)))
     }
 
-    async fn adjust_sku(&self, sku: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn adjust_sku(&self, sku: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sku = SkuId::new(sku)?;
-        let body: dto::Adjust = self.body(req).await?;
+        let key = idempotency_key(&req)?;
+        let body: dto::Adjust = self.body(&req)?;
         if body.reason.is_empty() {
             return Err(Problem::invalid("reason must not be empty: say why stock changed"));
         }
         let reason = Reason::new(&body.reason).map_err(|e| Problem::invalid(format!("reason: {e}")))?;
-        let logged = self.d.adjust_stock(&sku, body.delta, &reason, self.now_ms);
+        let logged = self.d.adjust_stock_keyed(&sku, body.delta, &reason, key.as_ref(), self.now_ms);
         let logged = self.counted("adjust_stock", logged.map_err(|e| error::stock_error(&e)))?;
+        // A repeat waits like a first answer: for the log to cover the record it depends on.
         self.synced(logged.lsn).await?;
-        Ok(json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), logged.value)))
+        let mut response = json(StatusCode::OK, &dto::StockOut::new(sku.as_str(), logged.value.stock));
+        if logged.value.replayed {
+            response.headers_mut().insert(&IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        }
+        Ok(response)
     }
 
-    async fn reserve(&self, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn reserve(&self, req: Request<Bytes>) -> Result<Reply, Problem> {
         let key = idempotency_key(&req)?;
-        let body: dto::Reserve = self.body(req).await?;
-        let mut request = reserve_request(&body, key)?;
-        // The sale follows from the SKUs: a gated sale's SKU needs its admission, named or not. (A
-        // SKU that is in no sale, or a mismatch, is the engine's to answer.)
-        let skus = request.items.iter().map(|i| &i.sku);
-        if let Ok(Some(sale)) = self.d.engine().sale_for(skus, request.sale.as_ref()) {
-            self.check_admission(&sale, &body.user_id, body.admission.as_deref())?;
-            // Named from here on: should the sale's SKUs change before the engine decides, it refuses.
-            request.sale = Some(sale);
-        }
-        let result = self.d.reserve(&request, self.now_ms);
-        let logged = match result {
-            Ok(logged) => logged,
-            Err(e) => {
-                let skus: Vec<&str> = body.items.iter().map(|i| i.sku.as_str()).collect();
-                return self.counted("reserve", Err(error::reserve_error(&e, &skus)));
-            }
+        let body: dto::Reserve = self.body(&req)?;
+        let request = reserve_request(&body, key)?;
+        // A retry of a remembered success is answered from the key before any admission check: the
+        // admission may have ended since, yet the units are held for this caller (invariant 3). It is
+        // answered from this one look-up, so a key that lapses meanwhile is never decided afresh here.
+        let logged = match self.d.remembered(&request, self.now_ms) {
+            Ok(Some(hit)) => hit,
+            Ok(None) | Err(_) => self.reserve_new(&body, &request)?,
         };
         self.outcome("reserve", if logged.value.replayed { "replayed" } else { "ok" });
         self.synced(logged.lsn).await?;
@@ -394,6 +405,31 @@ impl Handler<'_> {
         Ok(response)
     }
 
+    /// A reserve the key does not answer: admission first (gated sales), then the engine decides.
+    fn reserve_new(
+        &self,
+        body: &dto::Reserve,
+        request: &ReserveRequest,
+    ) -> Result<crate::durable::Logged<crate::engine::Reserved>, Problem> {
+        // The sale follows from the SKUs: a gated sale's SKU needs its admission, named or not. (A
+        // SKU that is in no sale, or a mismatch, is the engine's to answer.)
+        let skus = request.items.iter().map(|i| &i.sku);
+        let reserved = match self.d.engine().sale_for(skus, request.sale.as_ref()) {
+            Ok(sale) => {
+                if let Some(sale) = &sale {
+                    self.check_admission(sale, &body.user_id, body.admission.as_deref())?;
+                }
+                // Should a sale's SKUs change before the engine decides, it refuses the reserve.
+                self.d.reserve_in(request, sale.as_ref(), self.now_ms)
+            }
+            Err(_) => self.d.reserve(request, self.now_ms),
+        };
+        reserved.or_else(|e| {
+            let skus: Vec<&str> = body.items.iter().map(|i| i.sku.as_str()).collect();
+            self.counted("reserve", Err(error::reserve_error(&e, &skus)))
+        })
+    }
+
     async fn get_reservation(&self, id: &str) -> Result<Reply, Problem> {
         let id = reservation_id(id)?;
         let view = self.view(id)?;
@@ -407,29 +443,37 @@ impl Handler<'_> {
     }
 
     /// Commit or release: idempotent by nature. An `Idempotency-Key` is checked for form and accepted.
-    async fn end(&self, route: Route, id: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn end(&self, route: Route, id: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let id = reservation_id(id)?;
         idempotency_key(&req)?;
-        let body = read_body(self.app, req, false).await?;
-        if !body.is_empty() {
-            parse_json::<dto::Empty>(&body)?;
+        if !req.body().is_empty() {
+            body::json(&req, false)?;
+            body::parse_json::<dto::Empty>(req.body())?;
         }
         let (op, result) = match route {
             Route::Commit => ("commit", self.d.commit(id, self.now_ms)),
             _ => ("release", self.d.release(id, self.now_ms)),
         };
         let logged = self.counted(op, result.map_err(|e| error::reservation_error(&e)))?;
+        // Read before the wait: the state is terminal now, and after the wait it may be forgotten.
+        let view = self.view(id)?;
         self.synced(logged.lsn).await?;
-        Ok(json(StatusCode::OK, &self.view(id)?))
+        Ok(json(StatusCode::OK, &view))
     }
 
-    async fn extend(&self, id: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    async fn extend(&self, id: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let id = reservation_id(id)?;
-        let body: dto::Extend = self.body(req).await?;
+        unkeyed(&req, "each extend sets the deadline anew from now; a repeat sets it again")?;
+        let body: dto::Extend = self.body(&req)?;
         let result = self.d.extend(id, body.ttl_ms, self.now_ms).map_err(|e| error::reservation_error(&e));
         let logged = self.counted("extend", result)?;
+        // The answer is the state as of this extend's own record: a commit, release or extend that
+        // came after it (and that this sync may not cover) is not this request's to report.
+        let mut view = self.view(id)?;
+        (view.state, view.ended_at) = ("active", None);
+        view.expires_at = crate::clock::rfc3339(logged.value);
         self.synced(logged.lsn).await?;
-        Ok(json(StatusCode::OK, &self.view(id)?))
+        Ok(json(StatusCode::OK, &view))
     }
 }
 
@@ -440,7 +484,7 @@ fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
     })
 }
 
-fn idempotency_key(req: &Request<Incoming>) -> Result<Option<IdempotencyKey>, Problem> {
+pub(super) fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyKey>, Problem> {
     let mut values = req.headers().get_all("idempotency-key").iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
@@ -448,6 +492,17 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<IdempotencyKey>, Pr
     }
     let text = value.to_str().map_err(|_| Problem::invalid("Idempotency-Key must be visible ASCII"))?;
     IdempotencyKey::new(text).map(Some).map_err(|e| Problem::invalid(format!("Idempotency-Key: {e}")))
+}
+
+/// Refuses an `Idempotency-Key` on a route that cannot honour one (400): ignoring it would let a
+/// client believe a retry is harmless where it is not. `why` says what the route does instead.
+pub(super) fn unkeyed<B>(req: &Request<B>, why: &str) -> Result<(), Problem> {
+    if req.headers().contains_key("idempotency-key") {
+        let route = req.uri().path();
+        let shown: String = route.chars().take(100).collect();
+        return Err(Problem::invalid(format!("{shown} takes no Idempotency-Key: {why}")));
+    }
+    Ok(())
 }
 
 fn reserve_request(body: &dto::Reserve, key: Option<IdempotencyKey>) -> Result<ReserveRequest, Problem> {
@@ -466,60 +521,4 @@ fn reserve_request(body: &dto::Reserve, key: Option<IdempotencyKey>) -> Result<R
         None => None,
     };
     Ok(ReserveRequest { items, ttl_ms: body.ttl_ms, user: Some(user), sale, idempotency_key: key })
-}
-
-/// The request's body, at most `body_bytes_max` bytes (413 beyond, by `Content-Length` before reading
-/// or while chunks arrive), within `body_read_timeout` (408). `json_required`: a body must be declared
-/// `application/json` (415 otherwise); a route without one accepts an empty body as well.
-async fn read_body(app: &App, req: Request<Incoming>, json_required: bool) -> Result<Bytes, Problem> {
-    let max = app.config.body_bytes_max;
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large(max));
-    }
-    let content_type = req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?").to_owned());
-    let collected =
-        tokio::time::timeout(app.config.body_read_timeout, Limited::new(req.into_body(), max).collect());
-    let bytes = match collected.await {
-        Err(_) => {
-            let p = Problem::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the body did not arrive in time",
-            );
-            return Err(p.close());
-        }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(max)),
-        Ok(Err(e)) => return Err(Problem::invalid(format!("the body could not be read: {e}")).close()),
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-    if json_required || !bytes.is_empty() {
-        let is_json = content_type.as_deref().is_some_and(|t| {
-            let essence = t.split(';').next().unwrap_or("").trim();
-            essence.eq_ignore_ascii_case("application/json")
-        });
-        if !is_json {
-            let got = content_type.as_deref().unwrap_or("none");
-            let detail = format!("Content-Type must be application/json, not {got}");
-            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail));
-        }
-    }
-    Ok(bytes)
-}
-
-fn too_large(max: usize) -> Problem {
-    let detail = format!("the body is larger than {max} bytes");
-    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail).close()
-}
-
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Data => "invalid field",
-            serde_json::error::Category::Syntax | serde_json::error::Category::Io => "malformed JSON",
-            serde_json::error::Category::Eof => "truncated JSON",
-        };
-        Problem::invalid(format!("{what}: {e}"))
-    })
 }

@@ -10,7 +10,7 @@ use crate::engine::{
 };
 use crate::limits::{ROOM_JOINERS_MAX, ROOM_SKUS_MAX};
 use crate::waitroom::{self, Claims, Kind, Signer, TICKET_TTL_MS};
-use hyper::body::Incoming;
+use bytes::Bytes;
 use hyper::{Request, StatusCode};
 
 const MAX_ACTIVE_DEFAULT: u32 = 1_000;
@@ -154,9 +154,10 @@ impl Handler<'_> {
         Ok(dto::SaleOut { sale: sale.as_str(), per_user_limit, skus, waiting_room })
     }
 
-    pub(super) async fn put_sale(&self, sale: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    pub(super) async fn put_sale(&self, sale: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sale = SaleId::new(sale)?;
-        let body: dto::SetSale = self.body(req).await?;
+        super::routes::unkeyed(&req, "it sets the sale's settings to the values sent")?;
+        let body: dto::SetSale = self.body(&req)?;
         let lsn = if body.has_room() {
             let room = room_config(&body)?;
             let logged = self.d.configure_sale(&sale, body.per_user_limit, &room, self.now_ms);
@@ -177,9 +178,12 @@ impl Handler<'_> {
         Ok(json(StatusCode::OK, &out))
     }
 
-    pub(super) async fn join_queue(&self, sale: &str, req: Request<Incoming>) -> Result<Reply, Problem> {
+    pub(super) async fn join_queue(&self, sale: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let sale = SaleId::new(sale)?;
-        let body: dto::JoinQueue = self.body(req).await?;
+        // Joining is idempotent by user (a repeat keeps the place): a key is checked for form and
+        // accepted, as on commit and release.
+        super::routes::idempotency_key(&req)?;
+        let body: dto::JoinQueue = self.body(&req)?;
         let user = UserId::new(&body.user_id).map_err(|e| Problem::invalid(format!("user_id: {e}")))?;
         let signer = self.signer()?;
         let logged = self.d.join_queue(&sale, &user, self.now_ms);

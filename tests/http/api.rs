@@ -278,3 +278,45 @@ fn a_full_server_sheds_with_503_overloaded_and_retry_after() {
     assert_eq!(s.get("/healthz").status, 200, "health is never shed");
     assert_eq!(s.metric("holdfast_requests_shed_total"), 1.0);
 }
+
+/// An extend racing a commit of the same reservation: an extend that succeeded answers the state its
+/// own record left (active, its deadline), never the commit that came after it.
+#[test]
+fn an_extend_answers_the_state_of_its_own_record_not_a_later_one() {
+    let dir = scratch();
+    let s = TestServer::start(options(dir.path()));
+    s.stock("tee", 1_000);
+    let ids: Vec<String> = (0..150)
+        .map(|i| {
+            let r = s.post("/v1/reservations", &reserve_body("tee", 1, &format!("u{i}")));
+            r.json()["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    s.clock.advance(1_000);
+    let addr = s.addr;
+    let answers = s.block_on(async move {
+        let mut tasks = Vec::new();
+        for id in ids {
+            let extend =
+                request("POST", &format!("/v1/reservations/{id}/extend"), &[], Some(r#"{"ttl_ms":120000}"#));
+            let commit = request("POST", &format!("/v1/reservations/{id}/commit"), &[], None);
+            tasks.push(tokio::spawn(async move { tokio::join!(send(addr, extend), send(addr, commit)).0 }));
+        }
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.expect("task").expect("answered"));
+        }
+        answers
+    });
+    let extended: Vec<_> = answers.iter().filter(|r| r.status == 200).collect();
+    for r in &extended {
+        assert_eq!(r.json()["state"], "active", "{}", r.text());
+        assert_eq!(
+            r.json()["expires_at"],
+            holdfast::clock::rfc3339(super::harness::T0_MS + 1_000 + 120_000),
+            "{}",
+            r.text()
+        );
+    }
+    assert!(answers.iter().all(|r| r.status == 200 || r.status == 409), "extend after commit: 409");
+}

@@ -242,3 +242,17 @@ fn header_floods_are_refused() {
     assert_eq!(reply.status, 431);
     assert_eq!(s.get("/healthz").status, 200, "and the server carries on");
 }
+
+#[test]
+fn a_long_path_is_not_echoed_whole_by_404_or_405() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let s = TestServer::start(options(dir.path()));
+    let long = "a".repeat(12_000);
+    for (method, path, status) in
+        [("DELETE", format!("/v1/skus/{long}"), 405), ("GET", format!("/v1/nothing/{long}"), 404)]
+    {
+        let reply = s.send(request(method, &path, &[], None));
+        assert_eq!(reply.status, status, "{method}");
+        assert!(reply.body.len() < 1_000, "{method}: {} bytes answered", reply.body.len());
+    }
+}

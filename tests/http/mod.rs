@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 pub mod harness;
+mod keys;
 pub mod process;
 mod slow;
 mod waitroom;

@@ -146,6 +146,38 @@ fn forged_foreign_and_expired_tickets_and_admissions_are_refused() {
 }
 
 #[test]
+fn a_keyed_retry_after_the_admission_ended_gets_its_reservation_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start(options(dir.path()));
+    sale(&s, 100, "fifo", 100, 2_000);
+    let ada = ticket(&join(&s, "ada"));
+    open_and_admit(&s, 100);
+    let token = poll(&s, &ada)["admission"].as_str().expect("admitted").to_owned();
+    let body = format!(
+        r#"{{"items":[{{"sku":"tee","qty":1}}],"ttl_ms":600000,"user_id":"ada","sale_id":"noon","admission":"{token}"}}"#
+    );
+    let first = s.post_keyed("/v1/reservations", "checkout-7", &body);
+    assert_eq!(first.status, 201, "{}", first.text());
+    let id = first.json()["id"].as_str().expect("id").to_owned();
+    // The session (2 s) ends; the checkout service retries the same request with the same key.
+    s.advance(2_500);
+    let retry = s.post_keyed("/v1/reservations", "checkout-7", &body);
+    assert_eq!(retry.status, 201, "the retry learns its id: {}", retry.text());
+    assert_eq!(
+        (retry.json()["id"].as_str(), retry.header("idempotent-replayed")),
+        (Some(&*id), Some("true"))
+    );
+    // Another key is a new reserve: that one needs a live admission.
+    let other = s.post_keyed("/v1/reservations", "checkout-8", &body);
+    assert_eq!((other.status, other.code()), (403, "not_admitted".into()));
+    assert_eq!(s.counts("tee"), (99, 1, 0), "one unit held, once");
+    s.stop().expect("stops");
+    let s = TestServer::start_at(options(dir.path()), T0_MS + OPENS_IN_MS + 10_000);
+    let retry = s.post_keyed("/v1/reservations", "checkout-7", &body);
+    assert_eq!((retry.status, retry.json()["id"].as_str()), (201, Some(&*id)), "also after a restart");
+}
+
+#[test]
 fn sold_out_is_told_to_everyone_waiting_and_an_expired_hold_readmits_the_next() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = TestServer::start(options(dir.path()));
