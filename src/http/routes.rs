@@ -361,6 +361,14 @@ impl Handler<'_> {
         if body.reason.is_empty() {
             return Err(Problem::invalid("reason must not be empty: say why stock changed"));
         }
+        // The mirror marks a Postgres restock row applied by this prefix of the record's reason: no
+        // caller may write it, or a made-up reason could mark a pending restock taken (and lose it).
+        if body.reason.starts_with(crate::reconcile::mirror::ADJUSTMENT_PREFIX) {
+            return Err(Problem::invalid(format!(
+                "reason: the prefix {} is reserved for restocks taken from Postgres",
+                crate::reconcile::mirror::ADJUSTMENT_PREFIX
+            )));
+        }
         let reason = Reason::new(&body.reason).map_err(|e| Problem::invalid(format!("reason: {e}")))?;
         let logged = self.d.adjust_stock_keyed(&sku, body.delta, &reason, key.as_ref(), self.now_ms);
         let logged = self.counted("adjust_stock", logged.map_err(|e| error::stock_error(&e)))?;

@@ -209,6 +209,8 @@ async fn session(
         Err(e) => {
             tracing::warn!(error = %e, applied, "the log no longer holds what the mirror needs: resyncing from a snapshot");
             applied = resync(&mut client, durable, status).await?;
+            // The figures follow the rewrite: the lag is measured from the snapshot's LSN now.
+            status.applied_lsn.store(applied, Ordering::Relaxed);
             durable.set_retention_floor(applied + 1);
             Tail::new(storage, applied + 1)?
         }
@@ -216,7 +218,7 @@ async fn session(
     // Restocks written to Postgres are taken once the mirror has caught up with what was logged before
     // this session: any earlier one is then marked applied, and is not taken twice.
     let caught_up_at = durable.wal().acked_lsn();
-    let mut adjustments = Adjustments { last_polled: None, taken: Default::default() };
+    let mut adjustments = Adjustments { last_polled: None };
     while !stop.load(Ordering::Relaxed) {
         // Checked before the batch, so that a batch that keeps failing cannot keep the log growing.
         check_budget(durable, options, status, update_lag(durable, status));
@@ -306,6 +308,13 @@ async fn resync(client: &mut Client, durable: &Durable, status: &MirrorStatus) -
     )
     .await?;
     write_state(&tx, &state, lsn).await?;
+    // The records the snapshot covers would have marked their restock rows applied: mark them.
+    tx.execute(
+        "UPDATE holdfast_stock_adjustments SET applied_lsn = taken_lsn, applied_at = now()
+         WHERE applied_lsn IS NULL AND taken_lsn IS NOT NULL AND taken_lsn <= $1",
+        &[&signed(lsn)],
+    )
+    .await?;
     tx.execute(
         "UPDATE holdfast_mirror SET applied_lsn = $1, applied_at = now() WHERE id = 1",
         &[&signed(lsn)],
@@ -321,11 +330,11 @@ async fn resync(client: &mut Client, durable: &Durable, status: &MirrorStatus) -
 /// as logged adjustments. Exactly once: a row is taken only after the mirror applied everything logged
 /// before its session began (which marks the rows already taken), and this session remembers what it
 /// took until the mirror marks it. Every pending row is looked at, not only ids above the last taken:
-/// `bigserial` ids are handed out in order but committed in any order.
+/// `bigserial` ids are handed out in order but committed in any order. A row taken is marked with
+/// its record's LSN (`taken_lsn`) as soon as the record is durable, so that a resync, which skips
+/// the records that would mark their rows applied, can mark them.
 struct Adjustments {
     last_polled: Option<Instant>,
-    /// Rows this session logged that Postgres does not show applied yet.
-    taken: std::collections::HashSet<i64>,
 }
 
 impl Adjustments {
@@ -340,31 +349,25 @@ impl Adjustments {
             return Ok(());
         }
         self.last_polled = Some(Instant::now());
-        let taken: Vec<i64> = self.taken.iter().copied().collect();
         let rows = client
             .query(
                 "SELECT id, sku, delta, reason FROM holdfast_stock_adjustments
-                 WHERE applied_lsn IS NULL AND refused IS NULL AND id <> ALL($1) ORDER BY id LIMIT 1000",
-                &[&taken],
+                 WHERE applied_lsn IS NULL AND refused IS NULL AND taken_lsn IS NULL ORDER BY id LIMIT 1000",
+                &[],
             )
             .await?;
-        // Forget what Postgres now shows applied (the mirror marked it), so the set stays small.
-        if !self.taken.is_empty() {
-            let pending = client
-                .query(
-                    "SELECT id FROM holdfast_stock_adjustments WHERE id = ANY($1) AND applied_lsn IS NULL",
-                    &[&taken],
-                )
-                .await?;
-            self.taken = pending.iter().map(|r| r.get::<_, i64>(0)).collect();
-        }
         for row in rows {
             let (id, sku, delta, reason): (i64, String, i64, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             match take_adjustment(durable, id, &sku, delta, &reason)? {
                 Ok(lsn) => {
-                    self.taken.insert(id);
                     durable.wal().wait(lsn)?;
+                    client
+                        .execute(
+                            "UPDATE holdfast_stock_adjustments SET taken_lsn = $2 WHERE id = $1",
+                            &[&id, &signed(lsn)],
+                        )
+                        .await?;
                     status.adjustments_applied.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(id, sku, delta, lsn, "stock adjustment from Postgres applied");
                 }

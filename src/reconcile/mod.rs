@@ -16,8 +16,10 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 /// The schema, in order; each applied once and recorded in `holdfast_schema_migrations`.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "mirror", include_str!("../../ops/migrations/0001_mirror.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "mirror", include_str!("../../ops/migrations/0001_mirror.sql")),
+    (2, "adjustment_taken", include_str!("../../ops/migrations/0002_adjustment_taken.sql")),
+];
 
 /// A small pool: the mirror holds one connection, the drift check and restock poller borrow another.
 pub fn pool(url: &str) -> anyhow::Result<Pool> {

@@ -116,6 +116,7 @@ fn cases(id: &str) -> Vec<Case> {
         post("zero adjustment", "/v1/skus/tee/adjust", r#"{"delta":0,"reason":"x"}"#, bad, invalid),
         post("adjustment without reason", "/v1/skus/tee/adjust", r#"{"delta":1}"#, bad, invalid),
         post("adjustment with an empty reason", "/v1/skus/tee/adjust", r#"{"delta":1,"reason":""}"#, bad, invalid),
+        post("adjustment posing as a Postgres restock", "/v1/skus/tee/adjust", r#"{"delta":-1,"reason":"pg-adjustment:3: typo"}"#, bad, invalid),
         Case { what: "sale limit a string", bytes: request("PUT", "/v1/sales/noon", &[], Some(r#"{"per_user_limit":"2"}"#)), status: bad, code: invalid },
         // Sales with a waiting room, joining and polling.
         put_sale("admission rate zero", room(r#""admission_rate":0"#), bad, invalid),
