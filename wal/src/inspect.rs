@@ -145,9 +145,13 @@ pub fn inspect(
         out.next_lsn = scanned.next_lsn;
         let next_first = names.get(k + 1).map(|(lsn, _)| *lsn);
         // Inspection goes on past a later segment it cannot load; recovery would stop there.
-        let later = || Ok(names[k + 1..].iter().filter_map(|(_, n)| load(storage, n).ok()).collect());
+        let later = || {
+            let loaded =
+                names[k + 1..].iter().filter_map(|(lsn, n)| recover::load_later(storage, n, *lsn).ok());
+            Ok(loaded.collect())
+        };
         let (file, offset, lsn) = (name.clone(), scanned.end as u64, scanned.next_lsn);
-        match classify_end(&seg, &scanned, next_first, later)? {
+        match classify_end(storage, &seg, &scanned, next_first, later)? {
             SegmentEnd::Clean => {}
             SegmentEnd::Corrupt(reason) => {
                 out.problems.push(LogProblem::Corrupt { file, offset, lsn, reason })

@@ -187,6 +187,7 @@ pub(crate) enum SegmentEnd {
 /// power loss can leave `e`'s header unwritten while later frames of its batch persisted, and those
 /// must be cut before the next append reuses LSN `e`, or they would be replayed after it.
 pub(crate) fn classify_end(
+    storage: &dyn Storage,
     seg: &LoadedSegment,
     scanned: &Scanned,
     next_first: Option<Lsn>,
@@ -215,7 +216,40 @@ pub(crate) fn classify_end(
     if proven_synced(seg, end, lsn, &later) {
         return Ok(SegmentEnd::Corrupt(format!("{}, and later records follow it", problem.describe())));
     }
+    // A snapshot at or past `e` was taken from acknowledged records, so `e` was synced.
+    if let Some(snapshot) = covering_snapshot(storage, lsn)? {
+        return Ok(SegmentEnd::Corrupt(format!("{}, and snapshot {snapshot} covers it", problem.describe())));
+    }
     Ok(SegmentEnd::Torn { reason: problem.describe(), later })
+}
+
+/// The name of an intact snapshot whose LSN is at least `lsn`, if any. Read only when a tail would be
+/// cut, so opening a clean log reads no snapshot twice.
+fn covering_snapshot(storage: &dyn Storage, lsn: Lsn) -> Result<Option<String>, WalError> {
+    for file in crate::snapshot::list_snapshots(storage)?.into_iter().filter(|f| f.lsn >= lsn) {
+        if crate::snapshot::read_snapshot(storage, &file).is_ok() {
+            return Ok(Some(file.name));
+        }
+    }
+    Ok(None)
+}
+
+/// A segment after the one whose end is being judged. One whose header never became durable and
+/// that holds no frame proving otherwise (a segment created, preallocated, and caught by the crash
+/// before its first sync) is read as it is, to be cut with the torn tail; any other damage is an error.
+pub(crate) fn load_later(
+    storage: &dyn Storage,
+    name: &str,
+    name_lsn: Lsn,
+) -> Result<LoadedSegment, WalError> {
+    match load(storage, name) {
+        Err(WalError::Corrupt { offset: 0, .. }) if !header_proven_synced(storage, name, name_lsn)? => {
+            let mut seg = read_segment(storage, name)?;
+            seg.first_lsn = name_lsn;
+            Ok(seg)
+        }
+        other => other,
+    }
 }
 
 /// The bytes a cut at `end` of `seg` removes: its written bytes after `end`, and every later segment.
@@ -295,8 +329,8 @@ pub(crate) fn recover(
         recovery.records += scanned.next_lsn - seg.first_lsn;
         recovery.next_lsn = scanned.next_lsn;
         let next_first = names.get(k + 1).map(|(lsn, _)| *lsn);
-        let later = || names[k + 1..].iter().map(|(_, n)| load(storage, n)).collect();
-        match classify_end(&seg, &scanned, next_first, later)? {
+        let later = || names[k + 1..].iter().map(|(lsn, n)| load_later(storage, n, *lsn)).collect();
+        match classify_end(storage, &seg, &scanned, next_first, later)? {
             SegmentEnd::Clean => {}
             SegmentEnd::Corrupt(reason) => {
                 let (file, offset, lsn) = (name.clone(), scanned.end as u64, scanned.next_lsn);

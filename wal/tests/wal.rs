@@ -339,6 +339,42 @@ fn a_torn_batch_across_a_segment_rotation_is_cut_not_called_corruption() {
 }
 
 #[test]
+fn a_batch_lost_whole_across_a_rotation_leaves_an_empty_new_segment_that_is_cut() {
+    // Record 1 acknowledged; 2 (first segment) and 3 (a new segment) one batch that never reached the
+    // disk: frame 2 is zeros, and the new segment was created and preallocated but holds only zeros.
+    let size = 400_000;
+    let storage = log_with_open_batch(small(), 1, 2, size);
+    let mut names = storage.list().expect("list");
+    names.sort();
+    storage.corrupt(&names[0], frame_offset(1, 2, size), &vec![0; holdfast_wal::frame_bytes(size)]);
+    let len = storage.read(&names[1]).expect("segment").len();
+    storage.corrupt(&names[1], 0, &vec![0; len]);
+    let (inspection, _) = inspect_all(&storage);
+    assert!(!inspection.is_corrupt() && !inspection.is_intact(), "{:?}", inspection.problems);
+    let (_, records, recovery) = open(&storage, small()).expect("a lost batch is a torn tail");
+    assert_eq!(records.len(), 1);
+    assert!(recovery.torn.is_some());
+    assert_eq!(storage.list().expect("list").len(), 1, "the empty segment went with the tail");
+}
+
+#[test]
+fn a_damaged_record_a_snapshot_covers_is_corruption_not_a_tear() {
+    let storage = log_with_open_batch(medium(), 5, 0, 100);
+    holdfast_wal::snapshot::write_snapshot(&storage, 5, &[7u8; 64]).expect("snapshot");
+    let name = storage.list().expect("list").into_iter().find(|n| n.ends_with(".wal")).expect("segment");
+    let at = frame_offset(1, 5, 100) + 40;
+    let byte = storage.read(&name).expect("segment")[at];
+    storage.corrupt(&name, at, &[byte ^ 1]);
+    let before = contents(&storage);
+    match open(&storage, medium()) {
+        Err(WalError::Corrupt { lsn: 5, reason, .. }) => assert!(reason.contains("snapshot"), "{reason}"),
+        other => panic!("expected corruption at LSN 5, got {:?}", other.map(|(_, r, _)| r.len())),
+    }
+    assert_eq!(contents(&storage), before, "nothing cut");
+    assert!(inspect_all(&storage).0.is_corrupt());
+}
+
+#[test]
 fn a_damaged_header_over_acknowledged_records_is_corruption_never_deletion() {
     let storage = log_with_open_batch(medium(), 9, 0, 100);
     let name = storage.list().unwrap()[0].clone();
