@@ -67,22 +67,26 @@ fn a_restart_keeps_the_segments_the_mirror_needs_before_it_reaches_postgres() {
     stop(&mut p);
 }
 
+/// A server with a small log and a log budget of `budget` bytes, a million units of `tee`, mirrored.
+fn mirrored_with_budget(rt: &tokio::runtime::Runtime, pg: &Pg, dir: &Path, budget: u64) -> Process {
+    let budget = budget.to_string();
+    let flags =
+        [&["--database-url", pg.url.as_str(), "--mirror-log-budget-bytes", budget.as_str()][..], &SMALL_LOG]
+            .concat();
+    let p = start_with(dir, &flags);
+    wait_ready(rt, p.addr);
+    let put = request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 1000000}"#));
+    assert_eq!(call(rt, p.addr, put).status, 200);
+    caught_up(rt, &p, pg);
+    p
+}
+
 #[test]
 fn the_log_budget_holds_while_postgres_is_down() {
     let pg = Pg::new("budget");
     let rt = runtime();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
-    let budget = (3u64 << 20).to_string();
-    let flags =
-        [&["--database-url", pg.url.as_str(), "--mirror-log-budget-bytes", budget.as_str()][..], &SMALL_LOG]
-            .concat();
-    let mut p = start_with(dir.path(), &flags);
-    wait_ready(&rt, p.addr);
-    assert_eq!(
-        call(&rt, p.addr, request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 1000000}"#))).status,
-        200
-    );
-    caught_up(&rt, &p, &pg);
+    let mut p = mirrored_with_budget(&rt, &pg, dir.path(), 3 << 20);
     pg.take_away();
     reserves(&rt, &p, 40_000); // about 7 segments of 1 MiB
     let until = Instant::now() + Duration::from_secs(10);
@@ -167,17 +171,7 @@ fn a_resync_never_takes_a_restock_twice() {
     let pg = Pg::new("resync");
     let rt = runtime();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
-    let budget = (2u64 << 20).to_string();
-    let flags =
-        [&["--database-url", pg.url.as_str(), "--mirror-log-budget-bytes", budget.as_str()][..], &SMALL_LOG]
-            .concat();
-    let mut p = start_with(dir.path(), &flags);
-    wait_ready(&rt, p.addr);
-    assert_eq!(
-        call(&rt, p.addr, request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 1000000}"#))).status,
-        200
-    );
-    caught_up(&rt, &p, &pg);
+    let mut p = mirrored_with_budget(&rt, &pg, dir.path(), 2 << 20);
     // The mirror is idle; a lock on its checkpoint will stop it applying the restock's record.
     let blocker = pg.session();
     let lock =
