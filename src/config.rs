@@ -138,6 +138,45 @@ pub struct ServeArgs {
     /// How often the server compares Postgres with the engine (drift check).
     #[arg(long, env = "HOLDFAST_RECONCILE_EVERY", value_parser = duration, default_value = "5m")]
     pub reconcile_every: Duration,
+
+    /// A secret payment webhooks are signed with (repeatable: during a rotation both are active).
+    /// The environment variable takes several, separated by commas. Keep secrets out of shell
+    /// history: prefer the environment or --webhook-secrets-file.
+    #[arg(
+        long = "webhook-secret",
+        env = "HOLDFAST_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secrets: Vec<String>,
+    /// A file of webhook secrets, one per line (blank lines and lines starting with # are skipped).
+    #[arg(long, env = "HOLDFAST_WEBHOOK_SECRETS_FILE")]
+    pub webhook_secrets_file: Option<PathBuf>,
+    /// How far a webhook signature's time may be from ours, either way.
+    #[arg(long, env = "HOLDFAST_WEBHOOK_TOLERANCE", value_parser = duration, default_value = "300s")]
+    pub webhook_tolerance: Duration,
+    /// How far each `payment_pending` pushes an order's hold (never past created_at + hold-ms-max).
+    #[arg(long, env = "HOLDFAST_ORDER_PENDING_EXTENSION", value_parser = duration, default_value = "10m")]
+    pub order_pending_extension: Duration,
+    /// How long payment event ids are remembered (no second effect within it); at least 3 days.
+    #[arg(long, env = "HOLDFAST_PAYMENT_EVENT_RETENTION", value_parser = duration, default_value = "7days")]
+    pub payment_event_retention: Duration,
+    /// Payment event ids remembered at once (64 bytes each); webhooks beyond it get 503.
+    #[arg(long, env = "HOLDFAST_PAYMENT_EVENTS_MAX", default_value_t = 4_000_000)]
+    pub payment_events_max: usize,
+    /// The provider's payment status address (`http://host:port/path`): an order with a payment
+    /// reference and no outcome is asked about at `{url}/{provider_ref}` before its pay_by. Unset: off.
+    #[arg(long, env = "HOLDFAST_PAYMENT_STATUS_URL")]
+    pub payment_status_url: Option<String>,
+    /// Ask about an order once its pay_by is this close.
+    #[arg(long, env = "HOLDFAST_PAYMENT_STATUS_LEAD", value_parser = duration, default_value = "30s")]
+    pub payment_status_lead: Duration,
+    /// Payment status questions in flight at once.
+    #[arg(long, env = "HOLDFAST_PAYMENT_STATUS_CONCURRENCY", default_value_t = 8)]
+    pub payment_status_concurrency: usize,
+    /// Time one payment status question may take (it is retried twice).
+    #[arg(long, env = "HOLDFAST_PAYMENT_STATUS_TIMEOUT", value_parser = duration, default_value = "2s")]
+    pub payment_status_timeout: Duration,
 }
 
 /// Parses `holdfast serve`'s settings from `argv` (program name and `serve` first), with the TOML file
@@ -225,6 +264,18 @@ impl ServeArgs {
         Ok(())
     }
 
+    /// The webhook secrets of the flags, the environment and the secrets file, together.
+    fn webhook_secrets(&self) -> Result<crate::orders::webhook::Secrets, String> {
+        let mut texts = self.webhook_secrets.clone();
+        if let Some(path) = &self.webhook_secrets_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("webhook-secrets-file {}: {e}", path.display()))?;
+            let lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+            texts.extend(lines.map(str::to_owned));
+        }
+        crate::orders::webhook::Secrets::new(&texts)
+    }
+
     pub fn options(&self) -> Result<ServeOptions, String> {
         let ms = |d: Duration| d.as_millis() as u64;
         let mut engine = EngineConfig {
@@ -234,6 +285,9 @@ impl ServeArgs {
             idempotency_window_ms: ms(self.idempotency_window),
             idempotency_keys_max: self.idempotency_keys_max,
             ended_retention_ms: ms(self.ended_retention),
+            pending_extension_ms: ms(self.order_pending_extension),
+            payment_event_retention_ms: ms(self.payment_event_retention),
+            payment_events_max: self.payment_events_max,
             ..EngineConfig::default()
         };
         if self.shards > 0 {
@@ -247,6 +301,20 @@ impl ServeArgs {
         if self.expiry_tick.is_zero() {
             return Err("expiry-tick must be above zero".into());
         }
+        let fallback = match &self.payment_status_url {
+            None => None,
+            Some(url) => {
+                let options = crate::orders::fallback::FallbackOptions {
+                    url: url.clone(),
+                    lead: self.payment_status_lead,
+                    concurrency: self.payment_status_concurrency,
+                    timeout: self.payment_status_timeout,
+                    ..Default::default()
+                };
+                crate::orders::fallback::validate(&options)?;
+                Some(options)
+            }
+        };
         let durability = match self.sync_interval {
             Some(every) if !every.is_zero() => Durability::Interval { every },
             _ => Durability::Always,
@@ -264,7 +332,12 @@ impl ServeArgs {
                 body_bytes_per_s_min: self.body_bytes_per_s_min,
                 idle_timeout: self.idle_timeout,
                 drain_timeout: self.drain_timeout,
+                webhooks: crate::http::WebhookConfig {
+                    secrets: self.webhook_secrets()?,
+                    tolerance_s: self.webhook_tolerance.as_secs(),
+                },
             },
+            fallback,
             engine,
             wal: WalOptions { segment_bytes: self.segment_bytes, durability, observer: None },
             snapshot: SnapshotPolicy {

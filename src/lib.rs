@@ -9,6 +9,7 @@
 //! - [`serve`]: recovery, the server, the expiry and snapshot tickers, shutdown in order.
 //! - [`config`]: `holdfast serve` settings from flags, environment and a TOML file.
 //! - [`reconcile`]: Postgres: migrations, the mirror of the log, drift checks, warm-start, restocks.
+//! - [`orders`]: orders and payment webhooks, the checkout saga, in the engine's log.
 //! - [`admin`]: `holdfast wal …` and `holdfast snapshot …`, the SRE tools for a data directory.
 //! - `sync`: the locks and atomics the engine uses, swapped for loom's under `--cfg holdfast_loom`.
 //!
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod files;
 pub mod http;
 pub mod limits;
+pub mod orders;
 pub mod reconcile;
 pub mod serve;
 mod sync;

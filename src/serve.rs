@@ -37,6 +37,8 @@ pub struct ServeOptions {
     /// Mirror the log into this Postgres database (and warm-start from it when the data directory is
     /// empty).
     pub database: Option<DatabaseOptions>,
+    /// Ask the payment provider about orders whose webhook has not come (`orders::fallback`).
+    pub fallback: Option<crate::orders::fallback::FallbackOptions>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +86,11 @@ pub async fn run(
 
     let fatal = Arc::new(Fatal::default());
     let tickers = Tickers::start(&durable, &app, &options, &fatal);
+    let fallback = options.fallback.clone().map(|f| {
+        let rx = stop_tx.subscribe();
+        let counter: Arc<dyn crate::orders::fallback::Counter> = app.clone();
+        tokio::spawn(crate::orders::fallback::run(durable.clone(), clock.clone(), f, counter, rx))
+    });
     let postgres = match &options.database {
         Some(db) => Some(Postgres::start(&durable, &app, db)?),
         None => None,
@@ -95,6 +102,9 @@ pub async fn run(
     app.set_stopping();
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(fallback) = fallback {
+        let _ = fallback.await;
+    }
     tickers.stop();
     if let Some(postgres) = postgres {
         postgres.stop();
@@ -252,6 +262,27 @@ fn drift_checks(d: &Durable, app: &App, pool: &deadpool_postgres::Pool, every: D
     }
 }
 
+/// Ends the orders past `pay_by` (as many passes as it takes) and counts how late each was.
+fn expire_orders(d: &Durable, app: &App) {
+    loop {
+        match d.orders_tick(app.clock.now_ms()) {
+            Ok(logged) => {
+                for late_ms in &logged.value {
+                    app.metrics.orders_expired.inc();
+                    app.metrics.order_cancel_lag_seconds.observe(*late_ms as f64 / 1000.0);
+                }
+                if logged.value.len() < crate::durable::ORDERS_PER_TICK {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "order expiry could not be logged; retrying next tick");
+                return;
+            }
+        }
+    }
+}
+
 /// A fatal error seen by a ticker, and the wake-up of the task waiting for one.
 #[derive(Default)]
 struct Fatal {
@@ -287,6 +318,8 @@ impl Tickers {
                 (durable.clone(), app.clone(), stop.clone(), fatal.clone(), options.expiry_tick);
             std::thread::Builder::new().name("expiry".into()).spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
+                    // Orders first: an order's hold is expired as the order's step, with the order.
+                    expire_orders(&d, &app);
                     match d.expire_due(app.clock.now_ms()) {
                         Ok(expired) => {
                             app.metrics.expired.inc_by(expired.value.len() as u64);

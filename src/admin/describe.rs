@@ -32,10 +32,50 @@ pub fn kind(record: &Record) -> &'static str {
         Record::Committed { .. } => "committed",
         Record::Released { .. } => "released",
         Record::Expired { .. } => "expired",
+        Record::Order(_) => "order",
     }
 }
 
-pub const KINDS: [&str; 12] = [
+/// An order step's own fields (the reservation record it carries is shown beside them).
+fn order_fields(o: &crate::orders::OrderRecord) -> Map<String, Value> {
+    use crate::orders::OrderStep;
+    let mut m = Map::new();
+    m.insert("order".into(), json!(o.order.to_string()));
+    m.insert("step".into(), json!(crate::durable::codec::step_name(&o.step)));
+    match &o.step {
+        OrderStep::Placed(p) => {
+            m.insert("user".into(), json!(p.user.as_str()));
+            let lines: Vec<Value> = (p.lines.iter())
+                .map(|l| json!({"sku": l.sku.as_str(), "qty": l.qty, "unit_price": l.unit_price}))
+                .collect();
+            m.insert("items".into(), json!(lines));
+            m.insert("amount".into(), json!(p.amount));
+            m.insert("currency".into(), json!(p.currency));
+            m.insert("idempotency_key".into(), json!(p.key.as_str()));
+            if let Some(sale) = &p.sale {
+                m.insert("sale".into(), json!(sale.as_str()));
+            }
+        }
+        OrderStep::PaymentAttached { provider_ref } => {
+            m.insert("provider_ref".into(), json!(provider_ref));
+        }
+        OrderStep::Cancelled(c) => {
+            m.insert("cause".into(), json!(c.as_str()));
+        }
+        OrderStep::PaymentMismatch { amount, currency } => {
+            m.insert("paid_amount".into(), json!(amount));
+            m.insert("paid_currency".into(), json!(currency));
+        }
+        OrderStep::Pending | OrderStep::Paid | OrderStep::Rebooked | OrderStep::RefundDue => {}
+    }
+    if let Some(event) = &o.event {
+        m.insert("event".into(), json!(event));
+    }
+    m
+}
+
+pub const KINDS: [&str; 13] = [
+    "order",
     "stock_set",
     "stock_adjusted",
     "sale_set",
@@ -119,6 +159,18 @@ pub fn record_json(lsn: u64, record: &Record) -> Value {
         Record::Committed { id, .. } | Record::Released { id, .. } | Record::Expired { id, .. } => {
             put("id", json!(id.to_string()));
         }
+        Record::Order(o) => {
+            for (k, v) in order_fields(o) {
+                put(&k, v);
+            }
+            if let Some(inner) = &o.reservation {
+                let mut inner = record_json(lsn, inner);
+                if let Value::Object(fields) = &mut inner {
+                    fields.remove("lsn");
+                }
+                put("reservation", inner);
+            }
+        }
     }
     Value::Object(m)
 }
@@ -165,6 +217,23 @@ pub fn record_line(lsn: u64, record: &Record) -> String {
         Record::Committed { id, .. } | Record::Released { id, .. } | Record::Expired { id, .. } => {
             id.to_string()
         }
+        Record::Order(o) => {
+            let fields = order_fields(o);
+            let mut line: Vec<String> = (fields.iter())
+                .map(|(k, v)| match v {
+                    Value::String(s) if k == "order" || k == "step" => s.clone(),
+                    v => format!("{k}={v}"),
+                })
+                .collect();
+            if let Some(inner) = &o.reservation {
+                line.push(format!(
+                    "[{}: {}]",
+                    kind(inner),
+                    record_line(lsn, inner).split("  ").last().unwrap_or("")
+                ));
+            }
+            line.join(" ")
+        }
     };
     format!("{lsn:>10}  {}  {:<14}  {details}", time(record.at_ms()), kind(record))
 }
@@ -198,12 +267,41 @@ pub struct Filter {
     pub reservation: Option<String>,
     pub user: Option<String>,
     pub sale: Option<String>,
+    pub order: Option<String>,
 }
 
 impl Filter {
     /// `related` holds the ids of reservations seen to match (a commit names only its id).
     pub fn matches(&self, record: &Record, related: &mut std::collections::HashSet<u64>) -> bool {
+        if let Some(want) = &self.order {
+            // The order's records, and every record of the reservations they made (the engine's
+            // own expiry of one names only the reservation).
+            let held = |r: &Record| match r {
+                Record::Reserved(r) => Some(r.id),
+                Record::Extended { id, .. }
+                | Record::Committed { id, .. }
+                | Record::Released { id, .. }
+                | Record::Expired { id, .. } => Some(*id),
+                _ => None,
+            };
+            return match record {
+                Record::Order(o) if o.order.to_string() == *want => {
+                    related.insert(o.order.0.raw());
+                    if let Some(id) = o.reservation.as_ref().and_then(held) {
+                        related.insert(id.raw());
+                    }
+                    true
+                }
+                r => held(r).is_some_and(|id| related.contains(&id.raw())),
+            };
+        }
+        // An order's step is judged by the reservation record it carries.
+        let record = match record {
+            Record::Order(o) => o.reservation.as_ref().unwrap_or(record),
+            r => r,
+        };
         let id = match record {
+            Record::Order(o) => Some(o.order.0),
             Record::Reserved(r) => Some(r.id),
             Record::Extended { id, .. } | Record::Committed { id, .. } | Record::Released { id, .. } => {
                 Some(*id)

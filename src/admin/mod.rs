@@ -108,6 +108,9 @@ struct DumpArgs {
     user: Option<String>,
     #[arg(long)]
     sale: Option<String>,
+    /// An order (`ord_…`): its steps and its reservations' records.
+    #[arg(long)]
+    order: Option<String>,
     /// Keep printing records as they are appended, like `tail -f`.
     #[arg(long)]
     follow: bool,
@@ -144,6 +147,9 @@ struct TraceArgs {
     sku: Option<String>,
     #[arg(long, group = "subject")]
     user: Option<String>,
+    /// An order (`ord_…`): its steps and its reservations' records.
+    #[arg(long, group = "subject")]
+    order: Option<String>,
     #[arg(long)]
     json: bool,
 }

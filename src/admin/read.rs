@@ -172,6 +172,7 @@ pub(super) fn dump(args: &DumpArgs, out: &mut Out<'_>) -> anyhow::Result<()> {
         reservation: args.reservation.clone(),
         user: args.user.clone(),
         sale: args.sale.clone(),
+        order: args.order.clone(),
     };
     let mut related = HashSet::new();
     let mut last = args.from_lsn.unwrap_or(1).saturating_sub(1);
@@ -227,6 +228,7 @@ pub(super) fn trace(args: &TraceArgs, out: &mut Out<'_>) -> anyhow::Result<()> {
         reservation: args.reservation.clone(),
         user: args.user.clone(),
         sale: None,
+        order: args.order.clone(),
     };
     let mut related = HashSet::new();
     let mut found = 0u64;

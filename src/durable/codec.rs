@@ -11,6 +11,9 @@ use crate::engine::{
 };
 use rkyv::rancor;
 
+mod orders;
+pub use orders::step_name;
+
 pub const RECORD_MAGIC: [u8; 4] = *b"HFRC";
 pub const RECORD_FORMAT_VERSION: u32 = 1;
 /// The prefix keeps the rkyv bytes 16-byte aligned inside the log's 16-byte aligned payloads.
@@ -37,6 +40,8 @@ enum LogRecord {
     // An adjustment under an idempotency key. Unkeyed adjustments are still written as
     // `StockAdjusted`, so that logs without keyed ones read with builds that predate this.
     StockAdjustedKeyed(Box<LogAdjustKeyed>),
+    // An order's step with the reservation record it made (`orders.rs`).
+    Order(Box<orders::LogOrder>),
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
@@ -169,6 +174,7 @@ fn to_log(record: &Record) -> LogRecord {
         Record::QueueAdmitted { sale, count, at_ms } => {
             LogRecord::QueueAdmitted { sale: s(sale), count: *count, at_ms: *at_ms }
         }
+        Record::Order(o) => LogRecord::Order(Box::new(orders::to_log_order(o))),
     }
 }
 
@@ -282,19 +288,7 @@ fn from_archived(r: &ArchivedLogRecord) -> Result<Record, Invalid> {
             skus: skus.iter().map(|sku| SkuId::new(sku)).collect::<Result<_, _>>()?,
             at_ms: at_ms.to_native(),
         },
-        ArchivedLogRecord::Reserved(r) => {
-            let items = r.items.iter().map(|i| Ok(Item { sku: SkuId::new(&i.sku)?, qty: i.qty.to_native() }));
-            let key = r.key.as_ref().map(|k| IdempotencyKey::new(k)).transpose()?;
-            Record::Reserved(ReservedRecord {
-                id: id(&r.id)?,
-                items: items.collect::<Result<_, Invalid>>()?,
-                created_at_ms: r.created_at_ms.to_native(),
-                expires_at_ms: r.expires_at_ms.to_native(),
-                user: r.user.as_ref().map(|u| UserId::new(u)).transpose()?,
-                sale: r.sale.as_ref().map(|s| SaleId::new(s)).transpose()?,
-                idempotency: key.map(|k| (k, r.fingerprint.to_native())),
-            })
-        }
+        ArchivedLogRecord::Reserved(r) => Record::Reserved(reserved_from(r)?),
         ArchivedLogRecord::Extended { id: raw, expires_at_ms, at_ms } => Record::Extended {
             id: id(raw)?,
             expires_at_ms: expires_at_ms.to_native(),
@@ -328,6 +322,21 @@ fn from_archived(r: &ArchivedLogRecord) -> Result<Record, Invalid> {
             count: count.to_native(),
             at_ms: at_ms.to_native(),
         },
+        ArchivedLogRecord::Order(o) => Record::Order(Box::new(orders::from_archived_order(o)?)),
+    })
+}
+
+fn reserved_from(r: &ArchivedLogReserved) -> Result<ReservedRecord, Invalid> {
+    let items = r.items.iter().map(|i| Ok(Item { sku: SkuId::new(&i.sku)?, qty: i.qty.to_native() }));
+    let key = r.key.as_ref().map(|k| IdempotencyKey::new(k)).transpose()?;
+    Ok(ReservedRecord {
+        id: id(&r.id)?,
+        items: items.collect::<Result<_, Invalid>>()?,
+        created_at_ms: r.created_at_ms.to_native(),
+        expires_at_ms: r.expires_at_ms.to_native(),
+        user: r.user.as_ref().map(|u| UserId::new(u)).transpose()?,
+        sale: r.sale.as_ref().map(|s| SaleId::new(s)).transpose()?,
+        idempotency: key.map(|k| (k, r.fingerprint.to_native())),
     })
 }
 
@@ -519,7 +528,14 @@ mod tests {
 pub const STATE_MAGIC: [u8; 4] = *b"HFST";
 /// Version 2 added waiting rooms; version 1 snapshots (without them) still read.
 /// Version 3 added the SKUs each sale covers and the keys of stock adjustments.
-pub const STATE_FORMAT_VERSION: u32 = 3;
+/// Version 4 added orders and the payment events remembered.
+pub const STATE_FORMAT_VERSION: u32 = 4;
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapStateV4 {
+    v3: SnapStateV3,
+    orders: orders::SnapOrders,
+}
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapStateV2 {
@@ -707,7 +723,8 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
         })
         .collect();
     let adjust_keys = (state.adjust_keys.iter()).map(snap_adjust_key).collect();
-    let snap = SnapStateV3 { v2: SnapStateV2 { base: snap, rooms }, sale_skus, adjust_keys };
+    let v3 = SnapStateV3 { v2: SnapStateV2 { base: snap, rooms }, sale_skus, adjust_keys };
+    let snap = SnapStateV4 { v3, orders: orders::snap_orders(&state.orders, &state.payment_events) };
     out.extend_from_slice(
         &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
     );
@@ -749,7 +766,7 @@ fn adjust_key(k: &ArchivedSnapAdjustKey) -> Result<crate::engine::RememberedAdju
 pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, DecodeError> {
     use crate::engine::{EngineState, RememberedKey, ReservationState, ReservationView, Stock};
     let found = payload.get(4..8).map_or(0, |v| u32::from_le_bytes(v.try_into().expect("4 bytes")));
-    let (mut adjust_keys, mut sale_skus) = (None, None);
+    let (mut adjust_keys, mut sale_skus, mut orders) = (None, None, None);
     let (snap, rooms) = match found {
         1 => {
             let body = unprefix(payload, STATE_MAGIC, 1, "snapshot")?;
@@ -760,9 +777,18 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
             let v2 = rkyv::access::<ArchivedSnapStateV2, rancor::Error>(body).map_err(bad)?;
             (&v2.base, Some(&v2.rooms))
         }
+        3 => {
+            let body = unprefix(payload, STATE_MAGIC, 3, "snapshot")?;
+            let v3 = rkyv::access::<ArchivedSnapStateV3, rancor::Error>(body).map_err(bad)?;
+            adjust_keys = Some(&v3.adjust_keys);
+            sale_skus = Some(&v3.sale_skus);
+            (&v3.v2.base, Some(&v3.v2.rooms))
+        }
         _ => {
             let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
-            let v3 = rkyv::access::<ArchivedSnapStateV3, rancor::Error>(body).map_err(bad)?;
+            let v4 = rkyv::access::<ArchivedSnapStateV4, rancor::Error>(body).map_err(bad)?;
+            orders = Some(&v4.orders);
+            let v3 = &v4.v3;
             adjust_keys = Some(&v3.adjust_keys);
             sale_skus = Some(&v3.sale_skus);
             (&v3.v2.base, Some(&v3.v2.rooms))
@@ -861,5 +887,8 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
         // Before version 3 only rooms named SKUs.
         None => state.rooms.iter().map(|r| (r.sale.clone(), r.config.skus.clone())).collect(),
     };
+    if let Some(orders) = orders {
+        (state.orders, state.payment_events) = orders::orders_from(orders)?;
+    }
     Ok(state)
 }

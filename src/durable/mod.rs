@@ -17,6 +17,7 @@ use crate::engine::{
     Record, RecordSink, ReservationError, ReservationId, ReserveError, ReserveRequest, Reserved, RoomConfig,
     RoomTick, SaleId, SinkRefused, SkuId, Stock, StockError, UserId,
 };
+use crate::orders::{Effect, Order, OrderError, OrderId, OrderRequest, Payment};
 use holdfast_wal::snapshot::{self, SnapshotFile};
 use holdfast_wal::storage::Storage;
 use holdfast_wal::{Lsn, Recovery, Wal, WalError, WalOptions};
@@ -204,6 +205,9 @@ pub struct Durable {
     /// later records are not removed. `Lsn::MAX`: nobody waits.
     retention_floor: std::sync::atomic::AtomicU64,
 }
+
+/// Orders the timer ends per pass (it holds the orders' lock meanwhile; the next pass takes the rest).
+pub const ORDERS_PER_TICK: usize = 512;
 
 /// Records handed from the log's scan to the applier at a time.
 const REPLAY_BATCH: usize = 1024;
@@ -588,6 +592,46 @@ impl Durable {
     /// failure leaves the rest due for the next tick and is returned.
     pub fn expire_due(&self, now_ms: u64) -> Result<Logged<Vec<ReservationId>>, WalError> {
         self.tick(|sink| self.engine.expire_due(now_ms, sink))
+    }
+
+    pub fn place_order(
+        &self,
+        req: &OrderRequest,
+        expected_sale: Option<Option<&SaleId>>,
+        now_ms: u64,
+    ) -> Result<Logged<(Order, bool)>, Refused<OrderError>> {
+        self.logged(OrderError::LogRefused, |sink| self.engine.place_order(req, expected_sale, now_ms, sink))
+    }
+
+    pub fn attach_payment(
+        &self,
+        id: OrderId,
+        provider_ref: &str,
+        now_ms: u64,
+    ) -> Result<Logged<Order>, Refused<OrderError>> {
+        self.logged(OrderError::LogRefused, |sink| self.engine.attach_payment(id, provider_ref, now_ms, sink))
+    }
+
+    pub fn cancel_order(&self, id: OrderId, now_ms: u64) -> Result<Logged<Order>, Refused<OrderError>> {
+        self.logged(OrderError::LogRefused, |sink| self.engine.cancel_order(id, now_ms, sink))
+    }
+
+    /// A payment's outcome for an order (see `Engine::payment_outcome`).
+    pub fn payment_outcome(
+        &self,
+        id: OrderId,
+        payment: &Payment<'_>,
+        event: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Logged<Effect>, Refused<OrderError>> {
+        self.logged(OrderError::LogRefused, |sink| {
+            self.engine.payment_outcome(id, payment, event, now_ms, sink)
+        })
+    }
+
+    /// The orders' timers (see `Engine::orders_tick`): how late each cancelled order was.
+    pub fn orders_tick(&self, now_ms: u64) -> Result<Logged<Vec<u64>>, Refused<OrderError>> {
+        self.logged(OrderError::LogRefused, |sink| self.engine.orders_tick(now_ms, ORDERS_PER_TICK, sink))
     }
 
     /// Runs a periodic engine task that does as much as the log takes and cannot otherwise fail.

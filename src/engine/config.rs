@@ -21,6 +21,15 @@ pub struct EngineConfig {
     pub ended_retention_ms: u64,
     /// Active reservations one shard may hold; a reserve beyond it fails with `ShardFull`.
     pub active_per_shard_max: usize,
+    /// Orders remembered at once (open ones, and ended ones within `ended_retention_ms`).
+    pub orders_max: usize,
+    /// How far each `payment_pending` pushes an order's hold (within `hold_ms_max` of its creation).
+    pub pending_extension_ms: u64,
+    /// How long a payment event's id is remembered: longer than providers retry (3 days).
+    pub payment_event_retention_ms: u64,
+    /// Payment event ids remembered at once (`orders::book::EVENT_BYTES` each); webhooks beyond it
+    /// are answered 503 so that the provider retries later, never applied without being remembered.
+    pub payment_events_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +44,10 @@ impl Default for EngineConfig {
             idempotency_keys_max: 4_000_000,
             ended_retention_ms: 24 * 60 * 60 * 1000,
             active_per_shard_max: 4_000_000,
+            orders_max: 2_000_000,
+            pending_extension_ms: 10 * 60 * 1000,
+            payment_event_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            payment_events_max: 4_000_000,
         }
     }
 }
@@ -67,6 +80,21 @@ impl EngineConfig {
                 "hold_ms_max {} must be between ttl_ms_max {} and {HOLD_MS_MAX}",
                 self.hold_ms_max, self.ttl_ms_max
             ));
+        }
+        if self.payment_event_retention_ms < 3 * 24 * 60 * 60 * 1000 {
+            return fail(format!(
+                "payment event ids must be remembered at least 3 days (providers retry that long), not {} ms",
+                self.payment_event_retention_ms
+            ));
+        }
+        if self.pending_extension_ms < self.ttl_ms_min || self.pending_extension_ms > self.ttl_ms_max {
+            return fail(format!(
+                "pending_extension_ms {} must be within the TTL range {}..={}",
+                self.pending_extension_ms, self.ttl_ms_min, self.ttl_ms_max
+            ));
+        }
+        if self.orders_max == 0 || self.payment_events_max == 0 {
+            return fail("order and payment event bounds must be at least 1".into());
         }
         if self.idempotency_keys_max == 0 || self.active_per_shard_max == 0 {
             return fail("table bounds must be at least 1".into());

@@ -64,6 +64,9 @@ pub struct Engine {
     sale_book: Mutex<sales::SaleBook>,
     /// SKU → the sale covering it, read lock-free by every reserve.
     sku_sale: papaya::HashMap<SkuId, SaleId, foldhash::fast::RandomState>,
+    /// Orders (`crate::orders`): their lock comes before every engine lock, and the plain reserve
+    /// path never takes it.
+    orders: parking_lot::Mutex<crate::orders::Book>,
 }
 
 impl Engine {
@@ -79,12 +82,18 @@ impl Engine {
             retired_seqs: Mutex::new(Default::default()),
             sale_book: Mutex::new(Default::default()),
             sku_sale: papaya::HashMap::builder().hasher(Default::default()).build(),
+            orders: Default::default(),
             config,
         })
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The orders, under their lock (taken before any engine lock, never after).
+    pub fn orders(&self) -> &parking_lot::Mutex<crate::orders::Book> {
+        &self.orders
     }
 
     /// A SKU's shard: a fixed hash of its name, so that it does not change between runs.

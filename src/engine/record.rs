@@ -74,6 +74,8 @@ pub enum Record {
         id: ReservationId,
         at_ms: u64,
     },
+    /// An order's transition, with the reservation record it made (see `orders::book`).
+    Order(Box<crate::orders::OrderRecord>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +107,7 @@ impl Record {
             | Record::Released { at_ms, .. }
             | Record::Expired { at_ms, .. } => *at_ms,
             Record::Reserved(r) => r.created_at_ms,
+            Record::Order(o) => o.at_ms,
         }
     }
 }

@@ -65,6 +65,16 @@ impl Engine {
             Record::Committed { id, at_ms } => self.replay_end(*id, ReservationState::Committed, *at_ms)?,
             Record::Released { id, at_ms } => self.replay_end(*id, ReservationState::Released, *at_ms)?,
             Record::Expired { id, at_ms } => self.replay_end(*id, ReservationState::Expired, *at_ms)?,
+            Record::Order(order) => {
+                // The book's lock first, as on the live path.
+                let mut book = self.orders.lock();
+                match &order.reservation {
+                    None => {}
+                    Some(Record::Order(_)) => return fail(format!("{} nests an order record", order.order)),
+                    Some(inner) => self.apply(inner)?,
+                }
+                book.apply(order).map_err(|detail| ReplayError { detail })?;
+            }
         }
         Ok(())
     }

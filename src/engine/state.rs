@@ -26,6 +26,10 @@ pub struct EngineState {
     pub rooms: Vec<super::RoomState>,
     /// The SKUs each sale covers, by sale (rooms' included).
     pub sale_skus: Vec<(SaleId, Vec<SkuId>)>,
+    /// Orders, by id: open ones and ended ones within retention (and every one that needs a person).
+    pub orders: Vec<crate::orders::Order>,
+    /// Payment event ids remembered (hash, when seen), oldest first.
+    pub payment_events: Vec<(u128, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +94,17 @@ impl Engine {
         state.counters = self.counters.all();
         state.counters.sort();
         state.rooms = self.export_rooms();
+        let c = &self.config;
+        let (orders, events) = self.orders.lock().export();
+        // What `Book::forget` would drop by now is left out, as aged keys are.
+        let kept = |o: &crate::orders::Order| {
+            o.state.is_open()
+                || o.state.needs_person()
+                || o.ended_at_ms.saturating_add(c.ended_retention_ms) > now_ms
+        };
+        state.orders = orders.into_iter().filter(kept).collect();
+        let live = |&(_, at): &(u128, u64)| at.saturating_add(c.payment_event_retention_ms) > now_ms;
+        state.payment_events = events.into_iter().filter(live).collect();
         state
     }
 
@@ -161,6 +176,17 @@ impl Engine {
         }
         for (sale, user, units) in &state.counters {
             engine.counters.lock(user).add(sale, user, *units);
+        }
+        *engine.orders.lock() =
+            crate::orders::Book::restore(&state.orders, &state.payment_events).map_err(fail)?;
+        for order in state.orders.iter().filter(|o| o.state.is_open() || o.commit_owed) {
+            let held = state.reservations.binary_search_by_key(&order.reservation, |r| r.id).is_ok();
+            if !held {
+                return Err(fail(format!(
+                    "{} holds {}, which the snapshot lacks",
+                    order.id, order.reservation
+                )));
+            }
         }
         engine.check_consistency().map_err(fail)?;
         Ok(engine)

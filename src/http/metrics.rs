@@ -27,6 +27,11 @@ pub struct SaleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: &'static str,
 }
@@ -94,6 +99,14 @@ pub struct Metrics {
     pub latency: Hot<RouteLabels, Histogram>,
     pub outcomes: Hot<OutcomeLabels, Counter>,
     pub expired: Counter,
+    webhooks: Family<WebhookLabels, Counter>,
+    /// Orders cancelled at `pay_by`, and how long after it.
+    pub orders_expired: Counter,
+    pub order_cancel_lag_seconds: Histogram,
+    /// Orders the payment status fallback moved, and questions it got no answer to.
+    pub orders_settled_by_status: Counter,
+    pub status_checks_failed: Counter,
+    open_orders: Gauge,
     room_waiting: Family<SaleLabels, Gauge>,
     room_admitted: Family<SaleLabels, Counter>,
     room_sold_out: Family<SaleLabels, Counter>,
@@ -137,6 +150,11 @@ struct MirrorGauges {
 }
 
 impl Metrics {
+    /// Counts a payment webhook's outcome.
+    pub fn webhook(&self, outcome: &'static str) {
+        self.webhooks.get_or_create(&WebhookLabels { outcome }).inc();
+    }
+
     /// Counts what an admission tick did in each waiting room.
     pub fn rooms(&self, ticks: &[crate::engine::RoomTick]) {
         for tick in ticks {
@@ -167,6 +185,13 @@ impl Metrics {
             latency: Hot::new(Family::new_with_constructor(latency_histogram as fn() -> Histogram)),
             outcomes: Hot::new(Family::default()),
             expired: Counter::default(),
+            webhooks: Family::default(),
+            orders_expired: Counter::default(),
+            // 1 ms .. about 65 s.
+            order_cancel_lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            orders_settled_by_status: Counter::default(),
+            status_checks_failed: Counter::default(),
+            open_orders: Gauge::default(),
             room_waiting: Family::default(),
             room_admitted: Family::default(),
             room_sold_out: Family::default(),
@@ -196,6 +221,29 @@ impl Metrics {
             m.outcomes.family.clone(),
         );
         r.register("reservations_expired", "Reservations expired by the server", m.expired.clone());
+        r.register(
+            "payment_webhooks",
+            "Payment webhooks by outcome (applied, duplicate, stale, refund_due, payment_mismatch, \
+             unknown_order, unhandled_type, refused, malformed)",
+            m.webhooks.clone(),
+        );
+        r.register("orders_expired", "Orders cancelled because pay_by passed", m.orders_expired.clone());
+        r.register(
+            "order_cancel_lag_seconds",
+            "Time from an order's pay_by to its cancellation",
+            m.order_cancel_lag_seconds.clone(),
+        );
+        r.register(
+            "orders_settled_by_status_check",
+            "Orders the payment status fallback moved (the webhook had not come)",
+            m.orders_settled_by_status.clone(),
+        );
+        r.register(
+            "payment_status_checks_failed",
+            "Payment status questions that got no answer after their retries",
+            m.status_checks_failed.clone(),
+        );
+        r.register("orders_open", "Orders awaiting a payment's outcome", m.open_orders.clone());
         r.register("waitroom_waiting", "Shoppers waiting in each sale's queue", m.room_waiting.clone());
         r.register("waitroom_admitted", "Shoppers admitted, by sale", m.room_admitted.clone());
         r.register(
@@ -304,6 +352,7 @@ impl Metrics {
         if let Some(d) = durable {
             let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
             gauge(&self.live_reservations, d.engine().active_reservations() as u64);
+            gauge(&self.open_orders, d.engine().orders().lock().open_count() as u64);
             gauge(&self.appended_lsn, d.wal().appended_lsn());
             gauge(&self.acked_lsn, d.wal().acked_lsn());
             let (lsn, at_ms) = d.last_snapshot();

@@ -14,6 +14,7 @@ mod dto;
 mod error;
 pub mod metrics;
 pub mod openapi;
+mod orders;
 mod routes;
 mod sales;
 
@@ -55,6 +56,22 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// How long shutdown waits for requests in progress before closing their connections.
     pub drain_timeout: Duration,
+    /// How payment webhooks are verified.
+    pub webhooks: WebhookConfig,
+}
+
+/// The secrets payment webhooks are signed with (several during a rotation) and the clock skew
+/// allowed between the provider's signature time and ours.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub secrets: crate::orders::webhook::Secrets,
+    pub tolerance_s: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self { secrets: Default::default(), tolerance_s: crate::orders::webhook::TOLERANCE_S }
+    }
 }
 
 impl Default for HttpConfig {
@@ -70,6 +87,7 @@ impl Default for HttpConfig {
             body_bytes_per_s_min: 4096,
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -131,6 +149,16 @@ impl App {
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(self);
         (before < self.config.in_flight_max).then_some(guard)
+    }
+}
+
+/// The status fallback counts into the server's metrics.
+impl crate::orders::fallback::Counter for App {
+    fn settled(&self, _terminal: bool) {
+        self.metrics.orders_settled_by_status.inc();
+    }
+    fn failed(&self) {
+        self.metrics.status_checks_failed.inc();
     }
 }
 

@@ -37,6 +37,11 @@ pub enum Route {
     GetSale,
     JoinQueue,
     PollQueue,
+    PlaceOrder,
+    GetOrder,
+    AttachPayment,
+    CancelOrder,
+    PaymentWebhook,
     Metrics,
     Healthz,
     Readyz,
@@ -44,7 +49,7 @@ pub enum Route {
 }
 
 /// Every route, for the OpenAPI check and the metrics' labels.
-pub const ROUTES: [Route; 16] = [
+pub const ROUTES: [Route; 21] = [
     Route::PutSku,
     Route::GetSku,
     Route::AdjustSku,
@@ -57,6 +62,11 @@ pub const ROUTES: [Route; 16] = [
     Route::GetSale,
     Route::JoinQueue,
     Route::PollQueue,
+    Route::PlaceOrder,
+    Route::GetOrder,
+    Route::AttachPayment,
+    Route::CancelOrder,
+    Route::PaymentWebhook,
     Route::Metrics,
     Route::Healthz,
     Route::Readyz,
@@ -79,6 +89,11 @@ impl Route {
             Route::GetSale => "GET /v1/sales/{sale}",
             Route::JoinQueue => "POST /v1/sales/{sale}/queue",
             Route::PollQueue => "GET /v1/sales/{sale}/queue/{ticket}",
+            Route::PlaceOrder => "POST /v1/orders",
+            Route::GetOrder => "GET /v1/orders/{id}",
+            Route::AttachPayment => "POST /v1/orders/{id}/payment",
+            Route::CancelOrder => "POST /v1/orders/{id}/cancel",
+            Route::PaymentWebhook => "POST /v1/webhooks/payments",
             Route::Metrics => "GET /metrics",
             Route::Healthz => "GET /healthz",
             Route::Readyz => "GET /readyz",
@@ -122,6 +137,21 @@ impl Route {
                     _ => return Err(no_route(path)),
                 };
                 (post.then_some(route), id, "POST")
+            }
+            [Some("v1"), Some("orders"), None, None, None] => (post.then_some(Route::PlaceOrder), "", "POST"),
+            [Some("v1"), Some("orders"), Some(id), None, None] if !id.is_empty() => {
+                (get.then_some(Route::GetOrder), id, "GET")
+            }
+            [Some("v1"), Some("orders"), Some(id), Some(action), None] if !id.is_empty() => {
+                let route = match action {
+                    "payment" => Route::AttachPayment,
+                    "cancel" => Route::CancelOrder,
+                    _ => return Err(no_route(path)),
+                };
+                (post.then_some(route), id, "POST")
+            }
+            [Some("v1"), Some("webhooks"), Some("payments"), None, None] => {
+                (post.then_some(Route::PaymentWebhook), "", "POST")
             }
             [Some("v1"), Some("sales"), Some(sale), None, None] if !sale.is_empty() => {
                 let route = if get { Some(Route::GetSale) } else { put.then_some(Route::PutSale) };
@@ -260,6 +290,11 @@ async fn dispatch(
         Route::GetSale => h.get_sale(&param).await,
         Route::JoinQueue => h.join_queue(&param, req).await,
         Route::PollQueue => h.poll_queue(&param).await,
+        Route::PlaceOrder => h.place_order(req).await,
+        Route::GetOrder => h.get_order(&param).await,
+        Route::AttachPayment => h.attach_payment(&param, req).await,
+        Route::CancelOrder => h.cancel_order(&param, req).await,
+        Route::PaymentWebhook => h.payment_webhook(req).await,
         Route::Metrics | Route::Healthz | Route::Readyz | Route::OpenApi => unreachable!("answered above"),
     }
 }

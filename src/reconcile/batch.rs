@@ -106,6 +106,12 @@ impl Changes {
                 self.end_kinds.push(kind);
                 event(self, id, kind, *at_ms, None);
             }
+            // An order's step: its reservation's record is mirrored like any other.
+            Record::Order(o) => {
+                if let Some(inner) = &o.reservation {
+                    self.add(lsn, inner);
+                }
+            }
             Record::StockSet { .. }
             | Record::StockAdjusted { .. }
             | Record::SaleSet { .. }

@@ -28,6 +28,7 @@ pub fn options(dir: &Path) -> ServeOptions {
         snapshot: SnapshotPolicy::default(),
         expiry_tick: Duration::from_millis(10),
         database: None,
+        fallback: None,
     }
 }
 
