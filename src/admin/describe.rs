@@ -260,6 +260,36 @@ pub fn reservation_json(v: &ReservationView) -> Value {
     out
 }
 
+/// An order as the log tools show it: its state, money, payment reference and history.
+pub fn order_json(o: &crate::orders::Order) -> Value {
+    let mut out = json!({
+        "id": o.id.to_string(),
+        "state": o.state.as_str(),
+        "reservation_id": o.reservation.to_string(),
+        "user_id": o.placed.user.as_str(),
+        "items": o.placed.lines.iter()
+            .map(|l| json!({"sku": l.sku.as_str(), "qty": l.qty, "unit_price": l.unit_price}))
+            .collect::<Vec<_>>(),
+        "amount": o.placed.amount,
+        "currency": o.placed.currency,
+        "pay_by": time(o.pay_by_ms),
+        "created_at": time(o.created_at_ms),
+        "history": o.history.iter()
+            .map(|t| json!({"at": time(t.at_ms), "state": t.state.as_str(), "cause": t.cause}))
+            .collect::<Vec<_>>(),
+    });
+    if let crate::orders::OrderState::Cancelled(c) = o.state {
+        out["cause"] = json!(c.as_str());
+    }
+    if let Some(r) = &o.provider_ref {
+        out["provider_ref"] = json!(r);
+    }
+    if let Some(sale) = &o.placed.sale {
+        out["sale_id"] = json!(sale.as_str());
+    }
+    out
+}
+
 /// Whether a record concerns a SKU, a reservation, a user or a sale (the filters of dump and trace).
 #[derive(Default)]
 pub struct Filter {

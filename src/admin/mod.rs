@@ -132,6 +132,10 @@ struct ReplayArgs {
     /// Only these reservations, in whatever state (repeatable).
     #[arg(long)]
     reservation: Vec<String>,
+    /// Only these orders (`ord_…`, repeatable); by default the open ones and those that need a
+    /// person (refund_due, payment_mismatch).
+    #[arg(long)]
+    order: Vec<String>,
     /// Write the JSON here instead of standard output.
     #[arg(long)]
     output: Option<PathBuf>,

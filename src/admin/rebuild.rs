@@ -77,12 +77,25 @@ pub(super) fn replay(args: &ReplayArgs, out: &mut Out<'_>) -> anyhow::Result<()>
         })
         .map(describe::reservation_json)
         .collect();
+    // Named orders, else those still open or waiting for a person.
+    let orders: Vec<Value> = state
+        .orders
+        .iter()
+        .filter(|o| {
+            if !args.order.is_empty() {
+                return args.order.iter().any(|want| *want == o.id.to_string());
+            }
+            o.state.is_open() || o.state.needs_person()
+        })
+        .map(describe::order_json)
+        .collect();
     let report = json!({
         "lsn": at.0,
         "at": (at.1 > 0).then(|| time(at.1)),
         "snapshot_lsn": from,
         "skus": skus,
         "reservations": reservations,
+        "orders": orders,
     });
     let text = serde_json::to_string_pretty(&report)?;
     match &args.output {

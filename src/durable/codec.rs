@@ -341,189 +341,7 @@ fn reserved_from(r: &ArchivedLogReserved) -> Result<ReservedRecord, Invalid> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A 16-byte aligned copy, as the log hands payloads out.
-    fn aligned(bytes: &[u8]) -> Vec<u128> {
-        let mut words = vec![0u128; bytes.len().div_ceil(16)];
-        bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        words
-    }
-
-    fn round_trip(record: &Record) -> Result<Record, DecodeError> {
-        let mut out = Vec::new();
-        encode(record, &mut out);
-        let words = aligned(&out);
-        decode(&bytemuck::cast_slice::<u128, u8>(&words)[..out.len()])
-    }
-
-    fn sample() -> Vec<Record> {
-        let id = ReservationId::parse("rsv_0001000000000007").expect("valid");
-        let sku = SkuId::new("tee-L").expect("valid");
-        vec![
-            Record::StockSet { sku: sku.clone(), on_hand: 10, at_ms: 1 },
-            Record::StockAdjusted {
-                sku: sku.clone(),
-                delta: -3,
-                reason: Reason::new("damaged").expect("valid"),
-                at_ms: 2,
-                idempotency: None,
-            },
-            // Written as `SaleLimitSet`, which reads as a sale covering no SKU.
-            Record::SaleSet {
-                sale: SaleId::new("noon").expect("valid"),
-                per_user_max: 2,
-                skus: vec![],
-                at_ms: 3,
-            },
-            Record::Reserved(ReservedRecord {
-                id,
-                items: vec![Item { sku, qty: 2 }],
-                created_at_ms: 4,
-                expires_at_ms: 60_004,
-                user: Some(UserId::new("u@x").expect("valid")),
-                sale: Some(SaleId::new("noon").expect("valid")),
-                idempotency: Some((IdempotencyKey::new("k-1").expect("valid"), u128::MAX - 5)),
-            }),
-            Record::Extended { id, expires_at_ms: 90_000, at_ms: 5 },
-            Record::Committed { id, at_ms: 6 },
-            Record::Released { id, at_ms: 7 },
-            Record::Expired { id, at_ms: 8 },
-        ]
-    }
-
-    fn queue_sample() -> Vec<Record> {
-        let sale = SaleId::new("noon").expect("valid");
-        let room = RoomConfig {
-            skus: vec![SkuId::new("tee-L").expect("valid"), SkuId::new("tee-M").expect("valid")],
-            opens_at_ms: 1_000,
-            admit_per_s: 500,
-            max_active: 2_000,
-            session_ms: 60_000,
-            order: QueueOrder::Lottery,
-            seed: u64::MAX - 7,
-        };
-        vec![
-            Record::SaleConfigured { sale: sale.clone(), per_user_max: 2, room: Box::new(room), at_ms: 9 },
-            Record::QueueJoined { sale: sale.clone(), user: UserId::new("u@x").expect("valid"), at_ms: 10 },
-            Record::QueueOpened { sale: sale.clone(), at_ms: 11 },
-            Record::QueueAdmitted { sale, count: 40, at_ms: 12 },
-            Record::SaleSet {
-                sale: SaleId::new("late").expect("valid"),
-                per_user_max: 3,
-                skus: vec![SkuId::new("cap").expect("valid"), SkuId::new("mug").expect("valid")],
-                at_ms: 13,
-            },
-        ]
-    }
-
-    #[test]
-    fn a_keyed_adjustment_round_trips_and_an_unkeyed_one_keeps_the_first_layout() {
-        let keyed = Record::StockAdjusted {
-            sku: SkuId::new("tee-L").expect("valid"),
-            delta: 20,
-            reason: Reason::new("po-77 restock").expect("valid"),
-            at_ms: 13,
-            idempotency: Some((IdempotencyKey::new("po-77").expect("valid"), u128::MAX - 9)),
-        };
-        assert_eq!(round_trip(&keyed), Ok(keyed));
-        // Records without a key are written exactly as the first release of version 1 wrote them
-        // (but a sale, now written with its SKUs as `SaleSet`).
-        let fixture: Vec<&str> = include_str!("records-v1.hex").lines().collect();
-        for (record, line) in
-            sample().iter().zip(fixture).filter(|(r, _)| !matches!(r, Record::SaleSet { .. }))
-        {
-            let mut out = Vec::new();
-            encode(record, &mut out);
-            let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
-            assert_eq!(hex, line, "{record:?}");
-        }
-    }
-
-    #[test]
-    fn a_state_with_adjustment_keys_and_sale_skus_round_trips_as_version_3() {
-        use crate::engine::{EngineState, RememberedAdjustKey, Stock};
-        let stock = Stock { on_hand: 20, available: 16, reserved: 4, sold: 0 };
-        let key = IdempotencyKey::new("po-77").expect("valid");
-        let mut state = EngineState::default();
-        state.adjust_keys.push(RememberedAdjustKey { key, fingerprint: 7, stock, created_at_ms: 9 });
-        let sale = SaleId::new("noon").expect("valid");
-        state.sale_skus.push((sale, vec![SkuId::new("tee").expect("valid")]));
-        let bytes = encode_state(&state);
-        assert_eq!(bytes[4], 3);
-        let words = aligned(&bytes);
-        let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()]);
-        assert_eq!(decoded.expect("decodes"), state);
-    }
-
-    #[test]
-    fn queue_records_round_trip() {
-        for record in queue_sample() {
-            assert_eq!(round_trip(&record), Ok(record));
-        }
-    }
-
-    /// Bytes written by the first release of format version 1 (before waiting rooms), one record a
-    /// line: they must read the same with every later build of the same version.
-    #[test]
-    fn records_written_before_waiting_rooms_still_read() {
-        let fixture = include_str!("records-v1.hex");
-        let decoded: Vec<Record> = fixture
-            .lines()
-            .map(|line| {
-                let bytes: Vec<u8> = (0..line.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&line[i..i + 2], 16).expect("hex"))
-                    .collect();
-                let words = aligned(&bytes);
-                decode(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()]).expect("decodes")
-            })
-            .collect();
-        assert_eq!(decoded, sample());
-        assert_eq!(std::mem::size_of::<ArchivedLogRecord>(), 112, "the archived record's size changed");
-    }
-
-    #[test]
-    fn every_kind_of_record_round_trips() {
-        for record in sample() {
-            assert_eq!(round_trip(&record), Ok(record));
-        }
-    }
-
-    #[test]
-    fn a_name_that_fails_validation_is_refused_after_reading() {
-        let mut out = Vec::new();
-        let log = LogRecord::StockSet { sku: "bad/sku".into(), on_hand: 1, at_ms: 1 };
-        prefix(&mut out, RECORD_MAGIC, RECORD_FORMAT_VERSION);
-        out.extend_from_slice(&rkyv::to_bytes::<rancor::Error>(&log).expect("serialise"));
-        let words = aligned(&out);
-        let err = decode(&bytemuck::cast_slice::<u128, u8>(&words)[..out.len()]).unwrap_err();
-        assert!(err.0.contains("sku"), "{err}");
-    }
-
-    #[test]
-    fn wrong_magic_version_or_garbage_is_refused() {
-        let mut out = Vec::new();
-        encode(&sample()[0], &mut out);
-        let check = |bytes: &[u8]| {
-            let words = aligned(bytes);
-            decode(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()])
-        };
-        let mut wrong = out.clone();
-        wrong[0] = b'X';
-        assert!(check(&wrong).is_err());
-        let mut newer = out.clone();
-        newer[4] = 2;
-        assert!(check(&newer).unwrap_err().0.contains("version 2"));
-        assert!(check(&out[..10]).is_err());
-        let mut garbage = out.clone();
-        for b in &mut garbage[16..] {
-            *b = 0xff;
-        }
-        assert!(check(&garbage).is_err());
-    }
-}
+mod tests;
 
 pub const STATE_MAGIC: [u8; 4] = *b"HFST";
 /// Version 2 added waiting rooms; version 1 snapshots (without them) still read.
@@ -656,6 +474,18 @@ fn state_code(state: crate::engine::ReservationState) -> u8 {
 
 /// Encodes an engine state as a snapshot payload.
 pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
+    let mut out = Vec::new();
+    prefix(&mut out, STATE_MAGIC, STATE_FORMAT_VERSION);
+    let snap =
+        SnapStateV4 { v3: snap_v3(state), orders: orders::snap_orders(&state.orders, &state.payment_events) };
+    out.extend_from_slice(
+        &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
+    );
+    out
+}
+
+/// Everything but orders: version 3 of the snapshot, which version 4 wraps.
+fn snap_v3(state: &crate::engine::EngineState) -> SnapStateV3 {
     let snap = SnapState {
         skus: (state.skus.iter())
             .map(|(sku, s)| SnapSku {
@@ -714,8 +544,6 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
             batches: r.batches.clone(),
         })
         .collect();
-    let mut out = Vec::new();
-    prefix(&mut out, STATE_MAGIC, STATE_FORMAT_VERSION);
     let sale_skus = (state.sale_skus.iter())
         .map(|(sale, skus)| SnapSaleSkus {
             sale: sale.to_string(),
@@ -723,12 +551,7 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
         })
         .collect();
     let adjust_keys = (state.adjust_keys.iter()).map(snap_adjust_key).collect();
-    let v3 = SnapStateV3 { v2: SnapStateV2 { base: snap, rooms }, sale_skus, adjust_keys };
-    let snap = SnapStateV4 { v3, orders: orders::snap_orders(&state.orders, &state.payment_events) };
-    out.extend_from_slice(
-        &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
-    );
-    out
+    SnapStateV3 { v2: SnapStateV2 { base: snap, rooms }, sale_skus, adjust_keys }
 }
 
 fn snap_adjust_key(k: &crate::engine::RememberedAdjustKey) -> SnapAdjustKey {

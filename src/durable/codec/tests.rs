@@ -1,0 +1,257 @@
+//! The codec's round trips and refusals.
+
+use super::*;
+
+/// A 16-byte aligned copy, as the log hands payloads out.
+fn aligned(bytes: &[u8]) -> Vec<u128> {
+    let mut words = vec![0u128; bytes.len().div_ceil(16)];
+    bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+    words
+}
+
+fn round_trip(record: &Record) -> Result<Record, DecodeError> {
+    let mut out = Vec::new();
+    encode(record, &mut out);
+    let words = aligned(&out);
+    decode(&bytemuck::cast_slice::<u128, u8>(&words)[..out.len()])
+}
+
+fn sample() -> Vec<Record> {
+    let id = ReservationId::parse("rsv_0001000000000007").expect("valid");
+    let sku = SkuId::new("tee-L").expect("valid");
+    vec![
+        Record::StockSet { sku: sku.clone(), on_hand: 10, at_ms: 1 },
+        Record::StockAdjusted {
+            sku: sku.clone(),
+            delta: -3,
+            reason: Reason::new("damaged").expect("valid"),
+            at_ms: 2,
+            idempotency: None,
+        },
+        // Written as `SaleLimitSet`, which reads as a sale covering no SKU.
+        Record::SaleSet {
+            sale: SaleId::new("noon").expect("valid"),
+            per_user_max: 2,
+            skus: vec![],
+            at_ms: 3,
+        },
+        Record::Reserved(ReservedRecord {
+            id,
+            items: vec![Item { sku, qty: 2 }],
+            created_at_ms: 4,
+            expires_at_ms: 60_004,
+            user: Some(UserId::new("u@x").expect("valid")),
+            sale: Some(SaleId::new("noon").expect("valid")),
+            idempotency: Some((IdempotencyKey::new("k-1").expect("valid"), u128::MAX - 5)),
+        }),
+        Record::Extended { id, expires_at_ms: 90_000, at_ms: 5 },
+        Record::Committed { id, at_ms: 6 },
+        Record::Released { id, at_ms: 7 },
+        Record::Expired { id, at_ms: 8 },
+    ]
+}
+
+fn queue_sample() -> Vec<Record> {
+    let sale = SaleId::new("noon").expect("valid");
+    let room = RoomConfig {
+        skus: vec![SkuId::new("tee-L").expect("valid"), SkuId::new("tee-M").expect("valid")],
+        opens_at_ms: 1_000,
+        admit_per_s: 500,
+        max_active: 2_000,
+        session_ms: 60_000,
+        order: QueueOrder::Lottery,
+        seed: u64::MAX - 7,
+    };
+    vec![
+        Record::SaleConfigured { sale: sale.clone(), per_user_max: 2, room: Box::new(room), at_ms: 9 },
+        Record::QueueJoined { sale: sale.clone(), user: UserId::new("u@x").expect("valid"), at_ms: 10 },
+        Record::QueueOpened { sale: sale.clone(), at_ms: 11 },
+        Record::QueueAdmitted { sale, count: 40, at_ms: 12 },
+        Record::SaleSet {
+            sale: SaleId::new("late").expect("valid"),
+            per_user_max: 3,
+            skus: vec![SkuId::new("cap").expect("valid"), SkuId::new("mug").expect("valid")],
+            at_ms: 13,
+        },
+    ]
+}
+
+#[test]
+fn a_keyed_adjustment_round_trips_and_an_unkeyed_one_keeps_the_first_layout() {
+    let keyed = Record::StockAdjusted {
+        sku: SkuId::new("tee-L").expect("valid"),
+        delta: 20,
+        reason: Reason::new("po-77 restock").expect("valid"),
+        at_ms: 13,
+        idempotency: Some((IdempotencyKey::new("po-77").expect("valid"), u128::MAX - 9)),
+    };
+    assert_eq!(round_trip(&keyed), Ok(keyed));
+    // Records without a key are written exactly as the first release of version 1 wrote them
+    // (but a sale, now written with its SKUs as `SaleSet`).
+    let fixture: Vec<&str> = include_str!("records-v1.hex").lines().collect();
+    for (record, line) in sample().iter().zip(fixture).filter(|(r, _)| !matches!(r, Record::SaleSet { .. })) {
+        let mut out = Vec::new();
+        encode(record, &mut out);
+        let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, line, "{record:?}");
+    }
+}
+
+#[test]
+fn a_state_with_adjustment_keys_sale_skus_and_orders_round_trips_as_version_4() {
+    use crate::engine::{EngineState, RememberedAdjustKey, Stock};
+    let stock = Stock { on_hand: 20, available: 16, reserved: 4, sold: 0 };
+    let key = IdempotencyKey::new("po-77").expect("valid");
+    let mut state = EngineState::default();
+    state.adjust_keys.push(RememberedAdjustKey { key, fingerprint: 7, stock, created_at_ms: 9 });
+    let sale = SaleId::new("noon").expect("valid");
+    state.sale_skus.push((sale, vec![SkuId::new("tee").expect("valid")]));
+    state.orders.push(sample_order());
+    state.payment_events.push((u128::MAX - 1, 77));
+    let bytes = encode_state(&state);
+    assert_eq!(bytes[4], 4);
+    let words = aligned(&bytes);
+    let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()]);
+    assert_eq!(decoded.expect("decodes"), state);
+
+    // A version 3 snapshot (written before orders) still reads, with none.
+    let mut v3 = Vec::new();
+    prefix(&mut v3, STATE_MAGIC, 3);
+    v3.extend_from_slice(&rkyv::to_bytes::<rancor::Error>(&snap_v3(&state)).expect("serialises"));
+    let words = aligned(&v3);
+    let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..v3.len()]).expect("decodes");
+    (state.orders, state.payment_events) = (Vec::new(), Vec::new());
+    assert_eq!(decoded, state);
+}
+
+fn sample_order() -> crate::orders::Order {
+    use crate::orders::{Cause, Order, OrderId, OrderState, Transition};
+    let Record::Order(placed) = &order_sample()[0] else { unreachable!("an order step") };
+    let crate::orders::OrderStep::Placed(p) = &placed.step else { unreachable!("placed") };
+    let id = ReservationId::parse("rsv_0001000000000007").expect("valid");
+    Order {
+        id: OrderId(id),
+        placed: (**p).clone(),
+        reservation: ReservationId::parse("rsv_0002000000000001").expect("valid"),
+        created_at_ms: 9,
+        pay_by_ms: 60_009,
+        provider_ref: Some("pi_1".into()),
+        state: OrderState::Cancelled(Cause::Expired),
+        commit_owed: false,
+        history: vec![
+            Transition { at_ms: 9, state: OrderState::AwaitingPayment, cause: "placed" },
+            Transition { at_ms: 60_009, state: OrderState::Cancelled(Cause::Expired), cause: "pay_by" },
+        ],
+        ended_at_ms: 60_009,
+    }
+}
+
+#[test]
+fn queue_records_round_trip() {
+    for record in queue_sample() {
+        assert_eq!(round_trip(&record), Ok(record));
+    }
+}
+
+/// Bytes written by the first release of format version 1 (before waiting rooms), one record a
+/// line: they must read the same with every later build of the same version.
+#[test]
+fn records_written_before_waiting_rooms_still_read() {
+    let fixture = include_str!("records-v1.hex");
+    let decoded: Vec<Record> = fixture
+        .lines()
+        .map(|line| {
+            let bytes: Vec<u8> = (0..line.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&line[i..i + 2], 16).expect("hex"))
+                .collect();
+            let words = aligned(&bytes);
+            decode(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()]).expect("decodes")
+        })
+        .collect();
+    assert_eq!(decoded, sample());
+    assert_eq!(std::mem::size_of::<ArchivedLogRecord>(), 112, "the archived record's size changed");
+}
+
+#[test]
+fn every_kind_of_record_round_trips() {
+    for record in sample() {
+        assert_eq!(round_trip(&record), Ok(record));
+    }
+}
+
+fn order_sample() -> Vec<Record> {
+    use crate::orders::{Cause, OrderId, OrderLine, OrderRecord, OrderStep, Placed};
+    let id = ReservationId::parse("rsv_0001000000000007").expect("valid");
+    let Record::Reserved(reserved) = &sample()[3] else { unreachable!("the sample's fourth") };
+    let placed = Placed {
+        user: UserId::new("u@x").expect("valid"),
+        lines: vec![OrderLine { sku: SkuId::new("tee-L").expect("valid"), qty: 2, unit_price: 1999 }],
+        currency: "eur".into(),
+        amount: 3998,
+        sale: Some(SaleId::new("noon").expect("valid")),
+        key: IdempotencyKey::new("order-1").expect("valid"),
+        fingerprint: 42,
+    };
+    let step = |step: OrderStep, reservation: Option<Record>, event: Option<&str>| {
+        Record::Order(Box::new(OrderRecord {
+            order: OrderId(id),
+            step,
+            reservation,
+            event: event.map(str::to_owned),
+            at_ms: 9,
+        }))
+    };
+    vec![
+        step(OrderStep::Placed(Box::new(placed)), Some(Record::Reserved(reserved.clone())), None),
+        step(OrderStep::PaymentAttached { provider_ref: "pi_1".into() }, None, None),
+        step(OrderStep::Pending, Some(Record::Extended { id, expires_at_ms: 99, at_ms: 9 }), Some("evt_1")),
+        step(OrderStep::Paid, Some(Record::Committed { id, at_ms: 9 }), Some("evt_2")),
+        step(OrderStep::Cancelled(Cause::PaymentFailed), Some(Record::Released { id, at_ms: 9 }), None),
+        step(OrderStep::Cancelled(Cause::Expired), Some(Record::Expired { id, at_ms: 9 }), None),
+        step(OrderStep::Cancelled(Cause::Cancelled), None, None),
+        step(OrderStep::Rebooked, Some(Record::Reserved(reserved.clone())), Some("evt_3")),
+        step(OrderStep::RefundDue, None, Some("evt_4")),
+        step(OrderStep::PaymentMismatch { amount: 1, currency: "usd".into() }, None, Some("evt_5")),
+    ]
+}
+
+#[test]
+fn every_kind_of_order_step_round_trips() {
+    for record in order_sample() {
+        assert_eq!(round_trip(&record), Ok(record));
+    }
+}
+
+#[test]
+fn a_name_that_fails_validation_is_refused_after_reading() {
+    let mut out = Vec::new();
+    let log = LogRecord::StockSet { sku: "bad/sku".into(), on_hand: 1, at_ms: 1 };
+    prefix(&mut out, RECORD_MAGIC, RECORD_FORMAT_VERSION);
+    out.extend_from_slice(&rkyv::to_bytes::<rancor::Error>(&log).expect("serialise"));
+    let words = aligned(&out);
+    let err = decode(&bytemuck::cast_slice::<u128, u8>(&words)[..out.len()]).unwrap_err();
+    assert!(err.0.contains("sku"), "{err}");
+}
+
+#[test]
+fn wrong_magic_version_or_garbage_is_refused() {
+    let mut out = Vec::new();
+    encode(&sample()[0], &mut out);
+    let check = |bytes: &[u8]| {
+        let words = aligned(bytes);
+        decode(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()])
+    };
+    let mut wrong = out.clone();
+    wrong[0] = b'X';
+    assert!(check(&wrong).is_err());
+    let mut newer = out.clone();
+    newer[4] = 2;
+    assert!(check(&newer).unwrap_err().0.contains("version 2"));
+    assert!(check(&out[..10]).is_err());
+    let mut garbage = out.clone();
+    for b in &mut garbage[16..] {
+        *b = 0xff;
+    }
+    assert!(check(&garbage).is_err());
+}
