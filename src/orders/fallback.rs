@@ -90,7 +90,8 @@ pub async fn run(
         let now = clock.now_ms();
         let lead = options.lead.as_millis() as u64;
         let open = d.engine().orders().lock().open_before(now.saturating_add(lead), 4096);
-        asked.retain(|id, _| open.iter().any(|(o, _, _)| o == id));
+        let still_open: std::collections::HashSet<OrderId> = open.iter().map(|(id, _, _)| *id).collect();
+        asked.retain(|id, _| still_open.contains(id));
         for (id, provider_ref, _) in open {
             let last = asked.get(&id).copied().unwrap_or(0);
             if last != 0 && now.saturating_sub(last) < options.every.as_millis() as u64 {
