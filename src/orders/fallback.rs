@@ -97,7 +97,12 @@ pub async fn run(
             if last != 0 && now.saturating_sub(last) < options.every.as_millis() as u64 {
                 continue;
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+            // The bound is on questions in flight, not per sweep: a burst of lost webhooks is
+            // worked through at the pace answers come back.
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = stop.wait_for(|s| *s) => return,
+            };
             asked.insert(id, now);
             let (d, clock, target, counter, options) =
                 (d.clone(), clock.clone(), target.clone(), counter.clone(), options.clone());
@@ -126,7 +131,11 @@ async fn ask(
     for attempt in 1..=options.attempts {
         match tokio::time::timeout(options.timeout, get(target, provider_ref)).await {
             Ok(Ok(object)) => {
-                let Some(status) = status_of_object(&object.status) else { return };
+                // `requires_payment_method` is also a payment nobody has tried yet: it is a
+                // failure only once an attempt failed.
+                let untried =
+                    object.status == "requires_payment_method" && object.last_payment_error.is_none();
+                let Some(status) = status_of_object(&object.status).filter(|_| !untried) else { return };
                 let payment =
                     Payment { status, provider_ref, amount: object.amount, currency: &object.currency };
                 match d.payment_outcome(id, &payment, None, clock.now_ms()) {
@@ -160,6 +169,8 @@ struct PaymentObject {
     amount: u64,
     #[serde(default)]
     currency: String,
+    #[serde(default)]
+    last_payment_error: Option<serde_json::Value>,
 }
 
 /// Payment objects are small; a larger answer is not one.
