@@ -627,7 +627,7 @@ impl Drill {
         let until = Instant::now() + Duration::from_secs(10);
         loop {
             let pending: Vec<&str> = (orders.iter().map(|o| o.id.as_str()))
-                .filter(|id| !states.get(*id).is_some_and(|v| v.as_ref().is_some_and(|v| !open(v))))
+                .filter(|id| states.get(*id).is_none_or(|v| v.as_ref().is_none_or(open)))
                 .collect();
             let reads = pending
                 .iter()

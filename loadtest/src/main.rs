@@ -106,7 +106,7 @@ enum Command {
     /// Orders and payments: shoppers place orders and pay through a payment provider stand-in that
     /// fails, delays, duplicates, reorders and loses its signed webhooks at set rates (and answers the
     /// server's status fallback); every order's end is verified against what its payment did.
-    Checkout(checkout::CheckoutArgs),
+    Checkout(Box<checkout::CheckoutArgs>),
 }
 
 fn scenario(args: &Args) -> anyhow::Result<Scenario> {
