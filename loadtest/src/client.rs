@@ -22,6 +22,8 @@ struct Job {
     path: String,
     body: Option<Bytes>,
     idempotency_key: Option<String>,
+    /// Further headers (a webhook's signature).
+    headers: Vec<(&'static str, String)>,
     reply: oneshot::Sender<Result<Reply, String>>,
 }
 
@@ -59,8 +61,20 @@ impl Client {
         body: Option<String>,
         idempotency_key: Option<String>,
     ) -> Result<Reply, String> {
+        self.call_with(method, path, body, idempotency_key, Vec::new()).await
+    }
+
+    /// A call with an optional `Idempotency-Key` and further headers.
+    pub async fn call_with(
+        &self,
+        method: hyper::Method,
+        path: String,
+        body: Option<String>,
+        idempotency_key: Option<String>,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<Reply, String> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { method, path, body: body.map(Bytes::from), idempotency_key, reply };
+        let job = Job { method, path, body: body.map(Bytes::from), idempotency_key, headers, reply };
         let call = async {
             self.jobs.send(job).await.map_err(|_| "the client stopped".to_owned())?;
             answer.await.map_err(|_| "the connection worker stopped".to_owned())?
@@ -135,6 +149,9 @@ async fn send(conn: &mut Sender, job: &Job) -> Result<Reply, String> {
     }
     if let Some(key) = &job.idempotency_key {
         request = request.header("idempotency-key", key);
+    }
+    for (name, value) in &job.headers {
+        request = request.header(*name, value);
     }
     let request =
         request.body(Full::new(job.body.clone().unwrap_or_default())).map_err(|e| format!("request: {e}"))?;

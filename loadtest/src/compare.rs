@@ -197,13 +197,13 @@ impl Pg {
 /// An HTTP/1.1 connection driven by the task that sends on it. hyper's usual pattern spawns the
 /// connection as a task of its own, which costs the load generator two task wake-ups per request (to
 /// the connection and back) that a Redis or Postgres exchange here does not pay in the same way.
-struct HttpConn {
+pub(crate) struct HttpConn {
     sender: http1::SendRequest<Full<Bytes>>,
     connection: Pin<Box<http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>>>,
 }
 
 impl HttpConn {
-    async fn open(addr: SocketAddr) -> anyhow::Result<HttpConn> {
+    pub(crate) async fn open(addr: SocketAddr) -> anyhow::Result<HttpConn> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
@@ -218,13 +218,30 @@ impl HttpConn {
         body: String,
         idempotency_key: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
+        let headers: &[(&str, &str)] = match &idempotency_key {
+            Some(key) => &[("idempotency-key", key)],
+            None => &[],
+        };
+        let (status, location, _) = self.request(method, path, body, headers).await?;
+        Ok((status, location))
+    }
+
+    /// One request with `headers`, and its whole response: the status, the `Location` header (empty
+    /// if none) and the body.
+    pub(crate) async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: String,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, String, Bytes)> {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header("host", "holdfast")
             .header("content-type", "application/json");
-        if let Some(key) = idempotency_key {
-            request = request.header("idempotency-key", key);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request.body(Full::new(Bytes::from(body)))?;
         let HttpConn { sender, connection } = self;
@@ -234,8 +251,8 @@ impl HttpConn {
             let status = response.status().as_u16();
             let location = response.headers().get("location").and_then(|v| v.to_str().ok());
             let location = location.unwrap_or_default().to_owned();
-            response.into_body().collect().await?;
-            anyhow::Ok((status, location))
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, location, body))
         };
         tokio::select! {
             answered = exchange => answered,

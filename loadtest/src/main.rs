@@ -3,11 +3,13 @@
 //! what the shoppers were told, and writes a report (JSON and HTML). Exit status: 0 when every check
 //! held, 1 when one did not (with the evidence), 2 when the drill could not run.
 
+mod checkout;
 mod client;
 mod compare;
 mod cpu;
 mod drill;
 mod pacer;
+mod provider;
 mod report;
 mod scenario;
 mod servers;
@@ -101,6 +103,10 @@ enum Command {
     /// The same workloads against holdfast, Redis (Lua; and with appendfsync always), Redis + Postgres,
     /// and Postgres alone, each started on a loopback port of its own; a table of ops/s and latency.
     Compare(compare::CompareArgs),
+    /// Orders and payments: shoppers place orders and pay through a payment provider stand-in that
+    /// fails, delays, duplicates, reorders and loses its signed webhooks at set rates (and answers the
+    /// server's status fallback); every order's end is verified against what its payment did.
+    Checkout(Box<checkout::CheckoutArgs>),
 }
 
 fn scenario(args: &Args) -> anyhow::Result<Scenario> {
@@ -149,6 +155,7 @@ fn main() {
     let args = Args::parse();
     let outcome = match &args.command {
         Some(Command::Compare(c)) => compare::compare(c),
+        Some(Command::Checkout(c)) => checkout::checkout(c),
         None => run(&args),
     };
     let code = match outcome {

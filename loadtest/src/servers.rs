@@ -67,6 +67,11 @@ impl Drop for Server {
 
 /// holdfast from the same build directory as this tool, with its default (durable) settings.
 pub fn holdfast(scratch: &Path) -> anyhow::Result<Server> {
+    holdfast_with(scratch, &[])
+}
+
+/// holdfast as `holdfast`, with `extra` flags after the defaults (later flags win).
+pub fn holdfast_with(scratch: &Path, extra: &[String]) -> anyhow::Result<Server> {
     let me = std::env::current_exe()?;
     let binary = me.with_file_name(format!("holdfast{}", std::env::consts::EXE_SUFFIX));
     anyhow::ensure!(
@@ -77,6 +82,7 @@ pub fn holdfast(scratch: &Path) -> anyhow::Result<Server> {
     let mut child = Command::new(&binary)
         .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
         .arg(scratch.join("holdfast"))
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;

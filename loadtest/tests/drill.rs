@@ -25,9 +25,15 @@ impl Drop for Server {
 
 /// Starts a server in `dir`; returns it (killed on drop) and its address.
 fn start_server(dir: &std::path::Path) -> (Server, String) {
+    start_server_with(dir, &[])
+}
+
+/// `start_server` with further flags.
+fn start_server_with(dir: &std::path::Path, extra: &[&str]) -> (Server, String) {
     let mut child = Command::new(holdfast())
         .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
         .arg(dir.join("data"))
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start holdfast serve");
@@ -115,6 +121,8 @@ mod lying_proxy {
         /// 20 commits answered 200 without being forwarded, and 20 later releases forwarded as
         /// commits (answered 200): the server sells as many units as the shoppers were told.
         CommitsSwapped,
+        /// Every payment webhook answered 200 "applied" without being forwarded.
+        WebhookSwallowed,
     }
 
     struct Proxy {
@@ -139,6 +147,9 @@ mod lying_proxy {
             let id = path.trim_start_matches("/v1/reservations/").split('/').next().unwrap_or("").to_owned();
             let mut forward_path = path.clone();
             match self.lie {
+                Lie::WebhookSwallowed if path == "/v1/webhooks/payments" => {
+                    return reply(200, r#"{"status":"applied","code":"paid","order_state":"paid"}"#.into())
+                }
                 Lie::CommitNotFound if path.ends_with("/commit") => {
                     return reply(
                         404,
@@ -302,4 +313,73 @@ fn against_a_server_that_never_answers_the_drill_stops_at_its_deadline_with_a_re
     let report: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(report["verification"]["passed"], false);
     drop(silent);
+}
+
+const WEBHOOK_SECRET: &str = "whsec_checkout_test_0123456789";
+
+/// A small checkout drill: orders placed, paid, failed, late, lost, abandoned and duplicated.
+fn checkout(
+    target: Option<&str>,
+    provider: Option<&str>,
+    users: &str,
+    units: &str,
+) -> (bool, serde_json::Value) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let report = dir.path().join("report");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_holdfast-drill"));
+    command.args(["checkout", "--quiet", "--users", users, "--units", units, "--arrival-secs", "1.5"]);
+    command.args(["--pay-within-ms", "3000", "--status-lead", "1200ms", "--think-ms", "200"]);
+    command.args(["--late-by-ms", "800", "--webhook-secret", WEBHOOK_SECRET, "--deadline-secs", "60"]);
+    if let (Some(target), Some(provider)) = (target, provider) {
+        command.args(["--target", target, "--provider-listen", provider]);
+    }
+    let status = command.arg("--report").arg(&report).status().expect("run holdfast-drill checkout");
+    let text = std::fs::read_to_string(report.join("checkout.json")).expect("a JSON report");
+    (status.success(), serde_json::from_str(&text).expect("valid JSON"))
+}
+
+#[test]
+fn a_checkout_drill_ends_every_order_as_its_payment_says_and_verifies() {
+    let (passed, r) = checkout(None, None, "1500", "150");
+    let d = &r["drill"];
+    assert!(passed, "the checkout drill failed its verification: {}", d["verification"]);
+    assert_eq!(d["stock_at_end"]["sold"], d["orders_by_state"]["paid"], "{}", d["orders_by_state"]);
+    // Every fate happened, and the fallback settled every lost webhook.
+    for fate in ["paid", "failed", "late", "lost", "abandoned"] {
+        assert!(
+            d["orders_by_fate_and_state"][fate].is_object(),
+            "no {fate} order: {}",
+            d["orders_by_fate_and_state"]
+        );
+    }
+    let fallback = &d["status_fallback"];
+    assert!(fallback["settled_metric"].as_f64() >= fallback["lost_webhooks"].as_f64(), "{fallback}");
+    assert!(d["webhooks"]["server_outcomes"]["duplicate"].as_f64().unwrap_or(0.0) > 0.0, "{}", d["webhooks"]);
+    assert!(d["cancel_lag"]["server_histogram"]["p99_at_most_s"].as_f64().is_some(), "{}", d["cancel_lag"]);
+}
+
+/// A server for a checkout drill through a proxy: its status fallback points at `provider`.
+fn checkout_through(lie: lying_proxy::Lie) -> (bool, serde_json::Value) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
+    let provider = format!("127.0.0.1:{port}");
+    let status_url = format!("http://{provider}/v1/payment_intents");
+    let flags = ["--webhook-secret", WEBHOOK_SECRET, "--payment-status-url", &status_url];
+    let (_server, addr) =
+        start_server_with(dir.path(), &[&flags[..], &["--payment-status-lead", "1200ms"]].concat());
+    let proxy = lying_proxy::start(&addr, lie);
+    checkout(Some(&format!("http://{proxy}")), Some(&provider), "600", "100")
+}
+
+#[test]
+fn the_checkout_drill_fails_when_webhooks_are_acknowledged_but_not_delivered() {
+    let (passed, report) = checkout_through(lying_proxy::Lie::None);
+    assert!(passed, "an honest proxy failed: {}", report["drill"]["verification"]);
+    let (passed, report) = checkout_through(lying_proxy::Lie::WebhookSwallowed);
+    assert!(!passed, "the drill passed: {}", report["drill"]["verification"]);
+    let failed = failed_checks(&report["drill"]);
+    for must_fail in ["applied_webhooks_are_in_the_history", "each_order_ended_as_its_payment_says"] {
+        assert!(failed.iter().any(|f| f == must_fail), "failed {failed:?}, not {must_fail}");
+    }
 }
