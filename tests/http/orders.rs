@@ -621,3 +621,45 @@ fn an_orders_reservation_cannot_be_ended_or_extended_through_the_reservation_rou
     problem(&s.post(&format!("/v1/reservations/{rsv}/commit"), ""), 409, "order_reservation");
     assert_eq!(s.counts("tee"), (10, 0, 0));
 }
+
+/// Orders, their keys, their reservations' ownership and the payment events already applied are in
+/// the snapshot: restarted from a snapshot that replaced the log, nothing is decided twice.
+#[test]
+fn orders_and_applied_events_survive_a_snapshot_that_replaced_the_log() {
+    let dir = scratch();
+    let mut o = order_options(dir.path(), &[CURRENT]);
+    o.snapshot.every_records = 1;
+    let s = TestServer::start(o.clone());
+    s.stock("tee", 10);
+    let body = order_body(&[("tee", 1, 500)], 60_000);
+    let paid =
+        place(&s, "o-paid", &order_body(&[("tee", 2, 500)], 60_000))["id"].as_str().unwrap().to_owned();
+    let pay = event("evt_1", "payment_intent.succeeded", &paid, "pi_1", 1_000, "usd");
+    assert_eq!(delivered(&stripe(&s, CURRENT, &pay), "applied", "paid"), "paid");
+    let open = place(&s, "o-open", &body);
+    let open_id = open["id"].as_str().unwrap().to_owned();
+    assert_eq!(attach(&s, &open_id, "pi_2").status, 200);
+    let logged = lsn(&s);
+    let until = Instant::now() + Duration::from_secs(30);
+    while s.metric("holdfast_snapshot_lsn") < logged {
+        assert!(Instant::now() < until, "no snapshot covered LSN {logged}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = (order(&s, &paid), order(&s, &open_id), s.counts("tee"));
+    assert_eq!(before.2, (7, 1, 2));
+    s.stop().expect("a clean stop");
+
+    let s = TestServer::start_at(o, T0_MS + 1_000);
+    assert_eq!((order(&s, &paid), order(&s, &open_id), s.counts("tee")), before);
+    assert_eq!(delivered(&stripe(&s, CURRENT, &pay), "duplicate", "duplicate_event"), "paid");
+    let again = s.post_keyed("/v1/orders", "o-open", &body);
+    assert_eq!((again.status, again.header("idempotent-replayed")), (201, Some("true")), "{}", again.text());
+    assert_eq!(again.json()["id"], open["id"]);
+    let rsv = open["reservation_id"].as_str().unwrap();
+    problem(&s.post(&format!("/v1/reservations/{rsv}/commit"), ""), 409, "order_reservation");
+    assert_eq!(s.counts("tee"), (7, 1, 2), "nothing decided twice");
+    // The open order is still driven to its end.
+    s.clock.advance(60_000);
+    assert_eq!(wait_state(&s, &open_id, "cancelled")["cause"], "expired");
+    assert_eq!(s.counts("tee"), (8, 0, 2));
+}
