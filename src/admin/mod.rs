@@ -21,6 +21,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+// Parsed once per run of a command: its size does not matter, and boxing would only obscure clap's
+// derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Parser)]
 #[command(name = "holdfast", about = "Tools for a holdfast data directory (DIR: the server's --data-dir)")]
 enum Cli {
