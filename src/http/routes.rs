@@ -493,6 +493,8 @@ impl Handler<'_> {
             body::json(&req, false)?;
             body::parse_json::<dto::Empty>(req.body())?;
         }
+        let op = if route == Route::Commit { "commit" } else { "release" };
+        self.counted(op, self.not_an_order(id))?;
         let (op, result) = match route {
             Route::Commit => ("commit", self.d.commit(id, self.now_ms)),
             _ => ("release", self.d.release(id, self.now_ms)),
@@ -508,6 +510,7 @@ impl Handler<'_> {
         let id = reservation_id(id)?;
         unkeyed(&req, "each extend sets the deadline anew from now; a repeat sets it again")?;
         let body: dto::Extend = self.body(&req)?;
+        self.counted("extend", self.not_an_order(id))?;
         let result = self.d.extend(id, body.ttl_ms, self.now_ms).map_err(|e| error::reservation_error(&e));
         let logged = self.counted("extend", result)?;
         // The answer is the state as of this extend's own record: a commit, release or extend that
@@ -517,6 +520,24 @@ impl Handler<'_> {
         view.expires_at = crate::clock::rfc3339(logged.value);
         self.synced(logged.lsn).await?;
         Ok(json(StatusCode::OK, &view))
+    }
+}
+
+impl Handler<'_> {
+    /// Refuses to end or extend an order's reservation (409 `order_reservation`): the order owns it.
+    /// Committed here, a payment that then fails could not return the units (the order would be
+    /// cancelled with its units sold); released or extended here, the order's `pay_by` and its hold
+    /// would disagree. Orders move their holds through `/v1/orders/{id}` and the payment webhooks.
+    fn not_an_order(&self, id: ReservationId) -> Result<(), Problem> {
+        let Some(order) = self.d.engine().orders().lock().order_of(id) else { return Ok(()) };
+        Err(Problem::new(
+            StatusCode::CONFLICT,
+            "order_reservation",
+            format!(
+                "reservation {id} belongs to order {order}: it is paid by the payment webhook, \
+                 cancelled with POST /v1/orders/{order}/cancel, or expires at the order's pay_by"
+            ),
+        ))
     }
 }
 

@@ -5,6 +5,8 @@ mod api;
 mod bad_input;
 pub mod harness;
 mod keys;
+mod orders;
+mod orders_bad_input;
 pub mod process;
 mod slow;
 mod waitroom;
