@@ -499,11 +499,23 @@ impl Durable {
         Ok(hit.map(|value| Logged { value, lsn: self.wal.appended_lsn() }))
     }
 
+    /// Refuses an order's hold: only the saga moves it, under the orders' lock (a hold committed
+    /// here could not be given back when the payment then fails). Ownership is recorded when the
+    /// order is placed, before its reservation's id is known to anyone, so the check cannot race.
+    fn not_an_order(&self, id: ReservationId) -> Result<(), Refused<ReservationError>> {
+        match self.engine.orders().lock().order_of(id) {
+            Some(_) => Err(Refused::Engine(ReservationError::OrderHeld)),
+            None => Ok(()),
+        }
+    }
+
     pub fn commit(&self, id: ReservationId, now_ms: u64) -> Result<Logged<()>, Refused<ReservationError>> {
+        self.not_an_order(id)?;
         self.logged(ReservationError::LogRefused, |sink| self.engine.commit(id, now_ms, sink))
     }
 
     pub fn release(&self, id: ReservationId, now_ms: u64) -> Result<Logged<()>, Refused<ReservationError>> {
+        self.not_an_order(id)?;
         self.logged(ReservationError::LogRefused, |sink| self.engine.release(id, now_ms, sink))
     }
 
@@ -513,6 +525,7 @@ impl Durable {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Result<Logged<u64>, Refused<ReservationError>> {
+        self.not_an_order(id)?;
         self.logged(ReservationError::LogRefused, |sink| self.engine.extend(id, ttl_ms, now_ms, sink))
     }
 

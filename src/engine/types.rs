@@ -124,6 +124,8 @@ pub enum ReservationError {
     Expired,
     Committed,
     Released,
+    /// It is an order's hold: the order moves it (`crate::orders`), nobody else.
+    OrderHeld,
     Invalid(RequestError),
     LogRefused,
 }

@@ -177,6 +177,11 @@ pub fn reservation_error(e: &Refused<ReservationError>) -> Problem {
             "reservation_committed",
             "the reservation is already committed",
         ),
+        ReservationError::OrderHeld => Problem::new(
+            StatusCode::CONFLICT,
+            "order_reservation",
+            "this reservation belongs to an order: the order's routes and its payment move it",
+        ),
         ReservationError::Released => {
             Problem::new(StatusCode::CONFLICT, "reservation_released", "the reservation was released")
         }

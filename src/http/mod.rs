@@ -154,8 +154,11 @@ impl App {
 
 /// The status fallback counts into the server's metrics.
 impl crate::orders::fallback::Counter for App {
-    fn settled(&self, _terminal: bool) {
-        self.metrics.orders_settled_by_status.inc();
+    fn settled(&self, terminal: bool) {
+        // Settled means ended: a `processing` answer that only extended the hold is not counted.
+        if terminal {
+            self.metrics.orders_settled_by_status.inc();
+        }
     }
     fn failed(&self) {
         self.metrics.status_checks_failed.inc();

