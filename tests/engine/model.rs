@@ -20,6 +20,7 @@ fn config(shards: usize) -> EngineConfig {
         idempotency_keys_max: 1 << 20,
         ended_retention_ms: 50_000,
         active_per_shard_max: 1 << 20,
+        ..EngineConfig::default()
     }
 }
 
