@@ -430,7 +430,10 @@ impl Book {
     pub fn export(&self) -> (Vec<Order>, Vec<(u128, u64)>) {
         let mut orders: Vec<Order> = self.orders.values().cloned().collect();
         orders.sort_by_key(|o| o.id);
-        let events = self.events.by_age.iter().map(|&(at, hash)| (hash, at)).collect();
+        let mut events: Vec<(u128, u64)> = self.events.by_age.iter().map(|&(at, hash)| (hash, at)).collect();
+        // Canonical, as `restore` rebuilds it (by time, then hash): events seen in the same
+        // millisecond are queued in arrival order, which a restored book cannot know.
+        events.sort_unstable_by_key(|&(hash, at)| (at, hash));
         (orders, events)
     }
 
