@@ -1,2 +1,3 @@
 mod concurrency;
 mod model;
+mod orders_model;
