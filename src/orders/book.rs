@@ -420,7 +420,11 @@ impl Book {
                 continue;
             }
             let order = self.orders.remove(&id).expect("found above");
-            self.keys.remove(&order.placed.key);
+            // Replay does not forget: its book may hold this order past its age, and then a newer
+            // one placed with the same key, whose key this must not take away.
+            if self.keys.get(&order.placed.key) == Some(&id) {
+                self.keys.remove(&order.placed.key);
+            }
             self.holds.remove(&order.id.0);
             self.holds.remove(&order.reservation);
         }

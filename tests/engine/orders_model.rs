@@ -365,6 +365,7 @@ impl Model {
         now: u64,
         rebooked: Option<ReservationId>,
     ) -> Result<Effect, OrderError> {
+        self.forget(now);
         if event.is_some_and(|id| self.events.contains_key(id)) {
             return Ok(Effect::Duplicate);
         }
@@ -418,6 +419,12 @@ impl Model {
         for (_, id) in due {
             self.end_hold(id, Cause::Expired, now);
         }
+        self.forget(now);
+    }
+
+    /// What aged out by `now` is gone: event ids past their retention, and ended orders past theirs
+    /// (never one that needs a person) with their keys. Every order operation sees the book so.
+    fn forget(&mut self, now: u64) {
         let retention = self.cfg.payment_event_retention_ms;
         self.events.retain(|_, at| *at + retention > now);
         let retention = self.cfg.ended_retention_ms;
@@ -620,6 +627,7 @@ fn run(ops: &[Op], shards: usize, snapshot_at: usize) -> Result<(), TestCaseErro
                     key: IdempotencyKey::new(&format!("order-{key}")).expect("valid"),
                 };
                 let got = engine.place_order(&req, None, now, &mut log);
+                model.forget(now);
                 let expected: Result<Option<OrderId>, OrderError> = match model.keys.get(req.key.as_str()) {
                     Some(id) if model.orders[id].req == req => Ok(Some(*id)),
                     Some(_) => Err(OrderError::IdempotencyConflict),
@@ -667,6 +675,7 @@ fn run(ops: &[Op], shards: usize, snapshot_at: usize) -> Result<(), TestCaseErro
                 let id = pick(&placed, *p);
                 let r = REFS[*provider_ref];
                 let got = engine.attach_payment(id, r, now, &mut log).map(|o| o.provider_ref);
+                model.forget(now);
                 let expected = match model.orders.get_mut(&id) {
                     None => Err(OrderError::NotFound),
                     Some(o) => match &o.provider_ref {
@@ -684,6 +693,7 @@ fn run(ops: &[Op], shards: usize, snapshot_at: usize) -> Result<(), TestCaseErro
             Op::Cancel { pick: p } => {
                 let id = pick(&placed, *p);
                 let got = engine.cancel_order(id, now, &mut log).map(|o| o.state);
+                model.forget(now);
                 let expected = match model.orders.get(&id).map(|o| o.state) {
                     None => Err(OrderError::NotFound),
                     Some(s @ OrderState::Cancelled(_)) => Ok(s),
@@ -788,6 +798,20 @@ fn run(ops: &[Op], shards: usize, snapshot_at: usize) -> Result<(), TestCaseErro
             expected.next_seqs.clear();
         }
         prop_assert_eq!(again, expected);
+    }
+    // The engines rebuilt by replay then run the timer as the original does, and find every order
+    // by its key (a key reused after its first order was forgotten names the newer one).
+    let replayed = replay(shards, &log, None)?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    engine.orders_tick(now, TICK_MAX, &mut ours).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+    replayed.orders_tick(now, TICK_MAX, &mut theirs).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+    prop_assert_eq!(&ours, &theirs, "the timer after replay");
+    model.tick(now);
+    prop_assert_eq!(engine.export(now), replayed.export(now));
+    for (key, id) in &model.keys {
+        let key = IdempotencyKey::new(key).expect("valid");
+        let found = replayed.orders().lock().by_key(&key).map(|o| o.id);
+        prop_assert_eq!(found, Some(*id), "key {} after replay", key.as_str());
     }
     // A snapshot taken midway, encoded and restored, then the records after it: the same state.
     let (from, bytes, at) = snapshot.unwrap_or_else(|| (log.len(), codec::encode_state(&state), now));
