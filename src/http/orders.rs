@@ -198,7 +198,7 @@ impl Handler<'_> {
         let request = self.order_request(&body, &req)?;
         let skus: Vec<&str> = request.lines.iter().map(|l| l.sku.as_str()).collect();
         // A retry of a placed order is answered before any admission check, as a reserve's is.
-        let known = self.d.engine().orders().lock().by_key(&request.key).map(|o| o.placed.fingerprint);
+        let known = self.d.engine().order_by_key(&request.key, self.now_ms).map(|o| o.placed.fingerprint);
         let logged = match known {
             Some(_) => self.d.place_order(&request, None, self.now_ms),
             None => {

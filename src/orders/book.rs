@@ -420,7 +420,11 @@ impl Book {
                 continue;
             }
             let order = self.orders.remove(&id).expect("found above");
-            self.keys.remove(&order.placed.key);
+            // Replay does not forget: its book may hold this order past its age, and then a newer
+            // one placed with the same key, whose key this must not take away.
+            if self.keys.get(&order.placed.key) == Some(&id) {
+                self.keys.remove(&order.placed.key);
+            }
             self.holds.remove(&order.id.0);
             self.holds.remove(&order.reservation);
         }
@@ -430,7 +434,10 @@ impl Book {
     pub fn export(&self) -> (Vec<Order>, Vec<(u128, u64)>) {
         let mut orders: Vec<Order> = self.orders.values().cloned().collect();
         orders.sort_by_key(|o| o.id);
-        let events = self.events.by_age.iter().map(|&(at, hash)| (hash, at)).collect();
+        let mut events: Vec<(u128, u64)> = self.events.by_age.iter().map(|&(at, hash)| (hash, at)).collect();
+        // Canonical, as `restore` rebuilds it (by time, then hash): events seen in the same
+        // millisecond are queued in arrival order, which a restored book cannot know.
+        events.sort_unstable_by_key(|&(hash, at)| (at, hash));
         (orders, events)
     }
 

@@ -159,6 +159,22 @@ impl<S: RecordSink> RecordSink for OrderSink<'_, S> {
 }
 
 impl Engine {
+    /// The book, locked, with what aged out by `now_ms` forgotten first. Snapshots leave out the
+    /// orders and event ids `Book::forget` would drop by their time (`Engine::export`); acting on one
+    /// between its age and the next tick would log a record that a snapshot taken meanwhile cannot
+    /// replay (its order is missing), or answer a duplicate the restored server would not.
+    fn book_at(&self, now_ms: u64) -> parking_lot::MutexGuard<'_, Book> {
+        let mut book = self.orders().lock();
+        let c = self.config();
+        book.forget(now_ms, c.payment_event_retention_ms, c.ended_retention_ms);
+        book
+    }
+
+    /// The order placed with `key`, as `place_order` at `now_ms` would find it.
+    pub fn order_by_key(&self, key: &IdempotencyKey, now_ms: u64) -> Option<Order> {
+        self.book_at(now_ms).by_key(key).cloned()
+    }
+
     /// Places an order: reserves its lines (refused as a reserve would be) with its payment window as
     /// the TTL. A repeat of the key with the same request returns that order (`true`: a repeat).
     pub fn place_order(
@@ -169,7 +185,7 @@ impl Engine {
         sink: &mut impl RecordSink,
     ) -> Result<(Order, bool), OrderError> {
         let fingerprint = req.fingerprint();
-        let mut book = self.orders().lock();
+        let mut book = self.book_at(now_ms);
         if let Some(order) = book.by_key(&req.key) {
             if order.placed.fingerprint != fingerprint {
                 return Err(OrderError::IdempotencyConflict);
@@ -218,7 +234,7 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<Order, OrderError> {
-        let mut book = self.orders().lock();
+        let mut book = self.book_at(now_ms);
         let order = book.get(id).ok_or(OrderError::NotFound)?;
         match &order.provider_ref {
             Some(r) if r == provider_ref => return Ok(order.clone()),
@@ -238,7 +254,7 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<Order, OrderError> {
-        let mut book = self.orders().lock();
+        let mut book = self.book_at(now_ms);
         let order = book.get(id).ok_or(OrderError::NotFound)?;
         match order.state {
             OrderState::Cancelled(_) => return Ok(order.clone()),
@@ -260,7 +276,7 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<Effect, OrderError> {
-        let mut book = self.orders().lock();
+        let mut book = self.book_at(now_ms);
         if event.is_some_and(|e| book.seen_event(e)) {
             return Ok(Effect::Duplicate);
         }
@@ -309,16 +325,16 @@ impl Engine {
         Ok(Effect::Moved(book.get(id).expect("found above").state))
     }
 
-    /// The saga's timers: commits owed by rebookings, cancels open orders past `pay_by` (at most
-    /// `max` of each per call), and forgets what has aged out. Returns, for each order it cancelled,
-    /// how late after its `pay_by` that was (ms).
+    /// The saga's timers: forgets what has aged out (`book_at`), commits owed by rebookings, and
+    /// cancels open orders past `pay_by` (at most `max` of each per call). Returns, for each order it
+    /// cancelled, how late after its `pay_by` that was (ms).
     pub fn orders_tick(
         &self,
         now_ms: u64,
         max: usize,
         sink: &mut impl RecordSink,
     ) -> Result<Vec<u64>, OrderError> {
-        let mut book = self.orders().lock();
+        let mut book = self.book_at(now_ms);
         for id in book.owed(max) {
             self.commit_owed(&mut book, sink, id, now_ms)?;
         }
@@ -328,8 +344,6 @@ impl Engine {
             self.end_hold(&mut book, sink, id, Intent::Cancel(Cause::Expired), None, now_ms)?;
             late.push(now_ms.saturating_sub(pay_by));
         }
-        let c = self.config();
-        book.forget(now_ms, c.payment_event_retention_ms, c.ended_retention_ms);
         Ok(late)
     }
 

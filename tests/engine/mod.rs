@@ -1,3 +1,4 @@
 mod concurrency;
 mod model;
 mod orders;
+mod orders_model;
