@@ -66,6 +66,11 @@ fn order_fields(o: &crate::orders::OrderRecord) -> Map<String, Value> {
             m.insert("paid_amount".into(), json!(amount));
             m.insert("paid_currency".into(), json!(currency));
         }
+        OrderStep::SurplusPayment { provider_ref, amount, currency } => {
+            m.insert("provider_ref".into(), json!(provider_ref));
+            m.insert("paid_amount".into(), json!(amount));
+            m.insert("paid_currency".into(), json!(currency));
+        }
         OrderStep::Pending | OrderStep::Paid | OrderStep::Rebooked | OrderStep::RefundDue => {}
     }
     if let Some(event) = &o.event {

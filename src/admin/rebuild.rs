@@ -85,7 +85,7 @@ pub(super) fn replay(args: &ReplayArgs, out: &mut Out<'_>) -> anyhow::Result<()>
             if !args.order.is_empty() {
                 return args.order.iter().any(|want| *want == o.id.to_string());
             }
-            o.state.is_open() || o.state.needs_person()
+            o.state.is_open() || o.needs_person()
         })
         .map(describe::order_json)
         .collect();

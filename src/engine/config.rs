@@ -64,6 +64,13 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl EngineConfig {
+    /// How long an ended order is kept: as long as a late payment for it may still come (its
+    /// event ids are kept that long), so that a success after cancellation finds it and a refund is
+    /// owed rather than the payment dropped as "unknown order"; and never less than reservations.
+    pub fn order_retention_ms(&self) -> u64 {
+        self.ended_retention_ms.max(self.payment_event_retention_ms)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |why: String| Err(ConfigError(why));
         if self.shards == 0 || self.shards > SHARDS_MAX {

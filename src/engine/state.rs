@@ -99,8 +99,8 @@ impl Engine {
         // What `Book::forget` would drop by now is left out, as aged keys are.
         let kept = |o: &crate::orders::Order| {
             o.state.is_open()
-                || o.state.needs_person()
-                || o.ended_at_ms.saturating_add(c.ended_retention_ms) > now_ms
+                || o.needs_person()
+                || o.ended_at_ms.saturating_add(c.order_retention_ms()) > now_ms
         };
         state.orders = orders.into_iter().filter(kept).collect();
         let live = |&(_, at): &(u128, u64)| at.saturating_add(c.payment_event_retention_ms) > now_ms;

@@ -75,6 +75,9 @@ struct OrderOut {
     provider_ref: Option<String>,
     created_at: String,
     history: Vec<TransitionOut>,
+    /// A payment beyond the one that paid came for it: a person refunds it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    needs_refund: bool,
 }
 
 fn order_out(o: &Order) -> OrderOut {
@@ -99,6 +102,7 @@ fn order_out(o: &Order) -> OrderOut {
         history: (o.history.iter())
             .map(|t| TransitionOut { at: rfc3339(t.at_ms), state: t.state.as_str(), cause: t.cause })
             .collect(),
+        needs_refund: o.needs_refund,
     }
 }
 
@@ -128,7 +132,7 @@ fn order_error(e: &Refused<OrderError>, skus: &[&str]) -> Problem {
         OrderError::Ended(state) => Problem::new(
             StatusCode::CONFLICT,
             "order_ended",
-            format!("the order is {}: it takes no payment reference now", state.as_str()),
+            format!("the order is {}: it does not change any more", state.as_str()),
         ),
         OrderError::OtherPaymentRef => Problem::new(
             StatusCode::CONFLICT,
@@ -336,6 +340,11 @@ impl Handler<'_> {
             Effect::Duplicate => {
                 self.app.metrics.webhook("duplicate");
                 accepted("duplicate", "duplicate_event", state)
+            }
+            Effect::Surplus => {
+                self.app.metrics.webhook("surplus_payment");
+                tracing::warn!(event = %event.id, %order, "a payment the order does not need: refund it");
+                accepted("applied", "surplus_payment", state)
             }
             Effect::Ignored => {
                 self.app.metrics.webhook("stale");

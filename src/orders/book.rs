@@ -133,6 +133,13 @@ pub enum OrderStep {
         amount: u64,
         currency: String,
     },
+    /// A successful payment through another payment object than the order's: money the order does
+    /// not need, kept for a person to refund. The order's state does not change.
+    SurplusPayment {
+        provider_ref: String,
+        amount: u64,
+        currency: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +178,15 @@ pub struct Order {
     pub history: Vec<Transition>,
     /// When it reached a terminal state (0 while open).
     pub ended_at_ms: u64,
+    /// A surplus payment came for it (see `OrderStep::SurplusPayment`; its history says which).
+    pub needs_refund: bool,
+}
+
+impl Order {
+    /// Waiting for a person: a refund or a mismatch to settle. Never forgotten by the server.
+    pub fn needs_person(&self) -> bool {
+        self.state.needs_person() || self.needs_refund
+    }
 }
 
 /// A record that cannot follow the book it was applied to.
@@ -293,6 +309,7 @@ impl Book {
                     cause: "placed",
                 }],
                 ended_at_ms: 0,
+                needs_refund: false,
             };
             self.keys.insert(placed.key.clone(), r.order);
             self.holds.insert(reserved.id, r.order);
@@ -312,6 +329,12 @@ impl Book {
                     return Err(format!("{} given a second provider reference", r.order));
                 }
                 order.provider_ref = Some(provider_ref.clone());
+                return Ok(());
+            }
+            OrderStep::SurplusPayment { .. } => {
+                let state = order.state;
+                order.history.push(Transition { at_ms: r.at_ms, state, cause: "surplus_payment" });
+                order.needs_refund = true;
                 return Ok(());
             }
             OrderStep::Pending => {
@@ -360,6 +383,12 @@ impl Book {
                 order.commit_owed = true;
                 self.owed.insert(r.order);
             }
+            OrderStep::RefundDue if order.commit_owed => {
+                // A rebooked hold that lapsed before its commit.
+                order.commit_owed = false;
+                self.owed.remove(&r.order);
+                order.state = OrderState::RefundDue;
+            }
             OrderStep::RefundDue => {
                 if !matches!(order.state, OrderState::Cancelled(_)) {
                     return Err(format!("{} is {}, cannot owe a refund", r.order, order.state.as_str()));
@@ -392,7 +421,9 @@ impl Book {
 
     fn remember_event(&mut self, event: &str, at_ms: u64) {
         let hash = event_hash(event);
-        if self.events.seen.insert(hash, at_ms).is_none() {
+        // Seen again (past its retention, on a book that has not forgotten it yet, as replay's):
+        // it is remembered from the new time; the older queue entry is stale and skipped.
+        if self.events.seen.insert(hash, at_ms) != Some(at_ms) {
             self.events.by_age.push_back((at_ms, hash));
         }
     }
@@ -416,7 +447,7 @@ impl Book {
             }
             self.ended.pop_front();
             let Some(order) = self.orders.get(&id) else { continue };
-            if order.ended_at_ms != at || order.state.needs_person() || order.state.is_open() {
+            if order.ended_at_ms != at || order.needs_person() || order.state.is_open() {
                 continue;
             }
             let order = self.orders.remove(&id).expect("found above");
@@ -434,7 +465,9 @@ impl Book {
     pub fn export(&self) -> (Vec<Order>, Vec<(u128, u64)>) {
         let mut orders: Vec<Order> = self.orders.values().cloned().collect();
         orders.sort_by_key(|o| o.id);
-        let mut events: Vec<(u128, u64)> = self.events.by_age.iter().map(|&(at, hash)| (hash, at)).collect();
+        let current = |&&(at, hash): &&(u64, u128)| self.events.seen.get(&hash) == Some(&at);
+        let mut events: Vec<(u128, u64)> =
+            self.events.by_age.iter().filter(current).map(|&(at, hash)| (hash, at)).collect();
         // Canonical, as `restore` rebuilds it (by time, then hash): events seen in the same
         // millisecond are queued in arrival order, which a restored book cannot know.
         events.sort_unstable_by_key(|&(hash, at)| (at, hash));

@@ -104,8 +104,11 @@ pub enum Effect {
     Moved(OrderState),
     /// The same event was applied before: nothing happened.
     Duplicate,
-    /// The event changes nothing now (a stale or repeated outcome, or another payment object).
+    /// The event changes nothing now (a stale or repeated outcome, or another payment object's
+    /// failure or progress).
     Ignored,
+    /// A success through another payment object than the order's: recorded for a refund.
+    Surplus,
 }
 
 /// What the reservation record inside a step is allowed to be, given what the operation meant.
@@ -115,7 +118,12 @@ enum Intent {
     Cancel(Cause),
     Pending,
     Rebook,
-    Mismatch { amount: u64, currency: String },
+    /// The commit a rebooking owes.
+    Owed,
+    Mismatch {
+        amount: u64,
+        currency: String,
+    },
 }
 
 impl Intent {
@@ -124,6 +132,10 @@ impl Intent {
             (Intent::Mismatch { amount, currency }, _) => {
                 OrderStep::PaymentMismatch { amount: *amount, currency: currency.clone() }
             }
+            // A rebooked hold that lapsed before its commit (a crash between the two records and a
+            // longer outage): the units went back, the money is owed back.
+            (Intent::Owed, Record::Expired { .. }) => OrderStep::RefundDue,
+            (Intent::Owed, _) => OrderStep::Paid,
             // Whatever was asked, a hold found past its deadline expires: the order with it.
             (_, Record::Expired { .. }) => OrderStep::Cancelled(Cause::Expired),
             (Intent::Pay, _) => OrderStep::Paid,
@@ -166,7 +178,7 @@ impl Engine {
     fn book_at(&self, now_ms: u64) -> parking_lot::MutexGuard<'_, Book> {
         let mut book = self.orders().lock();
         let c = self.config();
-        book.forget(now_ms, c.payment_event_retention_ms, c.ended_retention_ms);
+        book.forget(now_ms, c.payment_event_retention_ms, c.order_retention_ms());
         book
     }
 
@@ -281,8 +293,19 @@ impl Engine {
             return Ok(Effect::Duplicate);
         }
         let order = book.get(id).ok_or(OrderError::NotFound)?;
+        let succeeded = payment.status == PaymentStatus::Succeeded;
         if order.provider_ref.as_deref().is_some_and(|r| r != payment.provider_ref) {
-            return Ok(Effect::Ignored);
+            if !succeeded || event.is_none() {
+                return Ok(Effect::Ignored);
+            }
+            // Money taken through a payment the order does not own: never dropped silently.
+            let step = OrderStep::SurplusPayment {
+                provider_ref: payment.provider_ref.to_owned(),
+                amount: payment.amount,
+                currency: payment.currency.to_ascii_lowercase(),
+            };
+            log_step(&mut book, sink, id, step, event, now_ms)?;
+            return Ok(Effect::Surplus);
         }
         let state = order.state;
         let matches = payment.amount == order.placed.amount
@@ -296,6 +319,12 @@ impl Engine {
         }
         if event.is_some() && book.events_remembered() >= self.config().payment_events_max {
             return Err(OrderError::EventsFull);
+        }
+        // A success names the payment that paid: attached first, so that any other success is
+        // told apart from it (a surplus) and not ignored as a repeat.
+        if succeeded && book.get(id).is_some_and(|o| o.provider_ref.is_none()) {
+            let step = OrderStep::PaymentAttached { provider_ref: payment.provider_ref.to_owned() };
+            log_step(&mut book, sink, id, step, None, now_ms)?;
         }
         if payment.status == PaymentStatus::Succeeded && !matches {
             let intent =
@@ -421,23 +450,22 @@ impl Engine {
         now_ms: u64,
     ) -> Result<(), OrderError> {
         let reservation = book.get(id).expect("the caller found it").reservation;
-        let mut wrap = OrderSink { sink, order: id, intent: Intent::Pay, event: None, made: None };
+        let mut wrap =
+            OrderSink { sink: &mut *sink, order: id, intent: Intent::Owed, event: None, made: None };
         let result = self.commit(reservation, now_ms, &mut wrap);
-        match (wrap.made.take(), result) {
-            (Some(made), Ok(())) => {
-                apply_live(book, &made);
-                Ok(())
+        if let Some(made) = wrap.made.take() {
+            if made.step == OrderStep::RefundDue {
+                tracing::error!(order = %id, "a rebooked hold lapsed before its commit: a refund is owed");
             }
-            (_, Err(ReservationError::LogRefused)) => Err(OrderError::LogRefused),
-            (made, result) => {
-                // A rebooked hold is committed within a tick of its making; its TTL is the longest
-                // there is. Reaching here means the tick stalled for that long: say so loudly.
-                tracing::error!(order = %id, ?result, "a rebooked order's hold could not be committed");
-                if let Some(made) = made {
-                    apply_live(book, &made);
-                }
-                Ok(())
-            }
+            apply_live(book, &made);
+            return Ok(());
+        }
+        match result {
+            Err(ReservationError::LogRefused) => Err(OrderError::LogRefused),
+            // Committed before (`Paid` then stands for it) or ended without a record of this
+            // call's: settle the order either way, so that it never stays owed.
+            Ok(()) => log_step(book, sink, id, OrderStep::Paid, None, now_ms),
+            Err(_) => log_step(book, sink, id, OrderStep::RefundDue, None, now_ms),
         }
     }
 
@@ -497,8 +525,10 @@ impl Engine {
         }
         match result {
             Err(ReservationError::LogRefused) => Err(OrderError::LogRefused),
-            // At its bound already: the state still moves (once), the deadline does not.
-            Ok(_) if state == OrderState::AwaitingPayment => {
+            // At its bound already (or not moved since the last one): the state still moves, the
+            // deadline does not, and the event is remembered, so that a redelivery later, when it
+            // could move the deadline, has no effect of its own.
+            Ok(_) if state == OrderState::AwaitingPayment || event.is_some() => {
                 log_step(book, sink, id, OrderStep::Pending, event, now_ms)
             }
             Ok(_) => Ok(()),

@@ -204,6 +204,8 @@ struct Model {
     keys: BTreeMap<String, OrderId>,
     /// Event id → when it first had an effect.
     events: BTreeMap<String, u64>,
+    /// Orders a surplus payment came for: kept for a person.
+    surplus: std::collections::BTreeSet<OrderId>,
 }
 
 impl Model {
@@ -332,7 +334,7 @@ impl Model {
     }
 
     /// Returns whether the event (if any) is remembered: whether a record carried it.
-    fn pending(&mut self, id: OrderId, now: u64) -> bool {
+    fn pending(&mut self, id: OrderId, now: u64, has_event: bool) -> bool {
         let res = self.orders[&id].res;
         match self.extend(res, self.cfg.pending_extension_ms, now) {
             Extend::Expired => {
@@ -347,9 +349,10 @@ impl Model {
             }
             Extend::Unchanged => {
                 let o = self.orders.get_mut(&id).expect("known");
+                // Logged (the event remembered) when it moves the state or carries an event.
                 let moved = o.state == OrderState::AwaitingPayment;
                 o.state = OrderState::PaymentPending;
-                moved
+                moved || has_event
             }
             Extend::Gone(_) => {
                 self.close(id, OrderState::Cancelled(Cause::Expired), now);
@@ -372,7 +375,13 @@ impl Model {
         let o = self.orders.get(&e.order).ok_or(OrderError::NotFound)?;
         let (res, amount, currency) = (o.res, o.amount, o.req.currency.clone());
         if o.provider_ref.as_deref().is_some_and(|r| r != e.provider_ref) {
-            return Ok(Effect::Ignored);
+            // Another payment object's success is a surplus, recorded for a refund.
+            if e.status != PaymentStatus::Succeeded || event.is_none() {
+                return Ok(Effect::Ignored);
+            }
+            self.surplus.insert(e.order);
+            self.events.insert(event.expect("checked").to_owned(), now);
+            return Ok(Effect::Surplus);
         }
         let state = o.state;
         let acts = match e.status {
@@ -381,6 +390,11 @@ impl Model {
         };
         if !acts {
             return Ok(Effect::Ignored);
+        }
+        // A success names the payment that paid.
+        if e.status == PaymentStatus::Succeeded {
+            let o = self.orders.get_mut(&e.order).expect("found above");
+            o.provider_ref.get_or_insert_with(|| e.provider_ref.to_string());
         }
         let matches = e.amount == amount && e.currency.eq_ignore_ascii_case(&currency);
         let remembered = match e.status {
@@ -399,7 +413,7 @@ impl Model {
                 self.end_hold(e.order, Cause::PaymentFailed, now);
                 true
             }
-            PaymentStatus::Pending => self.pending(e.order, now),
+            PaymentStatus::Pending => self.pending(e.order, now, event.is_some()),
         };
         if let (Some(id), true) = (event, remembered) {
             self.events.insert(id.to_owned(), now);
@@ -427,9 +441,14 @@ impl Model {
     fn forget(&mut self, now: u64) {
         let retention = self.cfg.payment_event_retention_ms;
         self.events.retain(|_, at| *at + retention > now);
-        let retention = self.cfg.ended_retention_ms;
+        let retention = self.cfg.order_retention_ms();
         let gone: Vec<OrderId> = (self.orders.iter())
-            .filter(|(_, o)| !o.state.is_open() && !o.state.needs_person() && o.ended_at + retention <= now)
+            .filter(|(id, o)| {
+                !o.state.is_open()
+                    && !o.state.needs_person()
+                    && !self.surplus.contains(id)
+                    && o.ended_at + retention <= now
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
@@ -504,11 +523,12 @@ fn check_same(engine: &Engine, model: &Model, pool: &[Event], now: u64) -> Resul
 }
 
 /// What the records alone must show: every order paid at most once, every payment carrying the commit
-/// of the order's hold, and every event id's effect made by one call.
-fn check_records(log: &[Record], made_by: &[usize]) -> Result<(), TestCaseError> {
+/// of the order's hold, and every event id's effect made by one call (within the retention of event
+/// ids: a provider does not redeliver past it, and the server has forgotten the id by then).
+fn check_records(log: &[Record], made_by: &[usize], retention_ms: u64) -> Result<(), TestCaseError> {
     let mut paid: HashMap<OrderId, usize> = HashMap::new();
     let mut last: HashMap<OrderId, &OrderStep> = HashMap::new();
-    let mut events: HashMap<&str, usize> = HashMap::new();
+    let mut events: HashMap<&str, (usize, u64)> = HashMap::new();
     for (i, record) in log.iter().enumerate() {
         let Record::Order(r) = record else { continue };
         let after_rebooking = matches!(last.get(&r.order), Some(OrderStep::Rebooked));
@@ -525,8 +545,12 @@ fn check_records(log: &[Record], made_by: &[usize]) -> Result<(), TestCaseError>
         }
         prop_assert!(paid.get(&r.order).is_none_or(|n| *n <= 1), "record {}: {} paid twice", i, r.order);
         if let Some(event) = &r.event {
-            let call = *events.entry(event).or_insert(made_by[i]);
-            prop_assert_eq!(call, made_by[i], "record {}: event {} had an effect in two calls", i, event);
+            let (call, at) = *events.entry(event).or_insert((made_by[i], r.at_ms));
+            if r.at_ms < at + retention_ms {
+                prop_assert_eq!(call, made_by[i], "record {}: event {} had an effect in two calls", i, event);
+            } else {
+                events.insert(event, (made_by[i], r.at_ms));
+            }
         }
         last.insert(r.order, &r.step);
     }
@@ -577,6 +601,7 @@ fn run(ops: &[Op], shards: usize, snapshot_at: usize) -> Result<(), TestCaseErro
         orders: BTreeMap::new(),
         keys: BTreeMap::new(),
         events: BTreeMap::new(),
+        surplus: Default::default(),
     };
     let mut log: Vec<Record> = Vec::new();
     // For each record, the step (call) that made it.
@@ -778,7 +803,7 @@ fn run(ops: &[Op], shards: usize, snapshot_at: usize) -> Result<(), TestCaseErro
         }
         made_by.resize(log.len(), step);
         check_same(&engine, &model, &pool, now)?;
-        check_records(&log, &made_by)?;
+        check_records(&log, &made_by, cfg.payment_event_retention_ms)?;
     }
 
     // The log codec gives every record back.

@@ -91,7 +91,6 @@ fn cases(s: &TestServer, f: &Fixture) -> Vec<Case> {
     let refunded = event("evt_r", "charge.refunded", &f.paid, "ch_1", 1_000, "usd");
     let fail_paid = event("evt_fp", "payment_intent.payment_failed", &f.paid, "pi_p", 1_000, "usd");
     let paid_again = event("evt_paid", "payment_intent.succeeded", &f.paid, "pi_p", 1_000, "usd");
-    let other_pi = event("evt_op", "payment_intent.succeeded", &f.open, "pi_other", 2_000, "usd");
     let fail_cancelled = event("evt_fc", "payment_intent.payment_failed", &f.cancelled, "pi_c", 1_000, "usd");
     let no_amount = r#"{"id":"evt_na","type":"payment_intent.succeeded","data":{"object":{"id":"pi_a","currency":"usd","metadata":{"order_id":"x"}}}}"#;
     let numeric_order = r#"{"id":"evt_no","type":"payment_intent.succeeded","data":{"object":{"id":"pi_a","amount":1,"currency":"usd","metadata":{"order_id":7}}}}"#;
@@ -338,7 +337,6 @@ fn cases(s: &TestServer, f: &Fixture) -> Vec<Case> {
         case("an event type not handled", signed(&refunded), 200, "unhandled_type"),
         case("a failure after the order was paid", signed(&fail_paid), 200, "no_change"),
         case("the event that paid the order, again", signed(&paid_again), 200, "duplicate_event"),
-        case("a success of another payment object", signed(&other_pi), 200, "no_change"),
         case("a failure of a cancelled order", signed(&fail_cancelled), 200, "no_change"),
         // Placing orders.
         case(

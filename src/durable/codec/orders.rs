@@ -14,13 +14,15 @@ pub(super) struct LogOrder {
     /// For `Cancelled`: `cause_code`.
     cause: u8,
     placed: Option<LogPlaced>,
-    /// `PaymentAttached`'s reference; `PaymentMismatch`'s currency.
+    /// `PaymentAttached`'s and `SurplusPayment`'s reference; `PaymentMismatch`'s currency.
     text: Option<String>,
-    /// `PaymentMismatch`'s amount.
+    /// `PaymentMismatch`'s and `SurplusPayment`'s amount.
     amount: u64,
     reservation: Option<LogHold>,
     event: Option<String>,
     at_ms: u64,
+    /// `SurplusPayment`'s currency.
+    currency: Option<String>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
@@ -51,7 +53,7 @@ enum LogHold {
     Expired { id: u64, at_ms: u64 },
 }
 
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 9] = [
     "placed",
     "payment_attached",
     "pending",
@@ -60,6 +62,7 @@ const STEPS: [&str; 8] = [
     "rebooked",
     "refund_due",
     "payment_mismatch",
+    "surplus_payment",
 ];
 
 fn cause_code(c: Cause) -> u8 {
@@ -116,7 +119,7 @@ fn placed(p: &ArchivedLogPlaced) -> Result<Placed, Invalid> {
 }
 
 pub(super) fn to_log_order(r: &OrderRecord) -> LogOrder {
-    let (mut placed, mut text, mut amount, mut cause) = (None, None, 0, 0);
+    let (mut placed, mut text, mut amount, mut cause, mut currency) = (None, None, 0, 0, None);
     let step = match &r.step {
         OrderStep::Placed(p) => {
             placed = Some(log_placed(p));
@@ -138,6 +141,10 @@ pub(super) fn to_log_order(r: &OrderRecord) -> LogOrder {
             (amount, text) = (*a, Some(currency.clone()));
             7
         }
+        OrderStep::SurplusPayment { provider_ref, amount: a, currency: c } => {
+            (amount, text, currency) = (*a, Some(provider_ref.clone()), Some(c.clone()));
+            8
+        }
     };
     let reservation = r.reservation.as_ref().map(|inner| match to_log(inner) {
         LogRecord::Reserved(r) => LogHold::Reserved(r),
@@ -157,6 +164,7 @@ pub(super) fn to_log_order(r: &OrderRecord) -> LogOrder {
         reservation,
         event: r.event.clone(),
         at_ms: r.at_ms,
+        currency,
     }
 }
 
@@ -173,6 +181,15 @@ pub(super) fn from_archived_order(o: &ArchivedLogOrder) -> Result<OrderRecord, I
         5 => OrderStep::Rebooked,
         6 => OrderStep::RefundDue,
         7 => OrderStep::PaymentMismatch { amount: o.amount.to_native(), currency: text()? },
+        8 => OrderStep::SurplusPayment {
+            provider_ref: text()?,
+            amount: o.amount.to_native(),
+            currency: o
+                .currency
+                .as_ref()
+                .map(|c| c.to_string())
+                .ok_or(Invalid::Code("surplus currency", 8))?,
+        },
         other => return Err(Invalid::Code("order step", other)),
     };
     let reservation = match o.reservation.as_ref() {
@@ -224,10 +241,11 @@ struct SnapOrder {
     /// Time, state code, cause (`CAUSES`' index).
     history: Vec<(u64, u8, u8)>,
     ended_at_ms: u64,
+    needs_refund: bool,
 }
 
-const CAUSES: [&str; 7] =
-    ["placed", "webhook", "status_check", "pay_by", "checkout", "late_payment", "server"];
+const CAUSES: [&str; 8] =
+    ["placed", "webhook", "status_check", "pay_by", "checkout", "late_payment", "server", "surplus_payment"];
 
 /// 0–2 open and paid, 3–5 cancelled by `cause_code`, 6 refund due, 7 mismatch.
 fn state_code(s: OrderState) -> u8 {
@@ -267,11 +285,12 @@ pub(super) fn snap_orders(orders: &[Order], events: &[(u128, u64)]) -> SnapOrder
             commit_owed: o.commit_owed,
             history: (o.history.iter())
                 .map(|t| {
-                    let cause = CAUSES.iter().position(|c| *c == t.cause).unwrap_or(CAUSES.len() - 1);
+                    let cause = CAUSES.iter().position(|c| *c == t.cause).unwrap_or(6 /* server */);
                     (t.at_ms, state_code(t.state), cause as u8)
                 })
                 .collect(),
             ended_at_ms: o.ended_at_ms,
+            needs_refund: o.needs_refund,
         })
         .collect();
     SnapOrders { orders, events: events.to_vec() }
@@ -307,6 +326,7 @@ pub(super) fn orders_from(s: &ArchivedSnapOrders) -> Result<Orders, DecodeError>
             commit_owed: o.commit_owed,
             history,
             ended_at_ms: o.ended_at_ms.to_native(),
+            needs_refund: o.needs_refund,
         });
     }
     let events = s.events.iter().map(|e| (e.0.to_native(), e.1.to_native())).collect();
@@ -328,5 +348,6 @@ fn to_log_order_step_code(step: &OrderStep) -> u8 {
         OrderStep::Rebooked => 5,
         OrderStep::RefundDue => 6,
         OrderStep::PaymentMismatch { .. } => 7,
+        OrderStep::SurplusPayment { .. } => 8,
     }
 }

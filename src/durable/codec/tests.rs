@@ -143,6 +143,7 @@ fn sample_order() -> crate::orders::Order {
             Transition { at_ms: 60_009, state: OrderState::Cancelled(Cause::Expired), cause: "pay_by" },
         ],
         ended_at_ms: 60_009,
+        needs_refund: true,
     }
 }
 
@@ -213,6 +214,11 @@ fn order_sample() -> Vec<Record> {
         step(OrderStep::Rebooked, Some(Record::Reserved(reserved.clone())), Some("evt_3")),
         step(OrderStep::RefundDue, None, Some("evt_4")),
         step(OrderStep::PaymentMismatch { amount: 1, currency: "usd".into() }, None, Some("evt_5")),
+        step(
+            OrderStep::SurplusPayment { provider_ref: "pi_2".into(), amount: 3, currency: "usd".into() },
+            None,
+            Some("evt_6"),
+        ),
     ]
 }
 
