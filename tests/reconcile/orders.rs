@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio_postgres::NoTls;
 
 const T0: u64 = 1_800_000_000_000;
-const SECRET: &str = "whsec_mirror_test_secret_0123456789";
+pub(crate) const SECRET: &str = "whsec_mirror_test_secret_0123456789";
 
 /// What an order row holds that the engine also knows, in the row's words.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,7 +79,7 @@ fn count(pg: &Pg, sql: &str) -> i64 {
 /// Orders through every step the saga logs, on a durable engine: paid, failed then paid late
 /// (rebooked, commit owed, then committed), pending, mismatched, cancelled then paid with the units
 /// gone (refund due), expired, and one left open.
-fn order_log(d: &Durable) -> Vec<OrderId> {
+pub(crate) fn order_log(d: &Durable) -> Vec<OrderId> {
     let sku = SkuId::new("tee").expect("sku");
     let mut now = T0;
     d.set_stock(&sku, 7, now).expect("stock");
