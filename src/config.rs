@@ -192,20 +192,25 @@ pub fn parse_serve(argv: &[String]) -> Result<ServeArgs, clap::Error> {
     let matches = Cli::command().try_get_matches_from(&rest)?;
     let args = Cli::from_arg_matches(&matches)?.serve;
     let Some(file) = &args.config else { return Ok(args) };
-    let extra = file_arguments(file, &matches)
+    let extra = file_arguments(file, &Cli::command(), &matches)
         .map_err(|e| Cli::command().error(clap::error::ErrorKind::InvalidValue, e))?;
     let matches = Cli::command().try_get_matches_from(rest.iter().cloned().chain(extra))?;
     Ok(Cli::from_arg_matches(&matches)?.serve)
 }
 
 /// The file's settings as flags, for those the command line and environment did not set.
-fn file_arguments(path: &PathBuf, matches: &ArgMatches) -> Result<Vec<String>, String> {
+fn file_arguments(
+    path: &PathBuf,
+    command: &clap::Command,
+    matches: &ArgMatches,
+) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let table: toml::Table = text.parse().map_err(|e| format!("{}: {e}", path.display()))?;
     let mut flags = Vec::new();
     for (key, value) in table {
         let id = key.replace('-', "_");
-        if id == "config" || !matches.ids().any(|known| known.as_str() == id) {
+        // Every setting the command knows, also those without a default (absent from `matches`).
+        if id == "config" || !command.get_arguments().any(|known| known.get_id().as_str() == id) {
             return Err(format!("{}: {key} is not a setting (see holdfast serve --help)", path.display()));
         }
         if matches.value_source(&id) != Some(ValueSource::DefaultValue) && matches.value_source(&id).is_some()
@@ -392,6 +397,16 @@ mod tests {
         assert_eq!(args.body_bytes_max, 2048, "the flag wins over the file");
         assert_eq!(args.idle_timeout, Duration::from_secs(3));
         assert!(args.keep_log);
+
+        // Settings without a default are settings too.
+        std::fs::write(
+            &file,
+            "database-url = \"postgresql://holdfast@db/shop\"\npayment-status-url = \"http://127.0.0.1:9090/pi\"\n",
+        )
+        .expect("write");
+        let args = parse_serve(&argv(&["--config", config])).expect("parses");
+        assert_eq!(args.database_url.as_deref(), Some("postgresql://holdfast@db/shop"));
+        assert_eq!(args.payment_status_url.as_deref(), Some("http://127.0.0.1:9090/pi"));
 
         std::fs::write(&file, "lisen = \"127.0.0.1:9000\"\n").expect("write");
         let e = parse_serve(&argv(&["--config", config])).expect_err("a typo is an error");

@@ -1,6 +1,7 @@
 //! `holdfast`: the reservation server and its tools.
 //! - `holdfast serve`: the HTTP server (settings: `holdfast serve --help`).
-//! - `holdfast wal …`, `holdfast snapshot …`: the SRE tools for a data directory (`admin`).
+//! - `holdfast wal …`, `holdfast snapshot …`, `holdfast orders list`: the SRE tools for a data
+//!   directory (`admin`).
 //! - `holdfast demo`: a simulated flash sale against the in-memory engine, with its invariants checked.
 //! - `holdfast crash-drill --data-dir DIR`: acknowledged reservations written through the write-ahead
 //!   log in DIR, one line per acknowledgement; kill it at any moment, run it again, nothing
@@ -17,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage: holdfast [serve] [--listen ADDR] [--data-dir DIR] [... see holdfast serve --help]
        holdfast wal verify|stats|dump|replay|trace|repair DIR [...]   (holdfast wal --help)
        holdfast snapshot create|list DIR
+       holdfast orders list DIR [--state STATE] [--json]
        holdfast db migrate --database-url URL
        holdfast reconcile --database-url URL --data-dir DIR
        holdfast demo [--users N] [--units N] [--threads N]
@@ -139,7 +141,7 @@ fn main() -> ExitCode {
         // The server is what a bare `holdfast` runs.
         None => return serve(&[argv[0].clone(), "serve".into()]),
         Some("serve") => return serve(&argv),
-        Some("wal" | "snapshot" | "db" | "reconcile") => return holdfast::admin::run(&argv),
+        Some("wal" | "snapshot" | "db" | "reconcile" | "orders") => return holdfast::admin::run(&argv),
         Some("demo" | "crash-drill") => {}
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");

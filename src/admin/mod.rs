@@ -1,4 +1,4 @@
-//! `holdfast wal …` and `holdfast snapshot …`: the tools an SRE runs on a data directory (the
+//! `holdfast wal …`, `holdfast snapshot …` and `holdfast orders list`: the tools an SRE runs on a data directory (the
 //! server's `--data-dir`; the log and snapshots are in its `wal/`). Every command but `wal repair` and
 //! `snapshot create` only reads, and works while a server is writing the directory. Output is a table
 //! for people or, with `--json`, JSON for scripts (documented in `ops/runbooks/wal-tools.md`).
@@ -7,6 +7,7 @@
 //! 3 (`verify` only) a torn tail, which recovery or `wal repair` cuts.
 
 mod describe;
+mod orders;
 mod read;
 mod rebuild;
 
@@ -35,6 +36,9 @@ enum Cli {
     /// The Postgres schema.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Orders as the server holds them, rebuilt from DIR (read-only; works while the server runs).
+    #[command(subcommand)]
+    Orders(OrdersCommand),
     /// Compare Postgres with the engine at the LSN Postgres is at; exit 1 when they differ.
     Reconcile {
         #[arg(long, env = "HOLDFAST_DATABASE_URL")]
@@ -44,6 +48,24 @@ enum Cli {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum OrdersCommand {
+    /// List orders (oldest first): id, state, cause, amount, currency, provider_ref, user, pay_by,
+    /// reservation. `--state refund_due` and `--state payment_mismatch` need a person.
+    List(OrdersListArgs),
+}
+
+#[derive(clap::Args)]
+struct OrdersListArgs {
+    dir: PathBuf,
+    /// Only orders in this state (`open`: awaiting_payment or payment_pending).
+    #[arg(long, value_parser = orders::STATES)]
+    state: Option<String>,
+    /// One JSON object a line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -192,6 +214,7 @@ pub fn run(argv: &[String]) -> ExitCode {
         Cli::Snapshot(SnapshotCommand::List { dir, json }) => {
             rebuild::snapshot_list(&dir, json, out).map(|()| ExitCode::SUCCESS)
         }
+        Cli::Orders(OrdersCommand::List(args)) => orders::list(&args, out).map(|()| ExitCode::SUCCESS),
         Cli::Db(DbCommand::Migrate { database_url }) => rebuild::db_migrate(&database_url, out),
         Cli::Reconcile { database_url, data_dir, json } => {
             rebuild::reconcile(&database_url, &data_dir, json, out)

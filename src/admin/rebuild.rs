@@ -214,8 +214,8 @@ pub(super) fn reconcile(url: &str, dir: &Path, as_json: bool, out: &mut Out<'_>)
     } else {
         writeln!(
             out,
-            "compared at LSN {}: {} SKUs, {} active reservations",
-            report.lsn, report.skus_checked, report.active_reservations_checked
+            "compared at LSN {}: {} SKUs, {} active reservations, {} orders",
+            report.lsn, report.skus_checked, report.active_reservations_checked, report.orders_checked
         )?;
         for d in &report.skus {
             writeln!(
@@ -226,6 +226,12 @@ pub(super) fn reconcile(url: &str, dir: &Path, as_json: bool, out: &mut Out<'_>)
         }
         for d in &report.reservations {
             writeln!(out, "reservation {}: engine {:?}, postgres {:?}", d.id, d.engine, d.postgres)?;
+        }
+        for d in &report.orders {
+            let show = |f: &Option<crate::reconcile::drift::OrderFacts>| {
+                f.as_ref().map_or("none".to_owned(), |f| serde_json::to_string(f).unwrap_or_default())
+            };
+            writeln!(out, "order {}: engine {}, postgres {}", d.id, show(&d.engine), show(&d.postgres))?;
         }
         writeln!(
             out,

@@ -1,8 +1,9 @@
 //! The engine settings a data directory was last served with (`DIR/engine.toml`), so that the offline
 //! tools (`holdfast snapshot create`, `wal replay`, `reconcile`) rebuild and snapshot its state under
 //! the same retention and windows as the server, not under this machine's defaults. What a snapshot
-//! keeps depends on them: a shorter idempotency window or ended-reservation retention would forget
-//! keys and reservations the server still honours.
+//! keeps depends on them: a shorter idempotency window, ended-reservation retention or payment event
+//! retention would forget keys, reservations and payment event ids the server still honours. A file
+//! written before a setting existed leaves that setting at its default.
 //!
 //! The server writes the file at start (atomically: a temporary file, synced, renamed, the directory
 //! synced); the tools read it and fall back to the defaults for a directory that has none.
@@ -20,7 +21,8 @@ pub fn save(dir: &Path, config: &EngineConfig) -> std::io::Result<()> {
          # The offline tools read them. Change the server's flags, not this file.\n\
          shards = {}\nttl_ms_min = {}\nttl_ms_max = {}\nhold_ms_max = {}\n\
          idempotency_window_ms = {}\nidempotency_keys_max = {}\nended_retention_ms = {}\n\
-         active_per_shard_max = {}\n",
+         active_per_shard_max = {}\npending_extension_ms = {}\npayment_event_retention_ms = {}\n\
+         payment_events_max = {}\norders_max = {}\n",
         config.shards,
         config.ttl_ms_min,
         config.ttl_ms_max,
@@ -29,6 +31,10 @@ pub fn save(dir: &Path, config: &EngineConfig) -> std::io::Result<()> {
         config.idempotency_keys_max,
         config.ended_retention_ms,
         config.active_per_shard_max,
+        config.pending_extension_ms,
+        config.payment_event_retention_ms,
+        config.payment_events_max,
+        config.orders_max,
     );
     let tmp = dir.join(format!("{FILE}.tmp"));
     let mut file = crate::files::private_file(&tmp)?;
@@ -64,6 +70,10 @@ fn parse(text: &str) -> Result<EngineConfig, String> {
             "idempotency_keys_max" => config.idempotency_keys_max = size()?,
             "ended_retention_ms" => config.ended_retention_ms = value,
             "active_per_shard_max" => config.active_per_shard_max = size()?,
+            "pending_extension_ms" => config.pending_extension_ms = value,
+            "payment_event_retention_ms" => config.payment_event_retention_ms = value,
+            "payment_events_max" => config.payment_events_max = size()?,
+            "orders_max" => config.orders_max = size()?,
             other => return Err(format!("unknown setting {other}")),
         }
     }
@@ -79,8 +89,14 @@ mod tests {
     fn settings_round_trip_and_a_missing_file_means_the_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(load(dir.path()), Ok(EngineConfig::default()));
-        let config =
-            EngineConfig { shards: 3, ended_retention_ms: 5, idempotency_window_ms: 7, ..Default::default() };
+        let config = EngineConfig {
+            shards: 3,
+            ended_retention_ms: 5,
+            idempotency_window_ms: 7,
+            payment_event_retention_ms: 30 * 24 * 60 * 60 * 1000,
+            payment_events_max: 11,
+            ..Default::default()
+        };
         save(dir.path(), &config).expect("saved");
         assert_eq!(load(dir.path()), Ok(config));
         std::fs::write(dir.path().join(FILE), "shards = 0\n").expect("write");

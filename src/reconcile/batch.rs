@@ -5,7 +5,9 @@
 
 use super::mirror::ADJUSTMENT_PREFIX;
 use crate::engine::{EngineState, Record, ReservationState};
+use crate::orders::{Order, OrderRecord, OrderState, OrderStep};
 use holdfast_wal::Lsn;
+use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -48,11 +50,359 @@ struct Changes {
     end_ids: Vec<String>,
     end_kinds: Vec<&'static str>,
     last_lsn: i64,
+    orders: OrderChanges,
+}
+
+/// An order's row as its `Placed` step makes it (and later steps in the same batch change it).
+struct NewOrder {
+    id: String,
+    user: String,
+    sale: Option<String>,
+    items: String,
+    amount: i64,
+    currency: String,
+    key: String,
+    created_at: SystemTime,
+    created_lsn: i64,
+    change: OrderChange,
+}
+
+/// What the steps of one batch changed in an order's row; `None`: unchanged.
+#[derive(Default)]
+struct OrderChange {
+    state: Option<&'static str>,
+    /// Meaningful only with `state`: the cause goes with the state (set while cancelled).
+    cause: Option<&'static str>,
+    reservation: Option<String>,
+    provider_ref: Option<String>,
+    pay_by: Option<SystemTime>,
+    paid_amount: Option<i64>,
+    paid_currency: Option<String>,
+    commit_owed: Option<bool>,
+    ended: Option<SystemTime>,
+    /// `ended` applies only where the row has no end yet (a `Paid` that commits a rebooking's hold
+    /// leaves the end the rebooking set).
+    ended_if_unset: bool,
+    at: Option<SystemTime>,
+    lsn: i64,
+}
+
+impl OrderChange {
+    /// Folds one step (at `lsn`, `at`) into the change.
+    fn step(&mut self, o: &OrderRecord, lsn: i64) {
+        let at = time(o.at_ms);
+        (self.at, self.lsn) = (Some(at), lsn);
+        let (state, cause) = step_state(&o.step);
+        if let Some(state) = state {
+            (self.state, self.cause) = (Some(state), cause);
+        }
+        match &o.step {
+            OrderStep::Placed(_) => {}
+            OrderStep::PaymentAttached { provider_ref } => self.provider_ref = Some(provider_ref.clone()),
+            OrderStep::Pending => {
+                if let Some(Record::Extended { expires_at_ms, .. }) = &o.reservation {
+                    self.pay_by = Some(time(*expires_at_ms));
+                }
+            }
+            OrderStep::Paid => {
+                self.commit_owed = Some(false);
+                if self.ended.is_none() {
+                    (self.ended, self.ended_if_unset) = (Some(at), true);
+                }
+            }
+            OrderStep::Rebooked => {
+                if let Some(Record::Reserved(r)) = &o.reservation {
+                    self.reservation = Some(r.id.to_string());
+                }
+                self.commit_owed = Some(true);
+                (self.ended, self.ended_if_unset) = (Some(at), false);
+            }
+            OrderStep::PaymentMismatch { amount, currency } => {
+                self.paid_amount = Some(signed(*amount));
+                self.paid_currency = Some(currency.clone());
+                (self.ended, self.ended_if_unset) = (Some(at), false);
+            }
+            OrderStep::Cancelled(_) | OrderStep::RefundDue => {
+                (self.ended, self.ended_if_unset) = (Some(at), false);
+            }
+        }
+    }
+}
+
+/// The state (and cause) an order has after `step`; `None`: the step leaves the state as it was.
+fn step_state(step: &OrderStep) -> (Option<&'static str>, Option<&'static str>) {
+    let state = match step {
+        OrderStep::Placed(_) => OrderState::AwaitingPayment,
+        OrderStep::PaymentAttached { .. } => return (None, None),
+        OrderStep::Pending => OrderState::PaymentPending,
+        OrderStep::Paid | OrderStep::Rebooked => OrderState::Paid,
+        OrderStep::Cancelled(c) => return (Some("cancelled"), Some(c.as_str())),
+        OrderStep::RefundDue => OrderState::RefundDue,
+        OrderStep::PaymentMismatch { .. } => OrderState::PaymentMismatch,
+    };
+    (Some(state.as_str()), None)
+}
+
+/// The cause an order's row shows: set while it is cancelled, as the API shows it.
+fn cause_of(state: OrderState) -> Option<&'static str> {
+    match state {
+        OrderState::Cancelled(c) => Some(c.as_str()),
+        _ => None,
+    }
+}
+
+/// An order's lines as the `items` column holds them.
+fn items_json(lines: &[crate::orders::OrderLine]) -> String {
+    let lines: Vec<_> = (lines.iter())
+        .map(|l| json!({"sku": l.sku.as_str(), "qty": l.qty, "unit_price": l.unit_price}))
+        .collect();
+    serde_json::Value::Array(lines).to_string()
+}
+
+/// Order steps accumulated with the reservation changes: new rows, changes to existing rows (the final
+/// one of each order), and one history row per step.
+#[derive(Default)]
+struct OrderChanges {
+    new: Vec<NewOrder>,
+    /// Index into `new` of each order placed in this batch.
+    placed_here: HashMap<String, usize>,
+    updates: HashMap<String, OrderChange>,
+    ev_lsn: Vec<i64>,
+    ev_ids: Vec<String>,
+    ev_step: Vec<&'static str>,
+    ev_state: Vec<Option<&'static str>>,
+    ev_cause: Vec<Option<&'static str>>,
+    ev_event: Vec<Option<String>>,
+    ev_reservation: Vec<Option<String>>,
+    ev_at: Vec<SystemTime>,
+}
+
+impl OrderChanges {
+    fn is_empty(&self) -> bool {
+        self.ev_lsn.is_empty()
+    }
+
+    fn add(&mut self, lsn: i64, o: &OrderRecord) {
+        let id = o.order.to_string();
+        let (state, cause) = step_state(&o.step);
+        let reservation = match &o.reservation {
+            Some(Record::Reserved(r)) => Some(r.id.to_string()),
+            Some(Record::Extended { id, .. })
+            | Some(Record::Committed { id, .. })
+            | Some(Record::Released { id, .. })
+            | Some(Record::Expired { id, .. }) => Some(id.to_string()),
+            _ => None,
+        };
+        self.ev_lsn.push(lsn);
+        self.ev_ids.push(id.clone());
+        self.ev_step.push(crate::durable::codec::step_name(&o.step));
+        self.ev_state.push(state);
+        self.ev_cause.push(cause);
+        self.ev_event.push(o.event.clone());
+        self.ev_reservation.push(reservation);
+        self.ev_at.push(time(o.at_ms));
+        if let OrderStep::Placed(p) = &o.step {
+            let (reservation, pay_by) = match &o.reservation {
+                Some(Record::Reserved(r)) => (r.id.to_string(), r.expires_at_ms),
+                _ => (o.order.0.to_string(), o.at_ms),
+            };
+            let mut change = OrderChange::default();
+            change.step(o, lsn);
+            change.reservation = Some(reservation);
+            change.pay_by = Some(time(pay_by));
+            self.placed_here.insert(id.clone(), self.new.len());
+            self.new.push(NewOrder {
+                id,
+                user: p.user.as_str().to_owned(),
+                sale: p.sale.as_ref().map(|s| s.as_str().to_owned()),
+                items: items_json(&p.lines),
+                amount: signed(p.amount),
+                currency: p.currency.clone(),
+                key: p.key.as_str().to_owned(),
+                created_at: time(o.at_ms),
+                created_lsn: lsn,
+                change,
+            });
+            return;
+        }
+        match self.placed_here.get(&id) {
+            Some(&i) => self.new[i].change.step(o, lsn),
+            None => self.updates.entry(id).or_default().step(o, lsn),
+        }
+    }
+
+    async fn apply(self, tx: &Transaction<'_>, generation: i32, last_lsn: i64) -> anyhow::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        if !self.new.is_empty() {
+            let mut c = OrderColumns::default();
+            for n in &self.new {
+                c.push(&n.id, &n.change);
+                c.user.push(n.user.as_str());
+                c.sale.push(n.sale.as_deref());
+                c.items.push(n.items.as_str());
+                c.amount.push(n.amount);
+                c.currency.push(n.currency.as_str());
+                c.key.push(n.key.as_str());
+                c.created_at.push(n.created_at);
+                c.created_lsn.push(n.created_lsn);
+            }
+            tx.execute(
+                "INSERT INTO holdfast_orders (id, state, cause, reservation_id, provider_ref, pay_by, paid_amount,
+                     paid_currency, commit_owed, ended_at, updated_at, updated_lsn, user_id, sale, items, amount,
+                     currency, idempotency_key, created_at, created_lsn)
+                 SELECT id, state, cause, res, pref, pay_by, pamount, pcur, COALESCE(owed, false), ended, at, lsn,
+                     usr, sale, items::jsonb, amount, cur, key, created, clsn
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                     $7::int8[], $8::text[], $9::bool[], $10::timestamptz[], $11::timestamptz[], $12::int8[],
+                     $13::text[], $14::text[], $15::text[], $16::int8[], $17::text[], $18::text[],
+                     $19::timestamptz[], $20::int8[])
+                     AS t(id, state, cause, res, pref, pay_by, pamount, pcur, owed, ended, at, lsn, usr, sale,
+                          items, amount, cur, key, created, clsn)",
+                &[
+                    &c.ids,
+                    &c.states,
+                    &c.causes,
+                    &c.reservations,
+                    &c.provider_refs,
+                    &c.pay_by,
+                    &c.paid_amounts,
+                    &c.paid_currencies,
+                    &c.owed,
+                    &c.ended,
+                    &c.at,
+                    &c.lsns,
+                    &c.user,
+                    &c.sale,
+                    &c.items,
+                    &c.amount,
+                    &c.currency,
+                    &c.key,
+                    &c.created_at,
+                    &c.created_lsn,
+                ],
+            )
+            .await?;
+        }
+        if !self.updates.is_empty() {
+            let mut c = OrderColumns::default();
+            for (id, change) in &self.updates {
+                c.push(id, change);
+            }
+            let n = tx
+                .execute(
+                    "UPDATE holdfast_orders o
+                     SET state = COALESCE(t.state, o.state),
+                         cause = CASE WHEN t.state IS NULL THEN o.cause ELSE t.cause END,
+                         reservation_id = COALESCE(t.res, o.reservation_id),
+                         provider_ref = COALESCE(t.pref, o.provider_ref),
+                         pay_by = COALESCE(t.pay_by, o.pay_by),
+                         paid_amount = COALESCE(t.pamount, o.paid_amount),
+                         paid_currency = COALESCE(t.pcur, o.paid_currency),
+                         commit_owed = COALESCE(t.owed, o.commit_owed),
+                         ended_at = CASE WHEN t.ended IS NULL THEN o.ended_at
+                                         WHEN t.keep THEN COALESCE(o.ended_at, t.ended) ELSE t.ended END,
+                         updated_at = t.at, updated_lsn = t.lsn
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                         $7::int8[], $8::text[], $9::bool[], $10::timestamptz[], $11::bool[], $12::timestamptz[],
+                         $13::int8[])
+                         AS t(id, state, cause, res, pref, pay_by, pamount, pcur, owed, ended, keep, at, lsn)
+                     WHERE o.id = t.id",
+                    &[
+                        &c.ids,
+                        &c.states,
+                        &c.causes,
+                        &c.reservations,
+                        &c.provider_refs,
+                        &c.pay_by,
+                        &c.paid_amounts,
+                        &c.paid_currencies,
+                        &c.owed,
+                        &c.ended,
+                        &c.keep,
+                        &c.at,
+                        &c.lsns,
+                    ],
+                )
+                .await?;
+            if n != c.ids.len() as u64 {
+                anyhow::bail!(
+                    "{} of {} orders changed by records up to LSN {last_lsn} are not in Postgres: it has drifted from the log (run holdfast reconcile)",
+                    c.ids.len() as u64 - n,
+                    c.ids.len(),
+                );
+            }
+        }
+        tx.execute(
+            "INSERT INTO holdfast_order_events (generation, lsn, order_id, step, state, cause, event_id,
+                 reservation_id, at)
+             SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                 $8::text[], $9::timestamptz[])",
+            &[
+                &generation,
+                &self.ev_lsn,
+                &self.ev_ids,
+                &self.ev_step,
+                &self.ev_state,
+                &self.ev_cause,
+                &self.ev_event,
+                &self.ev_reservation,
+                &self.ev_at,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The columns of order rows, as arrays for `unnest`.
+#[derive(Default)]
+struct OrderColumns<'a> {
+    ids: Vec<&'a str>,
+    states: Vec<Option<&'static str>>,
+    causes: Vec<Option<&'static str>>,
+    reservations: Vec<Option<&'a str>>,
+    provider_refs: Vec<Option<&'a str>>,
+    pay_by: Vec<Option<SystemTime>>,
+    paid_amounts: Vec<Option<i64>>,
+    paid_currencies: Vec<Option<&'a str>>,
+    owed: Vec<Option<bool>>,
+    ended: Vec<Option<SystemTime>>,
+    keep: Vec<bool>,
+    at: Vec<Option<SystemTime>>,
+    lsns: Vec<i64>,
+    user: Vec<&'a str>,
+    sale: Vec<Option<&'a str>>,
+    items: Vec<&'a str>,
+    amount: Vec<i64>,
+    currency: Vec<&'a str>,
+    key: Vec<&'a str>,
+    created_at: Vec<SystemTime>,
+    created_lsn: Vec<i64>,
+}
+
+impl<'a> OrderColumns<'a> {
+    fn push(&mut self, id: &'a str, c: &'a OrderChange) {
+        self.ids.push(id);
+        self.states.push(c.state);
+        self.causes.push(c.cause);
+        self.reservations.push(c.reservation.as_deref());
+        self.provider_refs.push(c.provider_ref.as_deref());
+        self.pay_by.push(c.pay_by);
+        self.paid_amounts.push(c.paid_amount);
+        self.paid_currencies.push(c.paid_currency.as_deref());
+        self.owed.push(c.commit_owed);
+        self.ended.push(c.ended);
+        self.keep.push(c.ended_if_unset);
+        self.at.push(c.at);
+        self.lsns.push(c.lsn);
+    }
 }
 
 impl Changes {
     fn is_empty(&self) -> bool {
-        self.ev_lsn.is_empty()
+        self.ev_lsn.is_empty() && self.orders.is_empty()
     }
 
     fn add(&mut self, lsn: Lsn, record: &Record) {
@@ -106,11 +456,13 @@ impl Changes {
                 self.end_kinds.push(kind);
                 event(self, id, kind, *at_ms, None);
             }
-            // An order's step: its reservation's record is mirrored like any other.
+            // An order's step: its reservation's record is mirrored like any other, and the order's
+            // row and history with it.
             Record::Order(o) => {
                 if let Some(inner) = &o.reservation {
                     self.add(lsn, inner);
                 }
+                self.orders.add(l, o);
             }
             Record::StockSet { .. }
             | Record::StockAdjusted { .. }
@@ -241,6 +593,7 @@ impl Changes {
             &[&skus, &deltas, &self.end_ids, &self.end_kinds, &self.last_lsn],
         )
         .await?;
+        self.orders.apply(tx, generation, self.last_lsn).await?;
         Ok(())
     }
 }
@@ -294,10 +647,14 @@ pub fn adjustment_id(reason: &str) -> Option<i64> {
     rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
 }
 
-/// Applies `batch` (records `applied + 1 ..`) in one transaction that also moves the checkpoint from
-/// `applied`; a checkpoint that moved meanwhile (another mirror) aborts it.
+/// Applies `batch` (records `applied + 1 ..`, refused otherwise) in one transaction that also moves the
+/// checkpoint from `applied`; a checkpoint that moved meanwhile (another mirror) aborts it.
 pub async fn apply_batch(client: &mut Client, applied: Lsn, batch: &[(Lsn, Record)]) -> anyhow::Result<()> {
     let Some((last, _)) = batch.last() else { return Ok(()) };
+    // The records must follow the checkpoint: then moving it from `applied` below applies each once.
+    if batch[0].0 != applied + 1 {
+        anyhow::bail!("a batch from LSN {} cannot follow the checkpoint at LSN {applied}", batch[0].0);
+    }
     let tx = client.transaction().await?;
     let generation: i32 =
         tx.query_one("SELECT generation FROM holdfast_mirror WHERE id = 1", &[]).await?.get(0);
@@ -331,7 +688,8 @@ pub async fn apply_batch(client: &mut Client, applied: Lsn, batch: &[(Lsn, Recor
     Ok(())
 }
 
-/// Inserts an engine state (SKUs, sales, reservations with their items) into empty mirror tables.
+/// Inserts an engine state (SKUs, sales, reservations with their items, orders) into empty mirror
+/// tables.
 pub async fn write_state(tx: &Transaction<'_>, state: &EngineState, lsn: Lsn) -> anyhow::Result<()> {
     let l = signed(lsn);
     for (sku, s) in &state.skus {
@@ -368,5 +726,41 @@ pub async fn write_state(tx: &Transaction<'_>, state: &EngineState, lsn: Lsn) ->
             .await?;
         }
     }
+    for o in &state.orders {
+        write_order(tx, o, l).await?;
+    }
+    Ok(())
+}
+
+/// Inserts an order as the engine holds it (what a mismatched payment carried is not kept there).
+async fn write_order(tx: &Transaction<'_>, o: &Order, l: i64) -> anyhow::Result<()> {
+    let updated_ms = o.history.last().map_or(o.created_at_ms, |t| t.at_ms);
+    let ended = (o.ended_at_ms > 0).then(|| time(o.ended_at_ms));
+    tx.execute(
+        "INSERT INTO holdfast_orders (id, state, cause, reservation_id, user_id, sale, items, amount, currency,
+             provider_ref, pay_by, commit_owed, idempotency_key, created_at, updated_at, ended_at, created_lsn,
+             updated_lsn)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)",
+        &[
+            &o.id.to_string(),
+            &o.state.as_str(),
+            &cause_of(o.state),
+            &o.reservation.to_string(),
+            &o.placed.user.as_str(),
+            &o.placed.sale.as_ref().map(|s| s.as_str()),
+            &items_json(&o.placed.lines),
+            &signed(o.placed.amount),
+            &o.placed.currency,
+            &o.provider_ref,
+            &time(o.pay_by_ms),
+            &o.commit_owed,
+            &o.placed.key.as_str(),
+            &time(o.created_at_ms),
+            &time(updated_ms),
+            &ended,
+            &l,
+        ],
+    )
+    .await?;
     Ok(())
 }

@@ -304,7 +304,8 @@ async fn resync(client: &mut Client, durable: &Durable, status: &MirrorStatus) -
     })()?;
     let tx = client.transaction().await?;
     tx.batch_execute(
-        "TRUNCATE holdfast_reservation_events, holdfast_reservation_items, holdfast_reservations, holdfast_skus, holdfast_sales",
+        "TRUNCATE holdfast_reservation_events, holdfast_reservation_items, holdfast_reservations, holdfast_skus,
+             holdfast_sales, holdfast_orders, holdfast_order_events",
     )
     .await?;
     write_state(&tx, &state, lsn).await?;

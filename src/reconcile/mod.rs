@@ -10,6 +10,8 @@ pub mod drift;
 pub mod mirror;
 pub mod warm;
 
+pub use batch::apply_batch;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use tokio_postgres::NoTls;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "mirror", include_str!("../../ops/migrations/0001_mirror.sql")),
     (2, "adjustment_taken", include_str!("../../ops/migrations/0002_adjustment_taken.sql")),
+    (3, "orders", include_str!("../../ops/migrations/0003_orders.sql")),
 ];
 
 /// A small pool: the mirror holds one connection, the drift check and restock poller borrow another.

@@ -3,6 +3,8 @@
 //! documented, replay equal to the engine's state at several LSNs and times, trace equal to the
 //! workload's history.
 
+mod orders;
+
 use holdfast::durable::Durable;
 use holdfast::engine::{EngineConfig, Item, ReservationState, ReserveRequest, SkuId, UserId};
 use holdfast_wal::storage::FsStorage;

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
+pub(crate) mod orders;
 mod outage;
 
 const ADMIN_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
