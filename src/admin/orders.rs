@@ -9,15 +9,25 @@ use holdfast_wal::Lsn;
 use serde_json::{json, Value};
 use std::io::Write;
 
-/// What `--state` takes: an order state, or `open` (awaiting_payment and payment_pending).
-pub const STATES: [&str; 7] =
-    ["open", "awaiting_payment", "payment_pending", "paid", "cancelled", "refund_due", "payment_mismatch"];
+/// What `--state` takes: an order state, `open` (awaiting_payment and payment_pending), or
+/// `needs_refund` (a surplus payment came for it, whatever its state).
+pub const STATES: [&str; 8] = [
+    "open",
+    "awaiting_payment",
+    "payment_pending",
+    "paid",
+    "cancelled",
+    "refund_due",
+    "payment_mismatch",
+    "needs_refund",
+];
 
-fn wanted(filter: Option<&str>, state: OrderState) -> bool {
+fn wanted(filter: Option<&str>, o: &Order) -> bool {
     match filter {
         None => true,
-        Some("open") => state.is_open(),
-        Some(s) => state.as_str() == s,
+        Some("open") => o.state.is_open(),
+        Some("needs_refund") => o.needs_refund,
+        Some(s) => o.state.as_str() == s,
     }
 }
 
@@ -43,6 +53,7 @@ fn order_json(o: &Order) -> Value {
         "sale_id": o.placed.sale.as_ref().map(|s| s.as_str()),
         "pay_by": time(o.pay_by_ms),
         "reservation_id": o.reservation.to_string(),
+        "needs_refund": o.needs_refund,
         "commit_owed": o.commit_owed,
         "created_at": time(o.created_at_ms),
         "ended_at": (o.ended_at_ms > 0).then(|| time(o.ended_at_ms)),
@@ -58,7 +69,7 @@ pub(super) fn list(args: &OrdersListArgs, out: &mut Out<'_>) -> anyhow::Result<(
     // As of the last record: what the server would still hold then (it forgets ended orders after
     // its retention, never open ones or ones that need a person).
     let mut orders: Vec<Order> =
-        engine.export(at_ms).orders.into_iter().filter(|o| wanted(args.state.as_deref(), o.state)).collect();
+        engine.export(at_ms).orders.into_iter().filter(|o| wanted(args.state.as_deref(), o)).collect();
     orders.sort_by_key(|o| (o.created_at_ms, o.id));
     if args.json {
         for o in &orders {

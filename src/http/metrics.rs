@@ -146,6 +146,7 @@ struct MirrorGauges {
     adjustments_refused: Gauge,
     drift_skus: Gauge,
     drift_reservations: Gauge,
+    drift_orders: Gauge,
     drift_checks: Counter,
 }
 
@@ -335,6 +336,11 @@ impl Metrics {
             "Reservations on which they disagreed at the last check",
             g.drift_reservations.clone(),
         );
+        r.register(
+            "drift_orders",
+            "Orders on which Postgres and the engine disagreed at the last check",
+            g.drift_orders.clone(),
+        );
         r.register("drift_checks", "Drift checks run", g.drift_checks.clone());
         m
     }
@@ -343,6 +349,7 @@ impl Metrics {
         let g = &self.mirror_gauges;
         g.drift_skus.set(report.skus.len() as i64);
         g.drift_reservations.set(report.reservations.len() as i64);
+        g.drift_orders.set(report.orders.len() as i64);
         g.drift_checks.inc();
     }
 

@@ -97,7 +97,8 @@ impl OrderChange {
             (self.state, self.cause) = (Some(state), cause);
         }
         match &o.step {
-            OrderStep::Placed(_) => {}
+            // Recorded in the order's history rows; the row's state does not change.
+            OrderStep::Placed(_) | OrderStep::SurplusPayment { .. } => {}
             OrderStep::PaymentAttached { provider_ref } => self.provider_ref = Some(provider_ref.clone()),
             OrderStep::Pending => {
                 if let Some(Record::Extended { expires_at_ms, .. }) = &o.reservation {
@@ -133,7 +134,7 @@ impl OrderChange {
 fn step_state(step: &OrderStep) -> (Option<&'static str>, Option<&'static str>) {
     let state = match step {
         OrderStep::Placed(_) => OrderState::AwaitingPayment,
-        OrderStep::PaymentAttached { .. } => return (None, None),
+        OrderStep::PaymentAttached { .. } | OrderStep::SurplusPayment { .. } => return (None, None),
         OrderStep::Pending => OrderState::PaymentPending,
         OrderStep::Paid | OrderStep::Rebooked => OrderState::Paid,
         OrderStep::Cancelled(c) => return (Some("cancelled"), Some(c.as_str())),
