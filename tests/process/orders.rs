@@ -195,11 +195,12 @@ async fn client(addr: SocketAddr, cycle: u64, n: u64, acks: Shared) {
     }
 }
 
-/// Opens the killed server's directory offline and checks every acknowledgement against it.
-fn check_offline(dir: &Path, acks: &Acks, cycle: u64) {
+/// Opens the killed server's directory offline and checks every acknowledgement against it. Returns
+/// whether recovery started from a snapshot.
+fn check_offline(dir: &Path, acks: &Acks, cycle: u64) -> bool {
     let config = settings::load(dir).expect("engine settings");
     let storage = FsStorage::new(dir.join("wal")).expect("wal dir");
-    let (durable, _) = Durable::open(Arc::new(storage), config, WalOptions::default())
+    let (durable, opened) = Durable::open(Arc::new(storage), config, WalOptions::default())
         .unwrap_or_else(|e| panic!("cycle {cycle}: recovery after SIGKILL failed: {e}"));
     let engine = durable.engine();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64;
@@ -267,6 +268,7 @@ fn check_offline(dir: &Path, acks: &Acks, cycle: u64) {
     }
     engine.check_consistency().unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
     durable.close().expect("close");
+    opened.snapshot.is_some()
 }
 
 /// What an observer sees of the stock and of every acknowledged order, over HTTP.
@@ -319,9 +321,10 @@ fn sigkill_mid_checkout_loses_no_acknowledged_order_or_payment() {
     let rt = runtime();
     let acks: Shared = Arc::default();
     let cycles = 10u64;
-    let mut paid_cycles = 0;
+    let (mut paid_cycles, mut from_snapshot) = (0, 0);
     for cycle in 0..=cycles {
-        let p = start_with(dir.path(), &["--webhook-secret", SECRET]);
+        // Snapshots often, so that most recoveries start from one and replay only the log after it.
+        let p = start_with(dir.path(), &["--webhook-secret", SECRET, "--snapshot-every-records", "200"]);
         wait_ready(&rt, p.addr);
         if cycle == 0 {
             for s in 0..SKUS {
@@ -355,9 +358,12 @@ fn sigkill_mid_checkout_loses_no_acknowledged_order_or_payment() {
         if acks.orders.values().filter(|o| o.states.iter().any(|s| s == "paid")).count() > paid_before {
             paid_cycles += 1;
         }
-        check_offline(dir.path(), &acks, cycle);
+        if check_offline(dir.path(), &acks, cycle) {
+            from_snapshot += 1;
+        }
     }
     let acks = acks.lock();
+    assert!(from_snapshot >= cycles / 2, "only {from_snapshot} of {cycles} recoveries used a snapshot");
     assert!(paid_cycles >= cycles / 2, "only {paid_cycles} of {cycles} runs acknowledged a payment");
     assert!(acks.orders.len() > 100, "only {} orders acknowledged", acks.orders.len());
     assert!(acks.events.len() > 100, "only {} events acknowledged", acks.events.len());
