@@ -21,6 +21,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+// Parsed once per command run: its size does not matter, and boxing would only clutter the matches.
+#[allow(clippy::large_enum_variant)]
 #[derive(Parser)]
 #[command(name = "holdfast", about = "Tools for a holdfast data directory (DIR: the server's --data-dir)")]
 enum Cli {
