@@ -20,6 +20,8 @@ fn config(shards: usize) -> EngineConfig {
         idempotency_keys_max: 1 << 20,
         ended_retention_ms: 50_000,
         active_per_shard_max: 1 << 20,
+        // Within the TTL range, as the configuration check requires.
+        pending_extension_ms: 20_000,
         ..EngineConfig::default()
     }
 }
