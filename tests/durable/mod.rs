@@ -31,7 +31,14 @@ impl Rng {
 }
 
 fn config(shards: usize) -> EngineConfig {
-    EngineConfig { shards, ttl_ms_min: 1_000, ttl_ms_max: 30_000, ..EngineConfig::default() }
+    // The pending extension within the TTL range, as the configuration check requires.
+    EngineConfig {
+        shards,
+        ttl_ms_min: 1_000,
+        ttl_ms_max: 30_000,
+        pending_extension_ms: 30_000,
+        ..EngineConfig::default()
+    }
 }
 
 fn options() -> WalOptions {

@@ -191,7 +191,7 @@ enum Extend {
     /// At its bound already: no record.
     Unchanged,
     /// Not active (expired before, or forgotten): no record.
-    Gone(ReservationError),
+    Gone,
 }
 
 /// The reference: the saga's rules written out plainly over ordered maps. Reservations are kept
@@ -255,7 +255,7 @@ impl Model {
     fn extend(&mut self, id: ReservationId, ttl_ms: u64, now: u64) -> Extend {
         let (expires, created) = match self.live(id, now) {
             Ok(r) => (r.expires, r.created),
-            Err(e) => return Extend::Gone(e),
+            Err(_) => return Extend::Gone,
         };
         if now >= expires {
             self.end(id, ReservationState::Expired, now);
@@ -354,7 +354,7 @@ impl Model {
                 o.state = OrderState::PaymentPending;
                 moved || has_event
             }
-            Extend::Gone(_) => {
+            Extend::Gone => {
                 self.close(id, OrderState::Cancelled(Cause::Expired), now);
                 false
             }

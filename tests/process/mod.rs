@@ -3,6 +3,8 @@
 //! the same data directory, and after every kill opens the directory itself and checks every printed
 //! operation against what recovery finds.
 
+mod orders;
+
 use holdfast::durable::Durable;
 use holdfast::engine::{EngineConfig, ReservationId, ReservationState};
 use holdfast_wal::storage::FsStorage;
