@@ -155,7 +155,8 @@ pub struct ServeArgs {
     /// How far a webhook signature's time may be from ours, either way.
     #[arg(long, env = "HOLDFAST_WEBHOOK_TOLERANCE", value_parser = duration, default_value = "300s")]
     pub webhook_tolerance: Duration,
-    /// How far each `payment_pending` pushes an order's hold (never past created_at + hold-ms-max).
+    /// How far each `payment_pending` pushes an order's hold (never past created_at + hold-ms-max;
+    /// kept within the TTL range).
     #[arg(long, env = "HOLDFAST_ORDER_PENDING_EXTENSION", value_parser = duration, default_value = "10m")]
     pub order_pending_extension: Duration,
     /// How long payment event ids are remembered (no second effect within it); at least 3 days.
@@ -290,7 +291,9 @@ impl ServeArgs {
             idempotency_window_ms: ms(self.idempotency_window),
             idempotency_keys_max: self.idempotency_keys_max,
             ended_retention_ms: ms(self.ended_retention),
-            pending_extension_ms: ms(self.order_pending_extension),
+            // Within the TTL range (an extension is a TTL): a short --ttl-ms-max bounds it too.
+            pending_extension_ms: ms(self.order_pending_extension)
+                .clamp(self.ttl_ms_min, self.ttl_ms_max.max(self.ttl_ms_min)),
             payment_event_retention_ms: ms(self.payment_event_retention),
             payment_events_max: self.payment_events_max,
             ..EngineConfig::default()

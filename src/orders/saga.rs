@@ -218,7 +218,8 @@ impl Engine {
         let placed = Placed {
             user: req.user.clone(),
             lines: req.lines.clone(),
-            currency: req.currency.clone(),
+            // Lower-case, as providers write it (and as the log's decoder insists).
+            currency: req.currency.to_ascii_lowercase(),
             amount,
             sale: None,
             key: req.key.clone(),
