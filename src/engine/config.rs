@@ -23,7 +23,8 @@ pub struct EngineConfig {
     pub active_per_shard_max: usize,
     /// Orders remembered at once (open ones, and ended ones within `ended_retention_ms`).
     pub orders_max: usize,
-    /// How far each `payment_pending` pushes an order's hold (within `hold_ms_max` of its creation).
+    /// How far each `payment_pending` pushes an order's hold (within `hold_ms_max` of its creation;
+    /// an extension is a TTL, so it is taken within the TTL range).
     pub pending_extension_ms: u64,
     /// How long a payment event's id is remembered: longer than providers retry (3 days).
     pub payment_event_retention_ms: u64,
@@ -92,12 +93,6 @@ impl EngineConfig {
             return fail(format!(
                 "payment event ids must be remembered at least 3 days (providers retry that long), not {} ms",
                 self.payment_event_retention_ms
-            ));
-        }
-        if self.pending_extension_ms < self.ttl_ms_min || self.pending_extension_ms > self.ttl_ms_max {
-            return fail(format!(
-                "pending_extension_ms {} must be within the TTL range {}..={}",
-                self.pending_extension_ms, self.ttl_ms_min, self.ttl_ms_max
             ));
         }
         if self.orders_max == 0 || self.payment_events_max == 0 {

@@ -517,7 +517,8 @@ impl Engine {
     ) -> Result<(), OrderError> {
         let order = book.get(id).expect("the caller found it");
         let (reservation, state) = (order.reservation, order.state);
-        let step_ms = self.config().pending_extension_ms;
+        let c = self.config();
+        let step_ms = c.pending_extension_ms.clamp(c.ttl_ms_min, c.ttl_ms_max);
         let mut wrap = OrderSink { sink: &mut *sink, order: id, intent: Intent::Pending, event, made: None };
         let result = self.extend(reservation, step_ms, now_ms, &mut wrap);
         if let Some(made) = wrap.made.take() {
