@@ -162,6 +162,11 @@ pub struct ServeArgs {
     /// How long payment event ids are remembered (no second effect within it); at least 3 days.
     #[arg(long, env = "HOLDFAST_PAYMENT_EVENT_RETENTION", value_parser = duration, default_value = "7days")]
     pub payment_event_retention: Duration,
+    /// Orders held at once: open ones, and ended ones for as long as payment event ids are kept
+    /// (a late payment must find its order). About 1.5 KB each in memory; beyond it new orders get
+    /// 503 until old ones age out.
+    #[arg(long, env = "HOLDFAST_ORDERS_MAX", default_value_t = 2_000_000)]
+    pub orders_max: usize,
     /// Payment event ids remembered at once (64 bytes each); webhooks beyond it get 503.
     #[arg(long, env = "HOLDFAST_PAYMENT_EVENTS_MAX", default_value_t = 4_000_000)]
     pub payment_events_max: usize,
@@ -296,6 +301,7 @@ impl ServeArgs {
                 .clamp(self.ttl_ms_min, self.ttl_ms_max.max(self.ttl_ms_min)),
             payment_event_retention_ms: ms(self.payment_event_retention),
             payment_events_max: self.payment_events_max,
+            orders_max: self.orders_max,
             ..EngineConfig::default()
         };
         if self.shards > 0 {
