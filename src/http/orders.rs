@@ -142,7 +142,9 @@ fn order_error(e: &Refused<OrderError>, skus: &[&str]) -> Problem {
         OrderError::AmountTooLarge => {
             Problem::invalid(format!("the order's amount is above {AMOUNT_MAX} (minor units)"))
         }
-        OrderError::BookFull => Problem::overloaded("too many orders held; retry shortly"),
+        OrderError::BookFull => Problem::overloaded(
+            "too many orders held (--orders-max): new orders are refused until ended ones age out",
+        ),
         OrderError::EventsFull => Problem::overloaded("too many payment events remembered; retry later"),
         OrderError::LogRefused => unreachable!("the durable layer reports log refusals as Refused::Log"),
     }

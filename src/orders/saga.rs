@@ -299,6 +299,9 @@ impl Engine {
             if !succeeded || event.is_none() {
                 return Ok(Effect::Ignored);
             }
+            if book.events_remembered() >= self.config().payment_events_max {
+                return Err(OrderError::EventsFull);
+            }
             // Money taken through a payment the order does not own: never dropped silently.
             let step = OrderStep::SurplusPayment {
                 provider_ref: payment.provider_ref.to_owned(),
