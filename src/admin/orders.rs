@@ -4,7 +4,7 @@
 
 use super::describe::time;
 use super::{settings, storage, OrdersListArgs, Out};
-use crate::orders::{Order, OrderState};
+use crate::orders::Order;
 use holdfast_wal::Lsn;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -31,13 +31,6 @@ fn wanted(filter: Option<&str>, o: &Order) -> bool {
     }
 }
 
-fn cause(o: &Order) -> Option<&'static str> {
-    match o.state {
-        OrderState::Cancelled(c) => Some(c.as_str()),
-        _ => None,
-    }
-}
-
 fn order_json(o: &Order) -> Value {
     let items: Vec<Value> = (o.placed.lines.iter())
         .map(|l| json!({"sku": l.sku.as_str(), "qty": l.qty, "unit_price": l.unit_price}))
@@ -45,7 +38,7 @@ fn order_json(o: &Order) -> Value {
     json!({
         "id": o.id.to_string(),
         "state": o.state.as_str(),
-        "cause": cause(o),
+        "cause": o.state.cause(),
         "amount": o.placed.amount,
         "currency": o.placed.currency,
         "provider_ref": o.provider_ref,
@@ -89,7 +82,7 @@ pub(super) fn list(args: &OrdersListArgs, out: &mut Out<'_>) -> anyhow::Result<(
             "{:<21} {:<16} {:<14} {:>12} {:<4} {:<28} {:<20} {:<24} {}",
             o.id.to_string(),
             o.state.as_str(),
-            dash(cause(o)),
+            dash(o.state.cause()),
             o.placed.amount,
             o.placed.currency,
             dash(o.provider_ref.as_deref()),

@@ -84,10 +84,7 @@ fn order_out(o: &Order) -> OrderOut {
     OrderOut {
         id: o.id.to_string(),
         state: o.state.as_str(),
-        cause: match o.state {
-            OrderState::Cancelled(c) => Some(c.as_str()),
-            _ => None,
-        },
+        cause: o.state.cause(),
         reservation_id: o.reservation.to_string(),
         user_id: o.placed.user.to_string(),
         sale_id: o.placed.sale.as_ref().map(|s| s.to_string()),

@@ -77,6 +77,14 @@ impl OrderState {
         }
     }
 
+    /// Why it was cancelled, as the API and the tools show it (`None` unless cancelled).
+    pub fn cause(self) -> Option<&'static str> {
+        match self {
+            OrderState::Cancelled(c) => Some(c.as_str()),
+            _ => None,
+        }
+    }
+
     /// Waiting for a payment's outcome: the server drives it to an end by `pay_by`.
     pub fn is_open(self) -> bool {
         matches!(self, OrderState::AwaitingPayment | OrderState::PaymentPending)

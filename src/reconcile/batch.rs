@@ -144,14 +144,6 @@ fn step_state(step: &OrderStep) -> (Option<&'static str>, Option<&'static str>) 
     (Some(state.as_str()), None)
 }
 
-/// The cause an order's row shows: set while it is cancelled, as the API shows it.
-fn cause_of(state: OrderState) -> Option<&'static str> {
-    match state {
-        OrderState::Cancelled(c) => Some(c.as_str()),
-        _ => None,
-    }
-}
-
 /// An order's lines as the `items` column holds them.
 fn items_json(lines: &[crate::orders::OrderLine]) -> String {
     let lines: Vec<_> = (lines.iter())
@@ -745,7 +737,7 @@ async fn write_order(tx: &Transaction<'_>, o: &Order, l: i64) -> anyhow::Result<
         &[
             &o.id.to_string(),
             &o.state.as_str(),
-            &cause_of(o.state),
+            &o.state.cause(),
             &o.reservation.to_string(),
             &o.placed.user.as_str(),
             &o.placed.sale.as_ref().map(|s| s.as_str()),
