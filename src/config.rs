@@ -55,6 +55,16 @@ pub struct ServeArgs {
     /// Requests handled at once at most; beyond it requests get 503 overloaded with Retry-After.
     #[arg(long, env = "HOLDFAST_IN_FLIGHT_MAX", default_value_t = 8_192)]
     pub in_flight_max: usize,
+    /// Of those, waiting-room joins and polls at most (the crowd): beyond it they get a fast 503
+    /// overloaded with Retry-After, so the crowd can never take the places of shoppers who are
+    /// buying (reserve, commit, orders), who get the rest of --in-flight-max.
+    #[arg(long, env = "HOLDFAST_CROWD_IN_FLIGHT_MAX", default_value_t = 512)]
+    pub crowd_in_flight_max: usize,
+    /// Shed the crowd (joins and polls: 503 with Retry-After) while the server's scheduling runs
+    /// this late: a ready request waiting this long for a thread means the server is behind, and
+    /// buyers come first.
+    #[arg(long, env = "HOLDFAST_CROWD_SHED_LAG", value_parser = duration, default_value = "10ms")]
+    pub crowd_shed_lag: Duration,
     /// Largest request body, in bytes (413 beyond it, also for chunked bodies).
     #[arg(long, env = "HOLDFAST_BODY_BYTES_MAX", default_value_t = 64 * 1024)]
     pub body_bytes_max: usize,
@@ -105,6 +115,12 @@ pub struct ServeArgs {
     /// How often expired reservations are returned to stock (they return within one tick).
     #[arg(long, env = "HOLDFAST_EXPIRY_TICK", value_parser = duration, default_value = "25ms")]
     pub expiry_tick: Duration,
+
+    /// How long past its deadline a hold stays, so that a commit (or release, extend) that arrived
+    /// before the deadline but waited in the server is judged at its arrival. Expired units return
+    /// within this plus one expiry tick (25 ms + 50 ms by default: under 100 ms).
+    #[arg(long, env = "HOLDFAST_COMMIT_GRACE", value_parser = duration, default_value = "50ms")]
+    pub commit_grace: Duration,
 
     /// Bytes per log segment file.
     #[arg(long, env = "HOLDFAST_SEGMENT_BYTES", default_value_t = 64 << 20)]
@@ -259,12 +275,19 @@ impl ServeArgs {
         let counts = [
             ("connections-max", self.connections_max as u64),
             ("in-flight-max", self.in_flight_max as u64),
+            ("crowd-in-flight-max", self.crowd_in_flight_max as u64),
             ("body-bytes-max", self.body_bytes_max as u64),
             ("headers-max", self.headers_max as u64),
             ("body-bytes-per-s-min", self.body_bytes_per_s_min),
         ];
         if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(format!("{name} must be above zero"));
+        }
+        if self.crowd_in_flight_max >= self.in_flight_max {
+            return Err(format!(
+                "crowd-in-flight-max ({}) must be below in-flight-max ({}): the rest is kept for buyers",
+                self.crowd_in_flight_max, self.in_flight_max
+            ));
         }
         if self.header_bytes_max < HEADER_BYTES_MIN {
             return Err(format!(
@@ -302,6 +325,7 @@ impl ServeArgs {
             payment_event_retention_ms: ms(self.payment_event_retention),
             payment_events_max: self.payment_events_max,
             orders_max: self.orders_max,
+            commit_grace_ms: ms(self.commit_grace),
             ..EngineConfig::default()
         };
         if self.shards > 0 {
@@ -338,6 +362,8 @@ impl ServeArgs {
             http: HttpConfig {
                 connections_max: self.connections_max,
                 in_flight_max: self.in_flight_max,
+                crowd_in_flight_max: self.crowd_in_flight_max,
+                crowd_shed_lag: self.crowd_shed_lag,
                 body_bytes_max: self.body_bytes_max,
                 header_bytes_max: self.header_bytes_max,
                 headers_max: self.headers_max,

@@ -68,6 +68,44 @@ fn commit_racing_expiry_ends_the_reservation_once() {
     });
 }
 
+/// A commit that arrived before the deadline and is decided within the grace, racing the tick that
+/// runs at the same moment: in every interleaving the commit wins and the tick finds nothing. One
+/// that waited past the grace is judged then: expired, by whichever of the two comes first.
+#[test]
+fn a_commit_waiting_within_the_grace_always_beats_the_tick() {
+    const GRACE: u64 = 50;
+    for waited in [GRACE, GRACE + 1] {
+        loom::model(move || {
+            let config = EngineConfig {
+                shards: 1,
+                idempotency_keys_max: 1,
+                commit_grace_ms: GRACE,
+                ..EngineConfig::default()
+            };
+            let e = Arc::new(Engine::new(config).expect("config"));
+            e.set_stock(&SkuId::new("a").expect("valid"), 1, T0, &mut ()).expect("stock");
+            let id = e.reserve(&one_unit(), T0, &mut ()).expect("reserve").id;
+            let deadline = T0 + TTL;
+            let now = deadline - 1 + waited;
+            let expirer = {
+                let e = e.clone();
+                thread::spawn(move || e.expire_due(now, &mut ()))
+            };
+            let committed = e.commit(id, e.judged_at(deadline - 1, now), &mut ());
+            let expired = expirer.join().expect("no panic");
+            if waited <= GRACE {
+                assert_eq!(committed, Ok(()));
+                assert!(expired.is_empty());
+                assert_eq!(stock(&e), (0, 0, 1));
+            } else {
+                assert_eq!(committed, Err(ReservationError::Expired));
+                assert!(expired.len() <= 1);
+                assert_eq!(stock(&e), (1, 0, 0));
+            }
+        });
+    }
+}
+
 #[test]
 fn release_racing_commit_has_one_winner() {
     loom::model(|| {

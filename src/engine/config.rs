@@ -31,7 +31,16 @@ pub struct EngineConfig {
     /// Payment event ids remembered at once (`orders::book::EVENT_BYTES` each); webhooks beyond it
     /// are answered 503 so that the provider retries later, never applied without being remembered.
     pub payment_events_max: usize,
+    /// How long past its deadline a hold stays unswept, so that a commit, release or extend that
+    /// arrived before the deadline but is decided after it (it waited in the server) is judged at
+    /// its arrival: see [`Engine::judged_at`](super::Engine::judged_at). Units of an expired hold
+    /// return within this plus one expiry tick.
+    pub commit_grace_ms: u64,
 }
+
+/// The server's default grace: with the default 25 ms expiry tick, units still return within 100 ms of the
+/// deadline, as the contract says, while a commit may wait 50 ms in the server and still count.
+pub const COMMIT_GRACE_MS: u64 = 50;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -49,6 +58,9 @@ impl Default for EngineConfig {
             pending_extension_ms: 10 * 60 * 1000,
             payment_event_retention_ms: 7 * 24 * 60 * 60 * 1000,
             payment_events_max: 4_000_000,
+            // None in the library: its callers pass the times they mean. The server's flag
+            // (`--commit-grace`) defaults to COMMIT_GRACE_MS.
+            commit_grace_ms: 0,
         }
     }
 }
@@ -93,6 +105,12 @@ impl EngineConfig {
             return fail(format!(
                 "payment event ids must be remembered at least 3 days (providers retry that long), not {} ms",
                 self.payment_event_retention_ms
+            ));
+        }
+        if self.commit_grace_ms > self.ttl_ms_min {
+            return fail(format!(
+                "the commit grace {} ms must not exceed the shortest TTL {} ms",
+                self.commit_grace_ms, self.ttl_ms_min
             ));
         }
         if self.orders_max == 0 || self.payment_events_max == 0 {

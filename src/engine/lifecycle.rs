@@ -2,6 +2,11 @@
 //!
 //! A reservation past its deadline is expired by whichever call meets it first — the expiry tick, or a
 //! commit, release or extend that arrives late — so no call can act on a hold that has run out.
+//!
+//! On time is judged when a request arrived, not when it is decided: a commit that arrived before the
+//! deadline and waited in the server commits. The tick leaves a hold `commit_grace_ms` past its
+//! deadline, and a late decision is judged at its arrival but never earlier than that grace before
+//! now, so the two can never disagree: whichever the log holds first is what happened.
 
 use super::shard::{Line, Locked};
 use super::{Engine, Record, RecordSink, ReservationError, ReservationId, ReservationState};
@@ -76,22 +81,32 @@ impl Engine {
         Ok(expires_at_ms)
     }
 
-    /// Expires every active reservation whose deadline is at or before `now_ms`, returning their ids,
-    /// and forgets ended reservations past retention. Costs in proportion to what is due.
+    /// The time a call that arrived at `arrived_ms` and is decided at `now_ms` is judged at: its
+    /// arrival, but never more than `commit_grace_ms` before now (a request that waited longer, or
+    /// whose body trickled in, is judged then). The expiry tick sweeps only holds whose deadline is
+    /// that grace behind it, so a hold judged on time here has not been swept.
+    pub fn judged_at(&self, arrived_ms: u64, now_ms: u64) -> u64 {
+        arrived_ms.clamp(now_ms.saturating_sub(self.config.commit_grace_ms), now_ms)
+    }
+
+    /// Expires every active reservation whose deadline is at least `commit_grace_ms` before `now_ms`
+    /// (its record says the time it was due by, `now_ms` less the grace), returning their ids, and
+    /// forgets ended reservations past retention. Costs in proportion to what is due.
     pub fn expire_due(&self, now_ms: u64, sink: &mut impl RecordSink) -> Vec<ReservationId> {
         let mut expired = Vec::new();
+        let due_ms = now_ms.saturating_sub(self.config.commit_grace_ms);
         for shard in self.shards.iter() {
             loop {
                 let due = {
                     let mut shard = shard.lock();
                     shard.forget_ended(now_ms, self.config.ended_retention_ms);
-                    shard.pop_due(now_ms, EXPIRE_BATCH)
+                    shard.pop_due(due_ms, EXPIRE_BATCH)
                 };
                 if due.is_empty() {
                     break;
                 }
                 for (i, &(_, id)) in due.iter().enumerate() {
-                    match self.finish(id, now_ms, Ending::Expire, sink) {
+                    match self.finish(id, due_ms, Ending::Expire, sink) {
                         Ok(Finished::Now) => expired.push(id),
                         Err(ReservationError::LogRefused) => {
                             // Not expired: put the deadlines back for the next tick.

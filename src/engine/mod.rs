@@ -21,7 +21,7 @@ mod state;
 mod stock;
 mod types;
 
-pub use config::{ConfigError, EngineConfig};
+pub use config::{ConfigError, EngineConfig, COMMIT_GRACE_MS};
 pub use ids::{IdText, IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId};
 pub use queue::{
     Joined, QueueError, QueueOrder, QueueState, QueueView, RoomConfig, RoomState, RoomTick, RoomView,

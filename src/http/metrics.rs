@@ -32,6 +32,11 @@ pub struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: &'static str,
 }
@@ -115,7 +120,12 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Idle connections closed to make room for a new one at the connection cap.
     pub connections_evicted: Counter,
-    pub shed: Counter,
+    /// By [`Class`](super::Class): requests refused with 503 `overloaded`, and the time from a
+    /// request's head being read to its handling (its body, then a free place).
+    pub shed: [Counter; 2],
+    pub queued: [Histogram; 2],
+    /// How late the server's scheduling runs (`http::watch_lag`); the crowd is shed above its bound.
+    pub lag_seconds: Gauge<f64, AtomicU64>,
     pub wal: Arc<WalMetrics>,
     live_reservations: Gauge,
     appended_lsn: Gauge,
@@ -201,7 +211,9 @@ impl Metrics {
             connections: Gauge::default(),
             connections_refused: Counter::default(),
             connections_evicted: Counter::default(),
-            shed: Counter::default(),
+            shed: Default::default(),
+            queued: [latency_histogram(), latency_histogram()],
+            lag_seconds: Gauge::default(),
             wal,
             live_reservations: Gauge::default(),
             appended_lsn: Gauge::default(),
@@ -268,10 +280,29 @@ impl Metrics {
             "Idle connections closed to make room for a new one at connections_max",
             m.connections_evicted.clone(),
         );
+        let shed: Family<ClassLabels, Counter> = Family::default();
+        let queued: Family<ClassLabels, Histogram> =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        for class in super::Class::ALL {
+            let labels = ClassLabels { class: class.label() };
+            m.shed[class as usize] = shed.get_or_create(&labels).clone();
+            m.queued[class as usize] = queued.get_or_create(&labels).clone();
+        }
         r.register(
             "requests_shed",
-            "Requests refused with 503 overloaded: in_flight_max reached",
-            m.shed.clone(),
+            "Requests refused with 503 overloaded, by class: in_flight_max reached, or for the crowd \
+             (waiting-room joins and polls) crowd_in_flight_max",
+            shed,
+        );
+        r.register(
+            "scheduling_lag_seconds",
+            "How late the server runs a ready task now: how long an arrived request waits for a thread",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "request_queue_seconds",
+            "Time from a request's head being read to its handling (its body, then a free place), by class",
+            queued,
         );
         r.register("live_reservations", "Active reservations", m.live_reservations.clone());
         r.register(

@@ -27,7 +27,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use metrics::Metrics;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -41,6 +41,12 @@ pub struct HttpConfig {
     pub connections_max: usize,
     /// Requests being handled at once; beyond it requests get `503 overloaded` with `Retry-After`.
     pub in_flight_max: usize,
+    /// Of those, the crowd's (waiting-room joins and polls); beyond it the crowd is shed, so that
+    /// it never takes the places of shoppers who are buying.
+    pub crowd_in_flight_max: usize,
+    /// How late the server's own scheduling may run (how long a request that has arrived waits for
+    /// a thread) before the crowd is shed: past it, the server is behind, and buyers come first.
+    pub crowd_shed_lag: Duration,
     /// Request body bytes, by `Content-Length` or as chunks arrive (413 beyond it).
     pub body_bytes_max: usize,
     /// Request line and headers, in bytes (431 beyond it), and how many header fields.
@@ -79,6 +85,8 @@ impl Default for HttpConfig {
         Self {
             connections_max: 16_384,
             in_flight_max: 8_192,
+            crowd_in_flight_max: 512,
+            crowd_shed_lag: Duration::from_millis(10),
             body_bytes_max: 64 * 1024,
             header_bytes_max: 16 * 1024,
             headers_max: 64,
@@ -102,6 +110,9 @@ pub struct App {
     /// Signs waiting-room tickets and admissions with the data directory's key; set with `durable`.
     signer: OnceLock<crate::waitroom::Signer>,
     in_flight: AtomicUsize,
+    crowd_in_flight: AtomicUsize,
+    /// How late the scheduler runs now, in µs (see [`watch_lag`]).
+    lag_us: AtomicU64,
     /// Set when shutdown begins (signal, or a fatal log error); `/readyz` turns 503 at once.
     stopping: AtomicBool,
 }
@@ -115,6 +126,8 @@ impl App {
             durable: OnceLock::new(),
             signer: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
+            crowd_in_flight: AtomicUsize::new(0),
+            lag_us: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         })
     }
@@ -144,11 +157,25 @@ impl App {
             && !self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Counts a request in, or refuses it when `in_flight_max` are already in progress.
-    fn enter(&self) -> Option<InFlight<'_>> {
+    /// Counts a request in, or refuses it when `in_flight_max` are already in progress, or, for the
+    /// crowd, `crowd_in_flight_max` of the crowd's.
+    fn enter(&self, class: Class) -> Option<InFlight<'_>> {
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(self);
-        (before < self.config.in_flight_max).then_some(guard)
+        let crowd_before = match class {
+            Class::Crowd => self.crowd_in_flight.fetch_add(1, Ordering::Relaxed),
+            Class::Buyer => 0,
+        };
+        let guard = InFlight(self, class);
+        let room = before < self.config.in_flight_max
+            && (class == Class::Buyer
+                || (crowd_before < self.config.crowd_in_flight_max
+                    && self.lag() <= self.config.crowd_shed_lag));
+        room.then_some(guard)
+    }
+
+    /// How late the server's scheduling runs now: how long a ready request waits for a thread.
+    pub fn lag(&self) -> Duration {
+        Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
     }
 }
 
@@ -165,12 +192,37 @@ impl crate::orders::fallback::Counter for App {
     }
 }
 
+/// What a request is for, which decides who gives way when the server is behind. The crowd —
+/// waiting-room joins and polls, a hundred thousand people at once — is bounded apart and shed fast
+/// (503 `overloaded` with `Retry-After`: a join loses no place it had, a poll keeps its ticket), so it
+/// can never take the places of buyers: reserves, commits, orders and everything a checkout service
+/// or an operator calls. The profile this comes from is in ARCHITECTURE.md ("Under a storm").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Buyer = 0,
+    Crowd = 1,
+}
+
+impl Class {
+    pub const ALL: [Class; 2] = [Class::Buyer, Class::Crowd];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Buyer => "buyer",
+            Class::Crowd => "crowd",
+        }
+    }
+}
+
 /// One request in progress; counted out when dropped.
-struct InFlight<'a>(&'a App);
+struct InFlight<'a>(&'a App, Class);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.1 == Class::Crowd {
+            self.0.crowd_in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -198,6 +250,28 @@ impl Slot {
 /// a close: microseconds, unless a request began on it just as it was picked).
 const EVICTION_WAIT: Duration = Duration::from_millis(500);
 
+/// How often the scheduler's lateness is sampled.
+const LAG_SAMPLE: Duration = Duration::from_millis(5);
+
+/// Measures how late the runtime runs a task that is ready: a timer of [`LAG_SAMPLE`] wakes this task,
+/// which then waits in the same queues as every request that has arrived; how much later than asked it
+/// runs is that wait. The figure rises at once and falls over a few samples, so one quiet sample in a
+/// storm does not let the crowd back in. It is the server's one honest view of the queue before a
+/// request is parsed, where priority by class cannot reach.
+async fn watch_lag(app: Arc<App>) {
+    loop {
+        let asked = std::time::Instant::now();
+        tokio::time::sleep(LAG_SAMPLE).await;
+        // The timer's own granularity (1 ms) is not lateness.
+        let late = asked.elapsed().saturating_sub(LAG_SAMPLE + Duration::from_millis(1));
+        let late = late.as_micros() as u64;
+        let before = app.lag_us.load(Ordering::Relaxed);
+        let now = if late >= before { late } else { (before * 3 + late) / 4 };
+        app.lag_us.store(now, Ordering::Relaxed);
+        app.metrics.lag_seconds.set(now as f64 / 1e6);
+    }
+}
+
 /// Serves `listener` until `shutdown` completes, then stops accepting, lets requests in progress finish
 /// (up to `drain_timeout`) and returns. Syncing the log is the caller's last step.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
@@ -211,6 +285,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(app.config.connections_max));
     let registry = Arc::new(conn::Registry::default());
+    let lag = tokio::spawn(watch_lag(app.clone()));
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -275,6 +350,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         });
     }
     drop(listener);
+    lag.abort();
     app.set_stopping();
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),

@@ -101,6 +101,14 @@ impl Route {
         }
     }
 
+    /// Who gives way when the server is behind: see [`Class`](super::Class).
+    pub fn class(self) -> super::Class {
+        match self {
+            Route::JoinQueue | Route::PollQueue => super::Class::Crowd,
+            _ => super::Class::Buyer,
+        }
+    }
+
     /// The method and the path template, split from the label.
     pub fn template(self) -> (&'static str, &'static str) {
         self.label().split_once(' ').expect("a label is `METHOD path`")
@@ -211,6 +219,8 @@ static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-rep
 /// Answers one request. Never fails and never panics outward: every path ends in a response.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
     let started = Instant::now();
+    // When the request arrived (its head read): what a commit is judged on time by.
+    let arrived_ms = app.clock.now_ms();
     // The caller's X-Request-Id when it sends a usable one (so its traces and ours meet), else ours.
     let request_id = req
         .headers()
@@ -224,7 +234,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
         Err(problem) => problem.response(),
         Ok((route, param)) => {
             let param = param.to_owned();
-            let dispatched = AssertUnwindSafe(dispatch(&app, route, param, req)).catch_unwind().await;
+            let arrival = Arrival { ms: arrived_ms, at: started };
+            let dispatched =
+                AssertUnwindSafe(dispatch(&app, route, param, req, arrival)).catch_unwind().await;
             match dispatched {
                 Ok(Ok(response)) => response,
                 Ok(Err(problem)) => problem.response(),
@@ -252,11 +264,20 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
     response
 }
 
+/// When a request's head was read, on the server's clock (for judging deadlines) and the monotonic
+/// one (for the queueing metric).
+#[derive(Clone, Copy)]
+struct Arrival {
+    ms: u64,
+    at: Instant,
+}
+
 async fn dispatch(
     app: &Arc<App>,
     route: Route,
     param: String,
     req: Request<Incoming>,
+    arrival: Arrival,
 ) -> Result<Reply, Problem> {
     match route {
         Route::Healthz => return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
@@ -269,15 +290,26 @@ async fn dispatch(
     // hold their connections (bounded, and cut below a minimum rate) but never the in-flight slots
     // that requests ready to be decided need.
     let req = body::collect(&app.config, req).await?;
-    // Health and metrics stay answerable under overload; the API sheds.
-    let Some(_in_flight) = app.enter() else {
-        app.metrics.shed.inc();
-        return Err(Problem::overloaded("too many requests in progress; retry shortly"));
+    // Health and metrics stay answerable under overload; the API sheds, the crowd first.
+    let class = route.class();
+    let Some(_in_flight) = app.enter(class) else {
+        app.metrics.shed[class as usize].inc();
+        return Err(match class {
+            super::Class::Crowd => Problem::overloaded(
+                "the waiting room is busy: retry after the Retry-After seconds (a ticket stays valid; \
+                 joining again keeps the place already taken)",
+            ),
+            super::Class::Buyer => Problem::overloaded("too many requests in progress; retry shortly"),
+        });
     };
+    app.metrics.queued[class as usize].observe(arrival.at.elapsed().as_secs_f64());
     let d = app.durable().ok_or_else(|| {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "recovering; not ready yet")
     })?;
-    let h = Handler { app, d, now_ms: app.clock.now_ms() };
+    let now_ms = app.clock.now_ms();
+    // A decision on a deadline is judged at the request's arrival, within the engine's grace.
+    let judged_ms = d.engine().judged_at(arrival.ms, now_ms);
+    let h = Handler { app, d, now_ms, judged_ms };
     match route {
         Route::PutSku => h.put_sku(&param, req).await,
         Route::GetSku => h.get_sku(&param).await,
@@ -337,6 +369,9 @@ pub(super) struct Handler<'a> {
     pub(super) app: &'a App,
     pub(super) d: &'a Durable,
     pub(super) now_ms: u64,
+    /// The time a commit, release or extend is judged at: its arrival, within the commit grace
+    /// (`Engine::judged_at`), so that waiting in the server never costs a hold.
+    pub(super) judged_ms: u64,
 }
 
 impl Handler<'_> {
@@ -496,8 +531,8 @@ impl Handler<'_> {
         let op = if route == Route::Commit { "commit" } else { "release" };
         self.counted(op, self.not_an_order(id))?;
         let (op, result) = match route {
-            Route::Commit => ("commit", self.d.commit(id, self.now_ms)),
-            _ => ("release", self.d.release(id, self.now_ms)),
+            Route::Commit => ("commit", self.d.commit(id, self.judged_ms)),
+            _ => ("release", self.d.release(id, self.judged_ms)),
         };
         let logged = self.counted(op, result.map_err(|e| error::reservation_error(&e)))?;
         // Read before the wait: the state is terminal now, and after the wait it may be forgotten.
@@ -511,7 +546,7 @@ impl Handler<'_> {
         unkeyed(&req, "each extend sets the deadline anew from now; a repeat sets it again")?;
         let body: dto::Extend = self.body(&req)?;
         self.counted("extend", self.not_an_order(id))?;
-        let result = self.d.extend(id, body.ttl_ms, self.now_ms).map_err(|e| error::reservation_error(&e));
+        let result = self.d.extend(id, body.ttl_ms, self.judged_ms).map_err(|e| error::reservation_error(&e));
         let logged = self.counted("extend", result)?;
         // The answer is the state as of this extend's own record: a commit, release or extend that
         // came after it (and that this sync may not cover) is not this request's to report.

@@ -1,4 +1,5 @@
 mod concurrency;
+mod late_commit;
 mod model;
 mod orders;
 mod orders_model;

@@ -276,7 +276,7 @@ fn a_full_server_sheds_with_503_overloaded_and_retry_after() {
     let r = s.put("/v1/skus/tee", r#"{"on_hand": 1}"#);
     assert_eq!((r.status, r.code().as_str(), r.header("retry-after")), (503, "overloaded", Some("1")));
     assert_eq!(s.get("/healthz").status, 200, "health is never shed");
-    assert_eq!(s.metric("holdfast_requests_shed_total"), 1.0);
+    assert_eq!(s.metric("holdfast_requests_shed_total{class=\"buyer\"}"), 1.0);
 }
 
 /// An extend racing a commit of the same reservation: an extend that succeeded answers the state its

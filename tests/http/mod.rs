@@ -9,4 +9,5 @@ mod orders;
 mod orders_bad_input;
 pub mod process;
 mod slow;
+mod storm;
 mod waitroom;
