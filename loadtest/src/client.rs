@@ -15,6 +15,12 @@ use tokio::sync::oneshot;
 pub struct Reply {
     pub status: u16,
     pub body: Bytes,
+    /// Wall-clock time (Unix ms) the request was handed to its connection, and the monotonic time
+    /// its reply arrived there: the shopper's own scheduling after that is not the server's doing.
+    pub sent_unix_ms: u64,
+    pub received: std::time::Instant,
+    /// A 503's `Retry-After`, in seconds.
+    pub retry_after_s: Option<u64>,
 }
 
 struct Job {
@@ -31,6 +37,8 @@ struct Job {
 pub struct Client {
     jobs: async_channel::Sender<Job>,
     timeout: Duration,
+    /// The runtime of a client that has a thread of its own ([`Client::on_own_thread`]).
+    own: Option<tokio::runtime::Handle>,
 }
 
 impl Client {
@@ -41,7 +49,45 @@ impl Client {
         for _ in 0..connections {
             tokio::spawn(worker(addr, queue.clone(), timeout));
         }
-        Client { jobs, timeout }
+        Client { jobs, timeout, own: None }
+    }
+
+    /// A client whose connections, timers and sends run on a thread of their own, as a shopper's
+    /// requests run on their own device: the drill's other work (a hundred thousand waiting
+    /// shoppers) cannot delay them, so what they measure is the server.
+    pub fn on_own_thread(addr: SocketAddr, connections: usize, timeout: Duration) -> std::io::Result<Client> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("drill-buyers".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        let (jobs, queue) = async_channel::unbounded::<Job>();
+        for _ in 0..connections {
+            handle.spawn(worker(addr, queue.clone(), timeout));
+        }
+        Ok(Client { jobs, timeout, own: Some(handle) })
+    }
+
+    /// A keyed call sent at `at` (at once if that has passed). On a client with its own thread the
+    /// wait and the send happen there; the caller only collects the reply.
+    pub async fn call_at(
+        &self,
+        at: std::time::Instant,
+        method: hyper::Method,
+        path: String,
+        body: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<Reply, String> {
+        let Some(own) = &self.own else {
+            tokio::time::sleep_until(at.into()).await;
+            return self.call_keyed(method, path, body, idempotency_key).await;
+        };
+        let client = self.clone();
+        let call = async move {
+            tokio::time::sleep_until(at.into()).await;
+            client.call_keyed(method, path, body, idempotency_key).await
+        };
+        own.spawn(call).await.map_err(|e| format!("the client's thread: {e}"))?
     }
 
     pub async fn call(
@@ -112,6 +158,11 @@ async fn connect(addr: SocketAddr) -> Result<Sender, String> {
 async fn worker(addr: SocketAddr, queue: async_channel::Receiver<Job>, timeout: Duration) {
     let mut sender: Option<Sender> = None;
     while let Ok(job) = queue.recv().await {
+        // Its caller gave up (timed out waiting for a connection): a shopper who walked away sends
+        // nothing, so neither does the drill — a join sent now would hold a place nobody polls.
+        if job.reply.is_closed() {
+            continue;
+        }
         let mut attempts = 0;
         let conn = loop {
             let usable = match &mut sender {
@@ -155,8 +206,14 @@ async fn send(conn: &mut Sender, job: &Job) -> Result<Reply, String> {
     }
     let request =
         request.body(Full::new(job.body.clone().unwrap_or_default())).map_err(|e| format!("request: {e}"))?;
+    let sent_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let response = conn.send_request(request).await.map_err(|e| format!("send: {e}"))?;
     let status = response.status().as_u16();
+    let retry_after_s =
+        response.headers().get(hyper::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.trim().parse().ok());
     let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
-    Ok(Reply { status, body })
+    let received = std::time::Instant::now();
+    Ok(Reply { status, body, sent_unix_ms, received, retry_after_s })
 }

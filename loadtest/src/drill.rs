@@ -15,6 +15,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const ROUTES: [&str; 5] = ["join", "poll", "reserve", "commit", "release"];
 
+/// Who a request is from: admitted shoppers buying (reserve, commit, release) or the crowd waiting
+/// (join, poll). Each has its own connections, as each shopper has their own in production: a buyer
+/// never waits in the drill behind a stranger's poll, so the server is where the two meet.
+pub const CLASSES: [&str; 2] = ["buyers", "crowd"];
+
+pub fn class_of(route: usize) -> usize {
+    usize::from(route <= 1)
+}
+
 /// How a shopper's visit ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,6 +91,10 @@ pub struct Shopper {
     pub bought_units: u64,
     /// A greedy shopper's attempt past the limit, refused as it must be (`Some(true)`) or not.
     pub limit_refused: Option<bool>,
+    /// Commits sent before their hold's deadline and refused 410 anyway: the hold ran out while the
+    /// commit was on its way or waiting in the server. Each is (reservation, ms the commit was sent
+    /// before the deadline).
+    pub expired_in_flight: Vec<(String, u64)>,
     pub errors: Vec<String>,
 }
 
@@ -90,7 +103,14 @@ pub struct Shopper {
 pub struct Second {
     pub requests: [u64; ROUTES.len()],
     pub errors: u64,
+    /// Crowd requests the server shed (503 overloaded: the shopper retries after Retry-After), and
+    /// crowd requests that got no answer in time (retried).
+    pub shed: u64,
+    pub unanswered_crowd: u64,
+    /// Commits refused 410 though sent before their hold's deadline (see `Shopper::expired_in_flight`).
+    pub expired_in_flight: u64,
     pub latency: Option<Histogram<u64>>,
+    pub class_latency: [Option<Histogram<u64>>; CLASSES.len()],
     pub arrived: u64,
     pub waiting: u64,
     pub admitted: u64,
@@ -99,6 +119,9 @@ pub struct Second {
 
 pub struct Stats {
     pub latency: Vec<Mutex<Histogram<u64>>>,
+    pub class_latency: [Mutex<Histogram<u64>>; CLASSES.len()],
+    pub shed: AtomicU64,
+    pub unanswered_crowd: AtomicU64,
     pub statuses: Mutex<BTreeMap<(&'static str, u16), u64>>,
     pub timeline: Mutex<Vec<Second>>,
     pub arrived: AtomicU64,
@@ -117,6 +140,9 @@ impl Stats {
     fn new() -> Self {
         Stats {
             latency: ROUTES.iter().map(|_| Mutex::new(histogram())).collect(),
+            class_latency: [Mutex::new(histogram()), Mutex::new(histogram())],
+            shed: AtomicU64::new(0),
+            unanswered_crowd: AtomicU64::new(0),
             statuses: Mutex::default(),
             timeline: Mutex::default(),
             arrived: AtomicU64::new(0),
@@ -131,8 +157,10 @@ impl Stats {
         at.saturating_duration_since(start).as_secs() as usize
     }
 
-    fn record(&self, route: usize, intended: Instant, start: Instant, status: Option<u16>) {
-        let now = Instant::now();
+    /// Records a request meant to go at `intended`: its latency runs to when its reply reached the
+    /// connection (or to now, for no reply).
+    fn record(&self, route: usize, intended: Instant, start: Instant, reply: Option<&Reply>) {
+        let now = reply.map_or_else(Instant::now, |r| r.received);
         let micros = now.saturating_duration_since(intended).as_micros().max(1) as u64;
         let mut timeline = self.timeline.lock();
         let s = self.second(now, start);
@@ -140,16 +168,32 @@ impl Stats {
             timeline.resize(s + 1, Second::default());
         }
         let second = &mut timeline[s];
-        match status {
+        let class = class_of(route);
+        match reply.map(|r| r.status) {
             Some(status) => {
                 second.requests[route] += 1;
                 second.latency.get_or_insert_with(histogram).saturating_record(micros);
+                second.class_latency[class].get_or_insert_with(histogram).saturating_record(micros);
+                // The crowd being shed is the server doing as it should: the shopper comes back.
+                let shed = status == 503 && class == 1;
+                second.shed += u64::from(shed);
                 drop(timeline);
                 self.latency[route].lock().saturating_record(micros);
+                self.class_latency[class].lock().saturating_record(micros);
                 *self.statuses.lock().entry((ROUTES[route], status)).or_default() += 1;
-                if status >= 500 {
+                if shed {
+                    self.shed.fetch_add(1, Relaxed);
+                } else if status >= 500 {
                     self.errors.fetch_add(1, Relaxed);
                 }
+            }
+            // A waiting shopper whose join or poll got no answer tries again, as a waiting-room
+            // page does (a join keeps the place already taken): counted, not a failure. A buyer's
+            // unanswered call is one.
+            None if class == 1 => {
+                second.unanswered_crowd += 1;
+                drop(timeline);
+                self.unanswered_crowd.fetch_add(1, Relaxed);
             }
             None => {
                 second.errors += 1;
@@ -162,7 +206,10 @@ impl Stats {
 
 pub struct Drill {
     pub scenario: Scenario,
+    /// The crowd's connections (joins, polls, and the drill's own setup and read-back).
     client: Client,
+    /// Admitted shoppers' connections (reserve, commit, release).
+    buyers: Client,
     pacer: crate::pacer::Pacer,
     pub stats: Stats,
     pub start: Instant,
@@ -196,7 +243,7 @@ fn parse_time(v: &Value) -> Option<u64> {
 
 impl Drill {
     /// Creates the drill's stock and sale on the server (opening `opens_in_ms` from now).
-    pub async fn setup(scenario: Scenario, client: Client) -> anyhow::Result<Arc<Drill>> {
+    pub async fn setup(scenario: Scenario, client: Client, buyers: Client) -> anyhow::Result<Arc<Drill>> {
         let s = &scenario;
         let reply = client.put(format!("/v1/skus/{}", s.sku), format!(r#"{{"on_hand":{}}}"#, s.units)).await;
         let reply = reply.map_err(anyhow::Error::msg)?;
@@ -233,6 +280,7 @@ impl Drill {
         Ok(Arc::new(Drill {
             scenario,
             client,
+            buyers,
             pacer,
             stats: Stats::new(),
             start,
@@ -272,14 +320,20 @@ impl Drill {
         body: Option<String>,
         key: Option<String>,
     ) -> Option<Reply> {
-        self.pacer.until(intended).await;
         let method = match (route, &body) {
             (_, None) => hyper::Method::GET,
             _ => hyper::Method::POST,
         };
-        match self.client.call_keyed(method, path, body, key).await {
+        let reply = if class_of(route) == 0 {
+            // Buyers wait and send on their client's own thread.
+            self.buyers.call_at(intended, method, path, body, key).await
+        } else {
+            self.pacer.until(intended).await;
+            self.client.call_keyed(method, path, body, key).await
+        };
+        match reply {
             Ok(reply) => {
-                self.stats.record(route, intended, self.start, Some(reply.status));
+                self.stats.record(route, intended, self.start, Some(&reply));
                 Some(reply)
             }
             Err(_) => {
@@ -298,6 +352,13 @@ impl Drill {
         me
     }
 
+    /// How long shopper `i` waits before trying again after `tries` unanswered tries: doubling from
+    /// a second, up to 16, spread by the shopper's own draw so that retries do not come in waves.
+    fn backoff(&self, i: u64, tries: u32) -> Duration {
+        let base = 1_000u64 << tries.min(4);
+        Duration::from_millis(base / 2 + (self.scenario.draw(i, 100 + u64::from(tries)) * base as f64) as u64)
+    }
+
     /// Microseconds since the drill's start.
     fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
@@ -306,16 +367,31 @@ impl Drill {
     async fn visit(&self, i: u64, me: &mut Shopper) -> Outcome {
         let s = &self.scenario;
         let user = format!("drill-user-{i}");
-        let arrive = self.at(s.arrival_at(i));
         let sale = &s.sale;
-        let joined = self.request(
-            0,
-            arrive,
-            format!("/v1/sales/{sale}/queue"),
-            Some(format!(r#"{{"user_id":"{user}"}}"#)),
-        );
-        me.clocks.join_sent_us = arrive.saturating_duration_since(self.start).as_micros() as u64;
-        let Some(reply) = joined.await else { return Outcome::Error };
+        let mut arrive = self.at(s.arrival_at(i));
+        let mut tries = 0;
+        let reply = loop {
+            let joined = self.request(
+                0,
+                arrive,
+                format!("/v1/sales/{sale}/queue"),
+                Some(format!(r#"{{"user_id":"{user}"}}"#)),
+            );
+            me.clocks.join_sent_us = arrive.saturating_duration_since(self.start).as_micros() as u64;
+            tries += 1;
+            // Shed, or no answer: come back later (a join keeps any place already taken).
+            match joined.await {
+                Some(reply) => match shed_for(&reply) {
+                    Some(wait) => arrive = Instant::now() + wait,
+                    None => break reply,
+                },
+                None if tries < CROWD_TRIES => arrive = Instant::now() + self.backoff(i, tries),
+                None => {
+                    me.errors.push(format!("join: no answer in {CROWD_TRIES} tries"));
+                    return Outcome::Error;
+                }
+            }
+        };
         me.clocks.join_answered_us = self.now_us();
         self.stats.arrived.fetch_add(1, Relaxed);
         let mut state = json(&reply);
@@ -327,6 +403,7 @@ impl Drill {
         let ticket = state["ticket"].as_str().unwrap_or_default().to_owned();
         self.stats.waiting.fetch_add(1, Relaxed);
         let mut sent_us = me.clocks.join_sent_us;
+        let mut unanswered_polls = 0;
         let waited = loop {
             match state["status"].as_str() {
                 Some("admitted") => {
@@ -346,11 +423,27 @@ impl Drill {
             if next > self.deadline {
                 break Some(Outcome::Deadline);
             }
+            let answered_waiting_sent_us = sent_us;
             sent_us = next.saturating_duration_since(self.start).as_micros() as u64;
             let Some(reply) = self.request(1, next, format!("/v1/sales/{sale}/queue/{ticket}"), None).await
             else {
-                break Some(Outcome::Error);
+                unanswered_polls += 1;
+                if unanswered_polls >= CROWD_TRIES {
+                    me.errors.push(format!("poll: no answer in {CROWD_TRIES} tries"));
+                    break Some(Outcome::Error);
+                }
+                state["poll_after_ms"] = (self.backoff(i, unanswered_polls).as_millis() as u64).into();
+                sent_us = answered_waiting_sent_us;
+                continue;
             };
+            unanswered_polls = 0;
+            if let Some(wait) = shed_for(&reply) {
+                // Shed: ask again later; the last answer (waiting) still stands.
+                // A shed poll said nothing: the last poll known to say "waiting" stays the one before.
+                state["poll_after_ms"] = (wait.as_millis() as u64).into();
+                sent_us = answered_waiting_sent_us;
+                continue;
+            }
             state = json(&reply);
             if reply.status != 200 {
                 me.errors.push(format!("poll: {} {state}", reply.status));
@@ -485,8 +578,19 @@ impl Drill {
                 me.holds[hold].told = Told::Released;
                 outcome
             }
-            // The hold ran out first: as good as abandoned, and not sold.
+            // The hold ran out first: as good as abandoned, and not sold. Sent before the deadline,
+            // the hold was lost in flight: the verification fails on it.
             410 => {
+                let deadline = me.holds[hold].expires_at_ms;
+                if outcome == Outcome::Bought && reply.sent_unix_ms + IN_FLIGHT_SLACK_MS < deadline {
+                    me.expired_in_flight.push((id.to_owned(), deadline - reply.sent_unix_ms));
+                    let mut timeline = self.stats.timeline.lock();
+                    let s = self.stats.second(reply.received, self.start);
+                    if timeline.len() <= s {
+                        timeline.resize(s + 1, Second::default());
+                    }
+                    timeline[s].expired_in_flight += 1;
+                }
                 me.holds[hold].told = Told::Expired;
                 Outcome::Abandoned
             }
@@ -538,3 +642,15 @@ impl Drill {
         &self.client
     }
 }
+
+/// A commit sent this close to its deadline may arrive after it (the wall clock's millisecond, and the
+/// loopback hop): its 410 is fair. Sent earlier than that, a 410 means the hold was lost in flight.
+pub const IN_FLIGHT_SLACK_MS: u64 = 2;
+
+/// How long to wait before retrying a request the server shed (503 with Retry-After), if it was.
+fn shed_for(reply: &Reply) -> Option<Duration> {
+    (reply.status == 503).then(|| Duration::from_secs(reply.retry_after_s.unwrap_or(1).clamp(1, 60)))
+}
+
+/// Tries a waiting shopper makes of a join or a poll that gets no answer before giving up.
+pub const CROWD_TRIES: u32 = 6;

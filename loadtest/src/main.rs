@@ -92,8 +92,17 @@ struct Args {
     late_commit: Option<f64>,
     #[arg(long)]
     request_timeout_ms: Option<u64>,
+    /// Keep-alive connections the waiting crowd shares (joins and polls).
     #[arg(long)]
     connections: Option<usize>,
+    /// Keep-alive connections admitted shoppers share (reserve, commit, release), apart from the
+    /// crowd's as each shopper's own connection is in production.
+    #[arg(long)]
+    buyer_connections: Option<usize>,
+    /// Fail the verification if admitted shoppers' calls took longer than this at the 99th
+    /// percentile (0: reported, not checked).
+    #[arg(long)]
+    buyer_p99_max_ms: Option<u64>,
     #[arg(long)]
     deadline_secs: Option<u64>,
 }
@@ -131,7 +140,16 @@ fn scenario(args: &Args) -> anyhow::Result<Scenario> {
         max_active
     );
     set!(session_ms, order, per_user_limit, qty, think_ms, commit, release, hold_ttl_ms, retries, retry_ms);
-    set!(connections, deadline_secs, greedy, key_retry, late_commit, request_timeout_ms);
+    set!(
+        connections,
+        buyer_connections,
+        buyer_p99_max_ms,
+        deadline_secs,
+        greedy,
+        key_retry,
+        late_commit,
+        request_timeout_ms
+    );
     s.check()?;
     Ok(s)
 }
@@ -176,11 +194,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     rt.block_on(async {
         let timeout = std::time::Duration::from_millis(scenario.request_timeout_ms);
         let client = client::Client::new(addr, scenario.connections, timeout);
+        let buyers = client::Client::on_own_thread(addr, scenario.buyer_connections, timeout)?;
         let users = scenario.users;
         // A server that never becomes ready, or refuses the sale, still gets a report, by the deadline.
         let prepared = async {
             ready(&client, scenario.deadline()).await?;
-            drill::Drill::setup(scenario.clone(), client).await
+            drill::Drill::setup(scenario.clone(), client, buyers).await
         };
         let drill = match prepared.await {
             Ok(drill) => drill,
@@ -202,7 +221,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         let (stock, states) = end_state(&drill, &shoppers).await;
         let errors = drill.stats.errors.load(std::sync::atomic::Ordering::Relaxed);
         let end = verify::EndState { stock: &stock, states: &states };
-        let checks = verify::verify(&drill.scenario, errors, &shoppers, &end);
+        let mut checks = verify::verify(&drill.scenario, errors, &shoppers, &end);
+        let buyers_p99_us = drill.stats.class_latency[0].lock().value_at_quantile(0.99);
+        checks.extend(verify::buyers_served_first(&drill.scenario, buyers_p99_us));
         let report = report::build(&drill, &shoppers, &checks, (wall, sale), &args.target, &stock);
         std::fs::create_dir_all(&args.report)?;
         std::fs::write(args.report.join("report.json"), serde_json::to_string_pretty(&report)?)?;
@@ -294,6 +315,17 @@ fn summary(r: &serde_json::Value) {
             x["count"], x["per_s"], x["p50"], x["p90"], x["p99"], x["p99_9"], x["max"]
         );
     }
+    for class in drill::CLASSES {
+        let x = &r["classes"][class];
+        println!(
+            "{class:>8}: {:>7} requests  p50 {} ms  p99 {} ms  max {} ms",
+            x["count"], x["p50"], x["p99"], x["max"]
+        );
+    }
+    println!(
+        "crowd: shed (503) and retried {}, unanswered and retried {}; commits refused 410 though sent before the deadline: {}",
+        r["crowd_shed"], r["crowd_unanswered"], r["expired_in_flight"]
+    );
     let w = &r["waiting_ms"];
     println!(
         "waiting: p50 {} ms  p99 {} ms  max {} ms; polls peak {}/s",

@@ -1,7 +1,7 @@
 //! The drill's report: figures per route, outcomes, waiting times, fairness, the verification against
 //! the server, and a timeline; written as JSON and as a self-contained HTML page with SVG charts.
 
-use crate::drill::{Drill, Shopper, ROUTES};
+use crate::drill::{Drill, Shopper, CLASSES, ROUTES};
 use crate::verify::Check;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -89,6 +89,11 @@ pub fn build(
         v["statuses"] = json!(by_status);
         routes.insert(name.to_string(), v);
     }
+    let mut classes = serde_json::Map::new();
+    for (c, name) in CLASSES.iter().enumerate() {
+        classes.insert(name.to_string(), quantiles_ms(&stats.class_latency[c].lock(), 0.001));
+    }
+    let expired_in_flight: Vec<&(String, u64)> = shoppers.iter().flat_map(|p| &p.expired_in_flight).collect();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for p in shoppers {
         let key = p.outcome.map_or("none".to_owned(), |o| {
@@ -123,8 +128,23 @@ pub fn build(
         .iter()
         .enumerate()
         .map(|(t, s)| {
-            let p99 = s.latency.as_ref().map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0);
-            json!({"t": t, "requests": s.requests, "errors": s.errors, "p99_ms": p99,
+            let q = |h: &Option<Histogram<u64>>, q: f64| {
+                h.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
+            };
+            let p99 = q(&s.latency, 0.99);
+            let by_class: serde_json::Map<String, Value> = CLASSES
+                .iter()
+                .enumerate()
+                .map(|(c, name)| {
+                    let h = &s.class_latency[c];
+                    let n = h.as_ref().map_or(0, |h| h.len());
+                    (name.to_string(), json!({"count": n, "p50_ms": q(h, 0.5), "p99_ms": q(h, 0.99)}))
+                })
+                .collect();
+            json!({"t": t, "requests": s.requests, "errors": s.errors, "shed": s.shed,
+                   "crowd_unanswered": s.unanswered_crowd, "expired_in_flight": s.expired_in_flight,
+                   "p99_ms": p99,
+                   "classes": by_class,
                    "arrived": s.arrived, "waiting": s.waiting, "admitted": s.admitted, "done": s.done})
         })
         .collect();
@@ -138,6 +158,11 @@ pub fn build(
         "users": shoppers.len(),
         "outcomes": outcomes,
         "routes": routes,
+        "classes": classes,
+        "crowd_shed": stats.shed.load(std::sync::atomic::Ordering::Relaxed),
+        "crowd_unanswered": stats.unanswered_crowd.load(std::sync::atomic::Ordering::Relaxed),
+        "expired_in_flight": expired_in_flight.len(),
+        "expired_in_flight_first": expired_in_flight.iter().take(10).collect::<Vec<_>>(),
         "admitted": admitted,
         "admitted_per_s": (admitted as f64 / admitting_secs).round(),
         "admitted_peak_per_s": admitted_peak,
@@ -257,10 +282,38 @@ pub fn html(report: &Value) -> String {
         report["admitted"], report["admitted_per_s"], w["p50"], w["p90"], w["p99"], w["max"], report["polls_per_s_peak"],
         report["fairness"]["later_admitted_before_earlier"], report["fairness"]["pairs_compared"]);
     page.push_str(&chart("Throughput by route", "req/s", &per_route));
+    page.push_str("<h2>Buyers and the crowd (latency in ms)</h2><table><tr><th>class</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
+    for name in CLASSES {
+        let r = &report["classes"][name];
+        let _ = write!(
+            page,
+            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r["count"], r["p50"], r["p90"], r["p99"], r["p99_9"], r["max"]
+        );
+    }
+    let _ = write!(page, "</table><p>crowd requests shed by the server (503, retried after Retry-After): {} · crowd requests unanswered in time (retried): {} · commits refused 410 though sent before the deadline: {}</p>",
+        report["crowd_shed"], report["crowd_unanswered"], report["expired_in_flight"]);
+    let by_class = |class: &'static str, q: &'static str| {
+        col(&move |t: &Value| t["classes"][class][q].as_f64().unwrap_or(0.0))
+    };
     page.push_str(&chart(
-        "Latency p99 (all routes)",
+        "Latency p99 by class, second by second",
         "ms",
-        &[("p99", col(&|t: &Value| t["p99_ms"].as_f64().unwrap_or(0.0)))],
+        &[("buyers p99", by_class("buyers", "p99_ms")), ("crowd p99", by_class("crowd", "p99_ms"))],
+    ));
+    page.push_str(&chart(
+        "Crowd requests shed or unanswered (both retried), and commits lost in flight, per second",
+        "per s",
+        &[
+            ("shed", col(&|t: &Value| t["shed"].as_f64().unwrap_or(0.0))),
+            ("unanswered", col(&|t: &Value| t["crowd_unanswered"].as_f64().unwrap_or(0.0))),
+            ("commits lost in flight", col(&|t: &Value| t["expired_in_flight"].as_f64().unwrap_or(0.0))),
+        ],
+    ));
+    page.push_str(&chart(
+        "Buyers' latency, second by second",
+        "ms",
+        &[("buyers p50", by_class("buyers", "p50_ms")), ("buyers p99", by_class("buyers", "p99_ms"))],
     ));
     page.push_str(&chart(
         "Queue",

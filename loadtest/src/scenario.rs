@@ -61,8 +61,14 @@ pub struct Scenario {
     pub late_commit: f64,
     /// No reply within this is a failed request (and the connection is dropped).
     pub request_timeout_ms: u64,
-    /// Keep-alive connections all shoppers share.
+    /// Keep-alive connections the waiting crowd shares (joins and polls).
     pub connections: usize,
+    /// Keep-alive connections admitted shoppers share (reserve, commit, release): apart from the
+    /// crowd's, as each shopper's own connection is in production.
+    pub buyer_connections: usize,
+    /// When above 0, the verification fails if admitted shoppers' calls (reserve, commit, release)
+    /// took longer than this at the 99th percentile: that the crowd never delays the buyers.
+    pub buyer_p99_max_ms: u64,
     /// The drill stops here whatever happens (seconds; 0: users ÷ admission rate + 120).
     pub deadline_secs: u64,
 }
@@ -95,6 +101,8 @@ impl Default for Scenario {
             late_commit: 0.02,
             request_timeout_ms: 10_000,
             connections: 256,
+            buyer_connections: 64,
+            buyer_p99_max_ms: 0,
             deadline_secs: 0,
         }
     }
@@ -104,6 +112,10 @@ impl Scenario {
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!((1..=10_000_000).contains(&self.users), "users: 1 to 10,000,000");
         anyhow::ensure!((1..=16_384).contains(&self.connections), "connections: 1 to 16,384 (open files)");
+        anyhow::ensure!(
+            (1..=2_048).contains(&self.buyer_connections),
+            "buyer_connections: 1 to 2,048 (open files)"
+        );
         anyhow::ensure!(self.admission_rate >= 1, "admission_rate: at least 1");
         anyhow::ensure!(self.qty >= 1 && self.qty <= self.per_user_limit, "qty: 1 to per_user_limit");
         anyhow::ensure!(

@@ -60,6 +60,18 @@ pub fn verify(s: &Scenario, unanswered: u64, shoppers: &[Shopper], end: &EndStat
         unanswered == 0 && surprised == 0,
         format!("{unanswered} requests got no reply or a 5xx; {surprised} shoppers got an answer they did not expect; examples: {samples:?}"),
     ));
+    let lost: Vec<&(String, u64)> = shoppers.iter().flat_map(|p| &p.expired_in_flight).collect();
+    checks.push(check(
+        "no_hold_expired_in_flight",
+        lost.is_empty(),
+        format!(
+            "{} commits were sent more than {} ms before their hold's deadline and refused 410 \
+             (reservation, ms before the deadline; first: {:?})",
+            lost.len(),
+            crate::drill::IN_FLIGHT_SLACK_MS,
+            &lost[..lost.len().min(5)]
+        ),
+    ));
     let unfinished = shoppers.iter().filter(|p| p.outcome == Some(Outcome::Deadline)).count();
     checks.push(check(
         "finished_before_deadline",
@@ -67,6 +79,22 @@ pub fn verify(s: &Scenario, unanswered: u64, shoppers: &[Shopper], end: &EndStat
         format!("{unfinished} shoppers still going at the deadline of {:?}", s.deadline()),
     ));
     checks
+}
+
+/// With a bound set, admitted shoppers' calls at the 99th percentile (µs, from when each was meant to
+/// go) within it.
+pub fn buyers_served_first(s: &Scenario, p99_us: u64) -> Option<Check> {
+    let bound = s.buyer_p99_max_ms;
+    (bound > 0).then(|| {
+        check(
+            "buyers_served_first",
+            p99_us <= bound * 1000,
+            format!(
+                "admitted shoppers' calls took {:.1} ms at p99 (bound {bound} ms)",
+                p99_us as f64 / 1000.0
+            ),
+        )
+    })
 }
 
 /// Each reservation read back as the shopper was told, and sold units equal to the acknowledged commits.

@@ -123,6 +123,8 @@ mod lying_proxy {
         CommitsSwapped,
         /// Every payment webhook answered 200 "applied" without being forwarded.
         WebhookSwallowed,
+        /// Every commit held 1.5 s before it is forwarded: a server whose buyers wait in line.
+        SlowCommits,
     }
 
     struct Proxy {
@@ -149,6 +151,9 @@ mod lying_proxy {
             match self.lie {
                 Lie::WebhookSwallowed if path == "/v1/webhooks/payments" => {
                     return reply(200, r#"{"status":"applied","code":"paid","order_state":"paid"}"#.into())
+                }
+                Lie::SlowCommits if path.ends_with("/commit") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
                 }
                 Lie::CommitNotFound if path.ends_with("/commit") => {
                     return reply(
@@ -232,6 +237,52 @@ mod lying_proxy {
             });
         });
         addr
+    }
+}
+
+/// A storm, small enough for CI: 20,000 shoppers arrive within half a second, flooding joins and
+/// polls over 512 connections while the admitted ones buy. The buyers must be served first (p99
+/// within the bound) and no commit may be refused for a deadline that passed while it was on its way
+/// (`no_hold_expired_in_flight`); and through a proxy that makes commits wait, both checks fail.
+fn storm_through(lie: lying_proxy::Lie, users: &str, deadline_secs: &str) -> (bool, serde_json::Value) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let (_server, addr) = start_server(dir.path());
+    let target = match lie {
+        lying_proxy::Lie::None => addr,
+        lie => lying_proxy::start(&addr, lie),
+    };
+    let report = dir.path().join("report");
+    let status = Command::new(env!("CARGO_BIN_EXE_holdfast-drill"))
+        .args(["--target", &format!("http://{target}"), "--quiet", "--users", users, "--units", "300"])
+        .args(["--arrival-secs", "0.5", "--admission-rate", "2000", "--opens-in-ms", "1000"])
+        .args(["--hold-ttl-ms", "1000", "--think-ms", "50", "--late-commit", "0"])
+        .args([
+            "--connections",
+            "512",
+            "--buyer-p99-max-ms",
+            "400",
+            "--deadline-secs",
+            deadline_secs,
+            "--report",
+        ])
+        .arg(&report)
+        .status()
+        .expect("run holdfast-drill");
+    let text = std::fs::read_to_string(report.join("report.json")).expect("a JSON report");
+    (status.success(), serde_json::from_str(&text).expect("valid JSON"))
+}
+
+#[test]
+fn under_a_storm_of_joins_and_polls_the_admitted_shoppers_come_first() {
+    let (passed, report) = storm_through(lying_proxy::Lie::None, "20000", "120");
+    assert!(passed, "the storm drill failed: {}", report["verification"]);
+    assert_eq!(report["expired_in_flight"], 0);
+    assert!(report["classes"]["buyers"]["count"].as_u64() > Some(300), "{}", report["classes"]);
+    let (passed, report) = storm_through(lying_proxy::Lie::SlowCommits, "2000", "30");
+    let failed = failed_checks(&report);
+    assert!(!passed, "commits held past their deadline passed: {}", report["verification"]);
+    for must_fail in ["no_hold_expired_in_flight", "buyers_served_first"] {
+        assert!(failed.iter().any(|f| f == must_fail), "failed {failed:?}, not {must_fail}");
     }
 }
 
