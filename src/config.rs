@@ -62,7 +62,8 @@ pub struct ServeArgs {
     pub crowd_in_flight_max: usize,
     /// Shed the crowd (joins and polls: 503 with Retry-After) while the server's scheduling runs
     /// this late: a ready request waiting this long for a thread means the server is behind, and
-    /// buyers come first.
+    /// buyers come first. 0 turns it off; below 5ms it would shed on an idle server (the timer's
+    /// own granularity, other processes), so it is refused.
     #[arg(long, env = "HOLDFAST_CROWD_SHED_LAG", value_parser = duration, default_value = "10ms")]
     pub crowd_shed_lag: Duration,
     /// Largest request body, in bytes (413 beyond it, also for chunked bodies).
@@ -283,6 +284,13 @@ impl ServeArgs {
         if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(format!("{name} must be above zero"));
         }
+        let lag = self.crowd_shed_lag;
+        if !lag.is_zero() && lag < Duration::from_millis(5) {
+            return Err(format!(
+                "crowd-shed-lag must be 0 (off) or at least 5ms, not {lag:?}: below it an idle server \
+                 sheds waiting-room joins and polls (timer granularity, other processes)"
+            ));
+        }
         if self.crowd_in_flight_max >= self.in_flight_max {
             return Err(format!(
                 "crowd-in-flight-max ({}) must be below in-flight-max ({}): the rest is kept for buyers",
@@ -330,6 +338,12 @@ impl ServeArgs {
         };
         if self.shards > 0 {
             engine.shards = self.shards;
+        }
+        if engine.commit_grace_ms > self.ttl_ms_min {
+            return Err(format!(
+                "commit-grace ({} ms) must not exceed ttl-ms-min ({} ms): a hold would outlive its TTL",
+                engine.commit_grace_ms, self.ttl_ms_min
+            ));
         }
         engine.validate().map_err(|e| e.to_string())?;
         if self.segment_bytes < holdfast_wal::SEGMENT_BYTES_MIN {
@@ -469,6 +483,10 @@ mod tests {
             (&["--connections-max", "0"], "connections-max"),
             (&["--body-bytes-per-s-min", "0"], "body-bytes-per-s-min"),
             (&["--header-bytes-max", "4096"], "header-bytes-max must be at least 8192"),
+            (&["--crowd-shed-lag", "1ms"], "crowd-shed-lag must be 0 (off) or at least 5ms"),
+            (&["--crowd-in-flight-max", "0"], "crowd-in-flight-max"),
+            (&["--crowd-in-flight-max", "8192"], "crowd-in-flight-max (8192) must be below in-flight-max"),
+            (&["--ttl-ms-min", "10"], "commit-grace (50 ms) must not exceed ttl-ms-min (10 ms)"),
         ];
         for (flags, named) in cases {
             let e = parse_serve(&argv(flags)).expect("parses").options().expect_err("refused");
@@ -476,5 +494,9 @@ mod tests {
         }
         let args = parse_serve(&argv(&["--header-bytes-max", "8192"])).expect("parses");
         assert_eq!(args.options().expect("the smallest allowed").http.header_bytes_max, 8192);
+        let args =
+            parse_serve(&argv(&["--crowd-shed-lag", "0s", "--ttl-ms-min", "10", "--commit-grace", "10ms"]));
+        let options = args.expect("parses").options().expect("lag shedding off, a grace within the TTL");
+        assert!(options.http.crowd_shed_lag.is_zero());
     }
 }

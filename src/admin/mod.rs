@@ -147,7 +147,10 @@ struct ReplayArgs {
     /// The state after the record with this LSN.
     #[arg(long, group = "until")]
     until_lsn: Option<Lsn>,
-    /// The state after every record up to this time (RFC 3339 or Unix ms).
+    /// The state of the log up to its first record later than this time (RFC 3339 or Unix ms): a
+    /// prefix of the log. A commit, release or extend carries the time its request arrived, up to
+    /// the commit grace (50 ms) before the record ahead of it, so one that arrived just before the
+    /// time but was decided after a later record is left out; --until-lsn cuts exactly.
     #[arg(long, group = "until")]
     until_time: Option<String>,
     /// Only these SKUs, and reservations holding them (repeatable).

@@ -30,6 +30,16 @@ enum Finished {
     NotDue,
 }
 
+/// What a commit, release or extend judged past the deadline does to a hold still inside the grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Late {
+    /// Refuses (`Expired`) and leaves the hold to the tick: a request that arrived before the
+    /// deadline (a first commit whose body is still arriving) may yet be decided within the grace.
+    LeaveToTick,
+    /// Ends it now (the orders' saga: an order and its hold end together, in one record).
+    EndNow,
+}
+
 /// How many due reservations one pass over a shard takes before it lets go of the shard's lock.
 const EXPIRE_BATCH: usize = 32;
 
@@ -41,7 +51,27 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<(), ReservationError> {
-        self.finish(id, now_ms, Ending::Commit, sink).map(|_| ())
+        self.finish(id, now_ms, Ending::Commit, Late::LeaveToTick, sink).map(|_| ())
+    }
+
+    /// [`Engine::commit`], [`Engine::release`] or [`Engine::extend`] (`ttl_ms`) that ends a hold
+    /// found past its deadline at once, for the orders' saga.
+    pub(crate) fn commit_or_end(
+        &self,
+        id: ReservationId,
+        now_ms: u64,
+        sink: &mut impl RecordSink,
+    ) -> Result<(), ReservationError> {
+        self.finish(id, now_ms, Ending::Commit, Late::EndNow, sink).map(|_| ())
+    }
+
+    pub(crate) fn release_or_end(
+        &self,
+        id: ReservationId,
+        now_ms: u64,
+        sink: &mut impl RecordSink,
+    ) -> Result<(), ReservationError> {
+        self.finish(id, now_ms, Ending::Release, Late::EndNow, sink).map(|_| ())
     }
 
     /// Returns the units. Idempotent: releasing a released reservation succeeds again.
@@ -51,7 +81,7 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<(), ReservationError> {
-        self.finish(id, now_ms, Ending::Release, sink).map(|_| ())
+        self.finish(id, now_ms, Ending::Release, Late::LeaveToTick, sink).map(|_| ())
     }
 
     /// Moves the deadline to `now + ttl_ms`, never past `created_at + hold_ms_max` and never earlier
@@ -63,10 +93,24 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<u64, ReservationError> {
+        self.extend_or(id, ttl_ms, now_ms, Late::LeaveToTick, sink)
+    }
+
+    pub(crate) fn extend_or(
+        &self,
+        id: ReservationId,
+        ttl_ms: u64,
+        now_ms: u64,
+        late: Late,
+        sink: &mut impl RecordSink,
+    ) -> Result<u64, ReservationError> {
         self.check_ttl(ttl_ms).map_err(ReservationError::Invalid)?;
         let mut locked = self.lock_live(id, now_ms)?;
         let r = locked.shard(self.store_of(id)).reservations.get(&id).expect("locked it");
         if now_ms >= r.expires_at_ms {
+            if self.in_grace(r.expires_at_ms, now_ms, late) {
+                return Err(ReservationError::Expired);
+            }
             self.log_and_end(&mut locked, id, ReservationState::Expired, now_ms, sink)?;
             return Err(ReservationError::Expired);
         }
@@ -106,7 +150,9 @@ impl Engine {
                     break;
                 }
                 for (i, &(_, id)) in due.iter().enumerate() {
-                    match self.finish(id, due_ms, Ending::Expire, sink) {
+                    // Logged at the real time (at or after the deadline, as replay checks), so the
+                    // log's times stay in order with the other records.
+                    match self.finish(id, now_ms, Ending::Expire, Late::EndNow, sink) {
                         Ok(Finished::Now) => expired.push(id),
                         Err(ReservationError::LogRefused) => {
                             // Not expired: put the deadlines back for the next tick.
@@ -138,11 +184,18 @@ impl Engine {
         }
     }
 
+    /// Whether a call judged at `judged_ms`, past `expires_at_ms`, leaves the hold to the tick: it is
+    /// still inside the grace, in which an earlier request may yet commit it.
+    fn in_grace(&self, expires_at_ms: u64, judged_ms: u64, late: Late) -> bool {
+        late == Late::LeaveToTick && judged_ms < expires_at_ms.saturating_add(self.config.commit_grace_ms)
+    }
+
     fn finish(
         &self,
         id: ReservationId,
         now_ms: u64,
         ending: Ending,
+        late: Late,
         sink: &mut impl RecordSink,
     ) -> Result<Finished, ReservationError> {
         let mut locked = match self.lock_live(id, now_ms) {
@@ -153,6 +206,9 @@ impl Engine {
         };
         let r = locked.shard(self.store_of(id)).reservations.get(&id).expect("locked it");
         let due = now_ms >= r.expires_at_ms;
+        if due && ending != Ending::Expire && self.in_grace(r.expires_at_ms, now_ms, late) {
+            return Err(ReservationError::Expired);
+        }
         let to = match (ending, due) {
             (Ending::Expire, false) => return Ok(Finished::NotDue),
             (_, true) => ReservationState::Expired,

@@ -11,6 +11,7 @@ mod holders;
 mod idempotency;
 mod ids;
 mod lifecycle;
+pub(crate) use lifecycle::Late;
 mod queue;
 mod record;
 mod replay;

@@ -17,11 +17,13 @@ pub struct Problem {
     allow: Option<&'static str>,
     /// The connection cannot be reused (its request body was not read to the end).
     close: bool,
+    /// For `overloaded`: seconds to wait (`Retry-After`, 1 unless set).
+    retry_after_s: Option<u64>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), allow: None, close: false }
+        Self { status, code, detail: detail.into(), allow: None, close: false, retry_after_s: None }
     }
 
     pub fn allow(mut self, methods: &'static str) -> Self {
@@ -36,6 +38,11 @@ impl Problem {
 
     pub fn overloaded(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail)
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds.max(1));
+        self
     }
 
     pub fn invalid(detail: impl Into<String>) -> Self {
@@ -68,7 +75,8 @@ impl Problem {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
         if self.code == "overloaded" {
-            headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            let seconds = self.retry_after_s.unwrap_or(1);
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         if let Some(methods) = self.allow {
             headers.insert(header::ALLOW, header::HeaderValue::from_static(methods));

@@ -290,8 +290,9 @@ impl Metrics {
         }
         r.register(
             "requests_shed",
-            "Requests refused with 503 overloaded, by class: in_flight_max reached, or for the crowd \
-             (waiting-room joins and polls) crowd_in_flight_max",
+            "Requests refused with 503 overloaded, by class: in_flight_max reached; for the crowd \
+             (waiting-room joins, and polls of shoppers still waiting) also crowd_in_flight_max reached \
+             or the scheduling lag above crowd_shed_lag",
             shed,
         );
         r.register(

@@ -46,6 +46,7 @@ pub struct HttpConfig {
     pub crowd_in_flight_max: usize,
     /// How late the server's own scheduling may run (how long a request that has arrived waits for
     /// a thread) before the crowd is shed: past it, the server is behind, and buyers come first.
+    /// Zero: never by lag.
     pub crowd_shed_lag: Duration,
     /// Request body bytes, by `Content-Length` or as chunks arrive (413 beyond it).
     pub body_bytes_max: usize,
@@ -167,15 +168,19 @@ impl App {
         };
         let guard = InFlight(self, class);
         let room = before < self.config.in_flight_max
-            && (class == Class::Buyer
-                || (crowd_before < self.config.crowd_in_flight_max
-                    && self.lag() <= self.config.crowd_shed_lag));
+            && (class == Class::Buyer || (crowd_before < self.config.crowd_in_flight_max && !self.behind()));
         room.then_some(guard)
     }
 
     /// How late the server's scheduling runs now: how long a ready request waits for a thread.
     pub fn lag(&self) -> Duration {
         Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
+    }
+
+    /// Whether the scheduling lag says the server is behind (never, with `crowd_shed_lag` 0: off).
+    fn behind(&self) -> bool {
+        let bound = self.config.crowd_shed_lag;
+        !bound.is_zero() && self.lag() > bound
     }
 }
 

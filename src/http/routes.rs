@@ -264,6 +264,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
     response
 }
 
+/// What a shed join or poll is told.
+pub(super) const CROWD_SHED: &str = "the waiting room is busy: retry after the Retry-After seconds (a \
+    ticket stays valid; joining again keeps the place already taken)";
+
 /// When a request's head was read, on the server's clock (for judging deadlines) and the monotonic
 /// one (for the queueing metric).
 #[derive(Clone, Copy)]
@@ -292,13 +296,20 @@ async fn dispatch(
     let req = body::collect(&app.config, req).await?;
     // Health and metrics stay answerable under overload; the API sheds, the crowd first.
     let class = route.class();
-    let Some(_in_flight) = app.enter(class) else {
+    // A poll is shed only once its ticket is read: an admitted shopper's is served (it carries the
+    // admission whose session is already running), a waiting one's told when to come back.
+    let mut shedding_poll = false;
+    let entered = match app.enter(class) {
+        None if route == Route::PollQueue => {
+            shedding_poll = true;
+            app.enter(super::Class::Buyer)
+        }
+        entered => entered,
+    };
+    let Some(_in_flight) = entered else {
         app.metrics.shed[class as usize].inc();
         return Err(match class {
-            super::Class::Crowd => Problem::overloaded(
-                "the waiting room is busy: retry after the Retry-After seconds (a ticket stays valid; \
-                 joining again keeps the place already taken)",
-            ),
+            super::Class::Crowd => Problem::overloaded(CROWD_SHED),
             super::Class::Buyer => Problem::overloaded("too many requests in progress; retry shortly"),
         });
     };
@@ -321,7 +332,7 @@ async fn dispatch(
         Route::PutSale => h.put_sale(&param, req).await,
         Route::GetSale => h.get_sale(&param).await,
         Route::JoinQueue => h.join_queue(&param, req).await,
-        Route::PollQueue => h.poll_queue(&param).await,
+        Route::PollQueue => h.poll_queue(&param, shedding_poll).await,
         Route::PlaceOrder => h.place_order(req).await,
         Route::GetOrder => h.get_order(&param).await,
         Route::AttachPayment => h.attach_payment(&param, req).await,

@@ -206,7 +206,9 @@ impl Handler<'_> {
         Ok(json(if again { StatusCode::OK } else { StatusCode::CREATED }, &out))
     }
 
-    pub(super) async fn poll_queue(&self, param: &str) -> Result<Reply, Problem> {
+    /// `shedding`: the crowd is being shed; a waiting shopper's poll is then answered 503 with a
+    /// `Retry-After` of the room's own poll interval for that place, an admitted shopper's served.
+    pub(super) async fn poll_queue(&self, param: &str, shedding: bool) -> Result<Reply, Problem> {
         let (sale, ticket) =
             param.split_once("/queue/").ok_or_else(|| Problem::not_found("no such route"))?;
         let sale = SaleId::new(sale)?;
@@ -219,9 +221,14 @@ impl Handler<'_> {
         let view = engine.queue_view(sale.as_str(), &claims.user).ok_or_else(|| {
             invalid_ticket("the ticket's holder is not in this queue (was the data directory replaced?)")
         })?;
+        let mut out = self.queue_out(&claims, view.state, &room);
+        if shedding && out.status == "waiting" {
+            self.app.metrics.shed[super::Class::Crowd as usize].inc();
+            let wait_s = out.poll_after_ms.unwrap_or(1_000).div_ceil(1_000);
+            return Err(Problem::overloaded(super::routes::CROWD_SHED).retry_after(wait_s));
+        }
         // What the answer says must survive a crash: an admission shown must be on disk.
         self.synced_reads().await?;
-        let mut out = self.queue_out(&claims, view.state, &room);
         out.joined_at = Some(rfc3339(view.joined_at_ms));
         Ok(json(StatusCode::OK, &out))
     }

@@ -52,6 +52,7 @@ fn a_commit_that_waited_past_the_grace_is_judged_then_and_agrees_with_the_tick()
     let judged = e.judged_at(deadline - 1, deadline + GRACE + 10);
     assert_eq!(judged, deadline + 10, "never earlier than the grace before now");
     assert_eq!(e.commit(id, judged, &mut ()), Err(ReservationError::Expired));
+    assert_eq!(e.expire_due(deadline + GRACE + 10, &mut ()), vec![id], "the tick agrees");
     // A commit that arrived late is late whatever the grace.
     let id = hold(&e, T0 + 5_000, &mut Vec::new());
     assert_eq!(e.judged_at(T0 + 5_000 + TTL, T0 + 5_000 + TTL + 1), T0 + 5_000 + TTL);
@@ -67,13 +68,37 @@ fn the_tick_expires_a_hold_once_the_grace_has_passed_and_logs_when_it_was_due() 
     assert_eq!(e.stock("a").map(|s| s.available), Some(0), "the unit stays held in the grace");
     assert_eq!(e.expire_due(deadline + GRACE, &mut log), vec![id]);
     assert_eq!(e.stock("a").map(|s| s.available), Some(1));
-    assert_eq!(log.last(), Some(&Record::Expired { id, at_ms: deadline }));
+    assert_eq!(log.last(), Some(&Record::Expired { id, at_ms: deadline + GRACE }), "logged when it ran");
     // Replay accepts it: an expiry at or after the deadline.
     let replayed = Engine::new(e.config().clone()).expect("config");
     for record in &log {
         replayed.apply(record).expect("replays");
     }
     assert_eq!(replayed.stock("a").map(|s| s.available), Some(1));
+}
+
+/// A late request (a client's retry, a heartbeat extend) judged past the deadline, while an earlier
+/// commit that arrived in time is still being received: the late one is refused and leaves the hold
+/// to the tick, so the earlier one still commits.
+#[test]
+fn a_late_request_inside_the_grace_leaves_the_hold_for_an_earlier_commit() {
+    let (e, mut log) = engine_logged(2);
+    let id = hold(&e, T0, &mut log);
+    let deadline = T0 + TTL;
+    let records = log.len();
+    let retry = e.judged_at(deadline + 5, deadline + 5);
+    assert_eq!(e.commit(id, retry, &mut log), Err(ReservationError::Expired));
+    assert_eq!(e.release(id, retry, &mut log), Err(ReservationError::Expired));
+    assert_eq!(e.extend(id, TTL, retry, &mut log), Err(ReservationError::Expired));
+    assert_eq!(log.len(), records, "nothing logged: the hold is the tick's to end");
+    assert_eq!(e.reservation(id, retry).map(|r| r.state), Some(ReservationState::Active));
+    let first = e.judged_at(deadline - 20, deadline + 30);
+    e.commit(id, first, &mut log).expect("the first commit arrived in time");
+    // Past the grace a late call ends the hold itself, as before.
+    let id = hold(&e, T0 + 10_000, &mut log);
+    let late = T0 + 10_000 + TTL + GRACE;
+    assert_eq!(e.release(id, late, &mut log), Err(ReservationError::Expired));
+    assert_eq!(log.last(), Some(&Record::Expired { id, at_ms: late }));
 }
 
 #[test]
@@ -136,7 +161,12 @@ proptest! {
                     if result.is_ok() && !ended[which] {
                         prop_assert!(judged < deadline);
                     }
-                    ended[which] = true;
+                    // A late call inside the grace leaves the hold to the tick.
+                    ended[which] = e.reservation(id, now).map(|r| r.state) != Some(ReservationState::Active);
+                    if !ended[which] {
+                        prop_assert_eq!(result, Err(ReservationError::Expired));
+                        prop_assert!(judged >= deadline && judged < deadline + GRACE);
+                    }
                 }
             }
             let s = e.stock("a").expect("exists");

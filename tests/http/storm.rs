@@ -83,24 +83,54 @@ fn the_tick_returns_units_only_after_the_grace() {
 }
 
 #[test]
-fn the_crowd_is_shed_while_buyers_are_served() {
-    // No place for the crowd at all: every join and poll is shed, every buyer served.
-    let (s, _dir) = server(HttpConfig { crowd_in_flight_max: 0, ..HttpConfig::default() });
-    s.stock("c", 5);
-    s.stock("d", 5);
+fn the_crowd_is_shed_while_buyers_and_admitted_shoppers_are_served() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let opens = T0_MS + 1_000;
     let sale = format!(
-        r#"{{"skus":["c"],"per_user_limit":1,"opens_at":"{}","admission_rate":10,"max_active":10,"session_ms":60000}}"#,
-        holdfast::clock::rfc3339(T0_MS)
+        r#"{{"skus":["c"],"per_user_limit":1,"opens_at":"{}","admission_rate":10,"max_active":1,"session_ms":60000}}"#,
+        holdfast::clock::rfc3339(opens)
     );
-    assert_eq!(s.put("/v1/sales/s", &sale).status, 200);
-    let join = s.post("/v1/sales/s/queue", r#"{"user_id":"shopper"}"#);
+    // Two shoppers join while the server keeps up; the room opens and admits the first.
+    let tickets: Vec<String> = {
+        let mut o = options(dir.path());
+        o.engine.commit_grace_ms = GRACE_MS;
+        let s = TestServer::start(o);
+        s.stock("c", 5);
+        s.stock("d", 5);
+        assert_eq!(s.put("/v1/sales/s", &sale).status, 200);
+        let tickets = ["first", "second"].map(|user| {
+            let r = s.post("/v1/sales/s/queue", &format!(r#"{{"user_id":"{user}"}}"#));
+            assert_eq!(r.status, 201, "{}", r.text());
+            r.json()["ticket"].as_str().expect("a ticket").to_owned()
+        });
+        s.advance(1_000);
+        s.advance(2_000);
+        let first = s.get(&format!("/v1/sales/s/queue/{}", tickets[0])).json();
+        assert_eq!(first["status"], "admitted", "{first}");
+        s.stop().expect("stops");
+        tickets.to_vec()
+    };
+    // The same room on a server with no place for the crowd at all.
+    let mut o = options(dir.path());
+    o.http = HttpConfig { crowd_in_flight_max: 0, ..HttpConfig::default() };
+    let s = TestServer::start_at(o, opens + 2_100);
+    let join = s.post("/v1/sales/s/queue", r#"{"user_id":"third"}"#);
     assert_eq!(join.status, 503, "{}", join.text());
     assert_eq!(join.code(), "overloaded");
     assert_eq!(join.header("retry-after"), Some("1"));
-    let poll = s.get("/v1/sales/s/queue/anything");
-    assert_eq!(poll.status, 503, "shed before the ticket is even read");
-    // The shed join changed nothing: nobody is in the room.
-    assert_eq!(s.get("/v1/sales/s").json()["waiting_room"]["joined"], 0, "{}", s.get("/v1/sales/s").text());
+    let joined = s.get("/v1/sales/s").json()["waiting_room"]["joined"].clone();
+    assert_eq!(joined, 2, "a shed join changes nothing");
+    // The admitted shopper's poll is served: it carries the admission whose session runs.
+    let admitted = s.get(&format!("/v1/sales/s/queue/{}", tickets[0]));
+    assert_eq!(admitted.status, 200, "{}", admitted.text());
+    assert_eq!(admitted.json()["status"], "admitted");
+    // The waiting one is told to come back when the room would have asked it to.
+    let waiting = s.get(&format!("/v1/sales/s/queue/{}", tickets[1]));
+    assert_eq!(waiting.status, 503, "{}", waiting.text());
+    let retry: u64 = waiting.header("retry-after").expect("Retry-After").parse().expect("seconds");
+    assert!(retry >= 1, "{retry}");
+    // A forged ticket is still refused for what it is.
+    assert_eq!(s.get("/v1/sales/s/queue/forged").status, 403);
     // Buyers and checkout services are served.
     hold(&s, "d", 60_000);
     assert_eq!(s.metric("holdfast_requests_shed_total{class=\"crowd\"}"), 2.0);
