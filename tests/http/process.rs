@@ -30,7 +30,8 @@ fn start(dir: &Path) -> Process {
 /// Starts `holdfast serve` on DIR and a free loopback port, with more flags.
 pub fn start_with(dir: &Path, flags: &[&str]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        // Not shed by the scheduling lag: tests run side by side (see harness::options).
+        .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--crowd-shed-lag", "0s", "--data-dir"])
         .arg(dir)
         .args(flags)
         .stdout(Stdio::piped())
