@@ -51,27 +51,7 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<(), ReservationError> {
-        self.finish(id, now_ms, Ending::Commit, Late::LeaveToTick, sink).map(|_| ())
-    }
-
-    /// [`Engine::commit`], [`Engine::release`] or [`Engine::extend`] (`ttl_ms`) that ends a hold
-    /// found past its deadline at once, for the orders' saga.
-    pub(crate) fn commit_or_end(
-        &self,
-        id: ReservationId,
-        now_ms: u64,
-        sink: &mut impl RecordSink,
-    ) -> Result<(), ReservationError> {
-        self.finish(id, now_ms, Ending::Commit, Late::EndNow, sink).map(|_| ())
-    }
-
-    pub(crate) fn release_or_end(
-        &self,
-        id: ReservationId,
-        now_ms: u64,
-        sink: &mut impl RecordSink,
-    ) -> Result<(), ReservationError> {
-        self.finish(id, now_ms, Ending::Release, Late::EndNow, sink).map(|_| ())
+        self.commit_with(id, now_ms, Late::LeaveToTick, sink)
     }
 
     /// Returns the units. Idempotent: releasing a released reservation succeeds again.
@@ -81,7 +61,7 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<(), ReservationError> {
-        self.finish(id, now_ms, Ending::Release, Late::LeaveToTick, sink).map(|_| ())
+        self.release_with(id, now_ms, Late::LeaveToTick, sink)
     }
 
     /// Moves the deadline to `now + ttl_ms`, never past `created_at + hold_ms_max` and never earlier
@@ -93,10 +73,34 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<u64, ReservationError> {
-        self.extend_or(id, ttl_ms, now_ms, Late::LeaveToTick, sink)
+        self.extend_with(id, ttl_ms, now_ms, Late::LeaveToTick, sink)
     }
 
-    pub(crate) fn extend_or(
+    /// [`Engine::commit`], saying what a hold found past its deadline becomes (the orders' saga
+    /// ends it at once, with its order).
+    pub(crate) fn commit_with(
+        &self,
+        id: ReservationId,
+        now_ms: u64,
+        late: Late,
+        sink: &mut impl RecordSink,
+    ) -> Result<(), ReservationError> {
+        self.finish(id, now_ms, Ending::Commit, late, sink).map(|_| ())
+    }
+
+    /// [`Engine::release`], as [`Engine::commit_with`].
+    pub(crate) fn release_with(
+        &self,
+        id: ReservationId,
+        now_ms: u64,
+        late: Late,
+        sink: &mut impl RecordSink,
+    ) -> Result<(), ReservationError> {
+        self.finish(id, now_ms, Ending::Release, late, sink).map(|_| ())
+    }
+
+    /// [`Engine::extend`], as [`Engine::commit_with`].
+    pub(crate) fn extend_with(
         &self,
         id: ReservationId,
         ttl_ms: u64,

@@ -7,8 +7,8 @@
 
 use super::book::{Book, Cause, Order, OrderId, OrderLine, OrderRecord, OrderState, OrderStep, Placed};
 use crate::engine::{
-    Engine, IdempotencyKey, Item, Record, RecordSink, ReservationError, ReserveError, ReserveRequest, SaleId,
-    SinkRefused, UserId,
+    Engine, IdempotencyKey, Item, Late, Record, RecordSink, ReservationError, ReserveError, ReserveRequest,
+    SaleId, SinkRefused, UserId,
 };
 
 /// What a checkout service asks for.
@@ -394,7 +394,7 @@ impl Engine {
         if order.state.is_open() {
             let reservation = order.reservation;
             let mut wrap = OrderSink { sink: &mut *sink, order: id, intent: Intent::Pay, event, made: None };
-            let result = self.commit_or_end(reservation, now_ms, &mut wrap);
+            let result = self.commit_with(reservation, now_ms, Late::EndNow, &mut wrap);
             let made = wrap.made.take();
             if let Some(made) = &made {
                 apply_live(book, made);
@@ -456,7 +456,7 @@ impl Engine {
         let reservation = book.get(id).expect("the caller found it").reservation;
         let mut wrap =
             OrderSink { sink: &mut *sink, order: id, intent: Intent::Owed, event: None, made: None };
-        let result = self.commit_or_end(reservation, now_ms, &mut wrap);
+        let result = self.commit_with(reservation, now_ms, Late::EndNow, &mut wrap);
         if let Some(made) = wrap.made.take() {
             if made.step == OrderStep::RefundDue {
                 tracing::error!(order = %id, "a rebooked hold lapsed before its commit: a refund is owed");
@@ -486,7 +486,7 @@ impl Engine {
     ) -> Result<(), OrderError> {
         let reservation = book.get(id).expect("the caller found it").reservation;
         let mut wrap = OrderSink { sink: &mut *sink, order: id, intent: intent.clone(), event, made: None };
-        let result = self.release_or_end(reservation, now_ms, &mut wrap);
+        let result = self.release_with(reservation, now_ms, Late::EndNow, &mut wrap);
         if let Some(made) = wrap.made.take() {
             apply_live(book, &made);
             return Ok(());
@@ -523,7 +523,7 @@ impl Engine {
         let c = self.config();
         let step_ms = c.pending_extension_ms.clamp(c.ttl_ms_min, c.ttl_ms_max);
         let mut wrap = OrderSink { sink: &mut *sink, order: id, intent: Intent::Pending, event, made: None };
-        let result = self.extend_or(reservation, step_ms, now_ms, crate::engine::Late::EndNow, &mut wrap);
+        let result = self.extend_with(reservation, step_ms, now_ms, Late::EndNow, &mut wrap);
         if let Some(made) = wrap.made.take() {
             apply_live(book, &made);
             return Ok(());
