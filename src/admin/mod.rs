@@ -75,6 +75,13 @@ enum DbCommand {
         #[arg(long, env = "HOLDFAST_DATABASE_URL")]
         database_url: String,
     },
+    /// Make Postgres follow the next data directory that mirrors to it (after a restore, once a person
+    /// has decided the data directory is right): the mirror's current-state tables are emptied and
+    /// rewritten from that log; event history stays, under the old generation.
+    NewGeneration {
+        #[arg(long, env = "HOLDFAST_DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -219,6 +226,7 @@ pub fn run(argv: &[String]) -> ExitCode {
         }
         Cli::Orders(OrdersCommand::List(args)) => orders::list(&args, out).map(|()| ExitCode::SUCCESS),
         Cli::Db(DbCommand::Migrate { database_url }) => rebuild::db_migrate(&database_url, out),
+        Cli::Db(DbCommand::NewGeneration { database_url }) => rebuild::db_new_generation(&database_url, out),
         Cli::Reconcile { database_url, data_dir, json } => {
             rebuild::reconcile(&database_url, &data_dir, json, out)
         }

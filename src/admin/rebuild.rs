@@ -200,6 +200,16 @@ pub(super) fn db_migrate(url: &str, out: &mut Out<'_>) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) fn db_new_generation(url: &str, out: &mut Out<'_>) -> anyhow::Result<ExitCode> {
+    let (generation, old) = crate::reconcile::new_generation_command(url)?;
+    writeln!(
+        out,
+        "generation {generation} begins at LSN 0 (the previous one had reached LSN {old}); the next holdfast \
+         to mirror here rewrites the tables from its log"
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) fn reconcile(url: &str, dir: &Path, as_json: bool, out: &mut Out<'_>) -> anyhow::Result<ExitCode> {
     let storage = storage(dir)?;
     let config = settings(dir)?;
@@ -214,9 +224,18 @@ pub(super) fn reconcile(url: &str, dir: &Path, as_json: bool, out: &mut Out<'_>)
     } else {
         writeln!(
             out,
-            "compared at LSN {}: {} SKUs, {} active reservations, {} orders",
-            report.lsn, report.skus_checked, report.active_reservations_checked, report.orders_checked
+            "compared at LSN {}: {} SKUs, {} sales, {} reservations ({} active), {} orders; history after LSN {}",
+            report.lsn,
+            report.skus_checked,
+            report.sales_checked,
+            report.reservations_checked,
+            report.active_reservations_checked,
+            report.orders_checked,
+            report.log.compared_after
         )?;
+        if let Some(why) = &report.log.history {
+            writeln!(out, "history: {why}")?;
+        }
         for d in &report.skus {
             writeln!(
                 out,
@@ -224,8 +243,20 @@ pub(super) fn reconcile(url: &str, dir: &Path, as_json: bool, out: &mut Out<'_>)
                 d.sku, d.engine, d.postgres
             )?;
         }
+        for d in &report.sales {
+            writeln!(out, "sale {}: engine limit {:?}, postgres limit {:?}", d.sale, d.engine, d.postgres)?;
+        }
         for d in &report.reservations {
             writeln!(out, "reservation {}: engine {:?}, postgres {:?}", d.id, d.engine, d.postgres)?;
+        }
+        for d in &report.log.events {
+            writeln!(out, "history at LSN {}: log {:?}, postgres {:?}", d.lsn, d.engine, d.postgres)?;
+        }
+        if report.log.events_differing > report.log.events.len() {
+            writeln!(out, "… {} history differences in all", report.log.events_differing)?;
+        }
+        for d in &report.log.adjustments {
+            writeln!(out, "restock row {}: {}", d.row, d.problem)?;
         }
         for d in &report.orders {
             let show = |f: &Option<crate::reconcile::drift::OrderFacts>| {

@@ -601,6 +601,13 @@ pub(super) fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyK
         return Err(Problem::invalid("Idempotency-Key is given more than once"));
     }
     let text = value.to_str().map_err(|_| Problem::invalid("Idempotency-Key must be visible ASCII"))?;
+    // The keys restocks from Postgres are taken under: a caller holding one could block a restock.
+    if text.starts_with(crate::reconcile::mirror::ADJUSTMENT_KEY_PREFIX) {
+        return Err(Problem::invalid(format!(
+            "Idempotency-Key: the prefix {} is reserved for restocks taken from Postgres",
+            crate::reconcile::mirror::ADJUSTMENT_KEY_PREFIX
+        )));
+    }
     IdempotencyKey::new(text).map(Some).map_err(|e| Problem::invalid(format!("Idempotency-Key: {e}")))
 }
 

@@ -4,8 +4,8 @@
 //! records set absolute values and are applied one by one between the changes around them.
 
 use super::mirror::ADJUSTMENT_PREFIX;
-use crate::engine::{EngineState, Record, ReservationState};
-use crate::orders::{Order, OrderRecord, OrderState, OrderStep};
+use crate::engine::{Record, ReservationState};
+use crate::orders::{OrderRecord, OrderState, OrderStep};
 use holdfast_wal::Lsn;
 use serde_json::json;
 use std::collections::HashMap;
@@ -145,7 +145,7 @@ fn step_state(step: &OrderStep) -> (Option<&'static str>, Option<&'static str>) 
 }
 
 /// An order's lines as the `items` column holds them.
-fn items_json(lines: &[crate::orders::OrderLine]) -> String {
+pub(super) fn items_json(lines: &[crate::orders::OrderLine]) -> String {
     let lines: Vec<_> = (lines.iter())
         .map(|l| json!({"sku": l.sku.as_str(), "qty": l.qty, "unit_price": l.unit_price}))
         .collect();
@@ -592,7 +592,7 @@ impl Changes {
 }
 
 /// A stock or sale record, applied on its own (it sets absolute values, or must see the deltas before it).
-async fn apply_stock(tx: &Transaction<'_>, lsn: Lsn, record: &Record) -> anyhow::Result<()> {
+async fn apply_stock(tx: &Transaction<'_>, generation: i32, lsn: Lsn, record: &Record) -> anyhow::Result<()> {
     let l = signed(lsn);
     match record {
         Record::StockSet { sku, on_hand, .. } => {
@@ -614,9 +614,9 @@ async fn apply_stock(tx: &Transaction<'_>, lsn: Lsn, record: &Record) -> anyhow:
             .await?;
             if let Some(id) = adjustment_id(reason.as_str()) {
                 tx.execute(
-                    "UPDATE holdfast_stock_adjustments SET applied_lsn = $2, applied_at = now()
+                    "UPDATE holdfast_stock_adjustments SET applied_lsn = $2, applied_generation = $3, applied_at = now()
                      WHERE id = $1 AND applied_lsn IS NULL",
-                    &[&id, &l],
+                    &[&id, &l, &generation],
                 )
                 .await?;
             }
@@ -641,8 +641,15 @@ pub fn adjustment_id(reason: &str) -> Option<i64> {
 }
 
 /// Applies `batch` (records `applied + 1 ..`, refused otherwise) in one transaction that also moves the
-/// checkpoint from `applied`; a checkpoint that moved meanwhile (another mirror) aborts it.
-pub async fn apply_batch(client: &mut Client, applied: Lsn, batch: &[(Lsn, Record)]) -> anyhow::Result<()> {
+/// checkpoint from `applied`; a checkpoint that moved meanwhile (another mirror) aborts it. `digest` is
+/// the last record's (`mirror::digest`), kept with the checkpoint so that the mirror can tell this
+/// history from another; `None` leaves it unknown.
+pub async fn apply_batch(
+    client: &mut Client,
+    applied: Lsn,
+    batch: &[(Lsn, Record)],
+    digest: Option<u64>,
+) -> anyhow::Result<()> {
     let Some((last, _)) = batch.last() else { return Ok(()) };
     // The records must follow the checkpoint: then moving it from `applied` below applies each once.
     if batch[0].0 != applied + 1 {
@@ -659,7 +666,7 @@ pub async fn apply_batch(client: &mut Client, applied: Lsn, batch: &[(Lsn, Recor
             | Record::SaleSet { .. }
             | Record::SaleConfigured { .. } => {
                 std::mem::take(&mut changes).apply(&tx, generation).await?;
-                apply_stock(&tx, *lsn, record).await?;
+                apply_stock(&tx, generation, *lsn, record).await?;
             }
             // Waiting rooms are not mirrored: positions matter only while a sale runs, and the log
             // holds them. (Their sale's limit is, through `SaleConfigured`.)
@@ -670,90 +677,14 @@ pub async fn apply_batch(client: &mut Client, applied: Lsn, batch: &[(Lsn, Recor
     changes.apply(&tx, generation).await?;
     let moved = tx
         .execute(
-            "UPDATE holdfast_mirror SET applied_lsn = $1, applied_at = now() WHERE id = 1 AND applied_lsn = $2",
-            &[&signed(*last), &signed(applied)],
+            "UPDATE holdfast_mirror SET applied_lsn = $1, applied_digest = $3, applied_at = now()
+             WHERE id = 1 AND applied_lsn = $2",
+            &[&signed(*last), &signed(applied), &digest.map(|d| d as i64)],
         )
         .await?;
     if moved != 1 {
         anyhow::bail!("the mirror checkpoint moved from LSN {applied} meanwhile: is another holdfast mirroring to this database?");
     }
     tx.commit().await?;
-    Ok(())
-}
-
-/// Inserts an engine state (SKUs, sales, reservations with their items, orders) into empty mirror
-/// tables.
-pub async fn write_state(tx: &Transaction<'_>, state: &EngineState, lsn: Lsn) -> anyhow::Result<()> {
-    let l = signed(lsn);
-    for (sku, s) in &state.skus {
-        tx.execute(
-            "INSERT INTO holdfast_skus (sku, on_hand, available, reserved, sold, updated_lsn) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&sku.as_str(), &signed(s.on_hand), &signed(s.available), &signed(s.reserved), &signed(s.sold), &l],
-        )
-        .await?;
-    }
-    for (sale, limit) in &state.sales {
-        tx.execute(
-            "INSERT INTO holdfast_sales (sale, per_user_limit, updated_lsn) VALUES ($1, $2, $3)",
-            &[&sale.as_str(), &(*limit as i32), &l],
-        )
-        .await?;
-    }
-    for r in &state.reservations {
-        let id = r.id.to_string();
-        let (sale, user) = match &r.holder {
-            Some((s, u)) => (Some(s.as_str()), Some(u.as_str())),
-            None => (None, None),
-        };
-        tx.execute(
-            "INSERT INTO holdfast_reservations (id, state, created_at, expires_at, ended_at, user_id, sale, created_lsn, updated_lsn)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-            &[&id, &r.state.as_str(), &time(r.created_at_ms), &time(r.expires_at_ms), &r.ended_at_ms.map(time), &user, &sale, &l],
-        )
-        .await?;
-        for item in &r.items {
-            tx.execute(
-                "INSERT INTO holdfast_reservation_items (reservation_id, sku, qty) VALUES ($1, $2, $3)",
-                &[&id, &item.sku.as_str(), &(item.qty as i32)],
-            )
-            .await?;
-        }
-    }
-    for o in &state.orders {
-        write_order(tx, o, l).await?;
-    }
-    Ok(())
-}
-
-/// Inserts an order as the engine holds it (what a mismatched payment carried is not kept there).
-async fn write_order(tx: &Transaction<'_>, o: &Order, l: i64) -> anyhow::Result<()> {
-    let updated_ms = o.history.last().map_or(o.created_at_ms, |t| t.at_ms);
-    let ended = (o.ended_at_ms > 0).then(|| time(o.ended_at_ms));
-    tx.execute(
-        "INSERT INTO holdfast_orders (id, state, cause, reservation_id, user_id, sale, items, amount, currency,
-             provider_ref, pay_by, commit_owed, idempotency_key, created_at, updated_at, ended_at, created_lsn,
-             updated_lsn)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)",
-        &[
-            &o.id.to_string(),
-            &o.state.as_str(),
-            &o.state.cause(),
-            &o.reservation.to_string(),
-            &o.placed.user.as_str(),
-            &o.placed.sale.as_ref().map(|s| s.as_str()),
-            &items_json(&o.placed.lines),
-            &signed(o.placed.amount),
-            &o.placed.currency,
-            &o.provider_ref,
-            &time(o.pay_by_ms),
-            &o.commit_owed,
-            &o.placed.key.as_str(),
-            &time(o.created_at_ms),
-            &time(updated_ms),
-            &ended,
-            &l,
-        ],
-    )
-    .await?;
     Ok(())
 }

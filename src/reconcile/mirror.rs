@@ -2,12 +2,17 @@
 //! transactions, each advancing `holdfast_mirror.applied_lsn` with a check of its old value, so every
 //! record is applied exactly once whatever crashes (`batch.rs` holds a batch's SQL). The log is kept
 //! for the mirror: segments it still needs are not removed (`Durable::set_retention_floor`) unless the
-//! log outgrows its budget, which is logged and followed by a resync from the newest snapshot.
+//! log outgrows its budget, which is logged and followed by a resync from the newest snapshot
+//! (`resync.rs`).
+//!
+//! The checkpoint also holds the digest of the record at `applied_lsn`: a data directory restored from
+//! a backup can grow past that LSN with another history, and LSNs alone would not tell.
 
-use super::batch::{apply_batch, signed, write_state};
+use super::batch::{apply_batch, signed};
+use super::resync::resync;
 use crate::durable::{codec, Durable};
-use crate::engine::{EngineState, Record};
-use holdfast_wal::snapshot;
+use crate::engine::Record;
+use holdfast_wal::storage::Storage;
 use holdfast_wal::{Lsn, Tail};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +24,11 @@ const STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// The prefix of the reason of an adjustment that came from `holdfast_stock_adjustments` row `id`.
 pub const ADJUSTMENT_PREFIX: &str = "pg-adjustment:";
+
+/// The prefix of the idempotency key a restock row is taken under (`pg-adjustment-ID`): the engine
+/// remembers it, so a row is never taken twice within the key window, and a snapshot (so a resync)
+/// knows every row taken before it. Refused from HTTP callers.
+pub const ADJUSTMENT_KEY_PREFIX: &str = "pg-adjustment-";
 
 #[derive(Debug, Clone)]
 pub struct MirrorOptions {
@@ -62,8 +72,11 @@ pub struct MirrorStatus {
     pub resyncs: AtomicU64,
     pub adjustments_applied: AtomicU64,
     pub adjustments_refused: AtomicU64,
-    /// When the log was last measured against its budget (Unix ms).
+    /// When the log was last measured against its budget (Unix ms), and the records pending then.
     pub budget_checked_at_ms: AtomicU64,
+    pub budget_pending: AtomicU64,
+    /// Postgres follows another history than this log (a restore, a swapped directory): not mirroring.
+    pub diverged: AtomicBool,
 }
 
 /// The mirror's thread; stops when `stop` is set.
@@ -187,31 +200,33 @@ async fn session(
 ) -> anyhow::Result<()> {
     let mut client = pool.get().await?;
     crate::reconcile::migrate(&mut client).await?;
-    let mut applied = applied_lsn(&client).await?;
+    let (mut applied, digest) = checkpoint(&client).await?;
     status.applied_lsn.store(applied, Ordering::Relaxed);
     if status.applied_at_ms.load(Ordering::Relaxed) == 0 {
         status.applied_at_ms.store(now_ms(), Ordering::Relaxed);
     }
-    let appended = durable.wal().appended_lsn();
-    if applied > appended {
-        anyhow::bail!(
-            "Postgres has applied up to LSN {applied} but the log ends at {appended}: the data directory is \
-             older than the database (restored from a backup?). Not mirroring; see ops/runbooks/postgres.md"
-        );
+    let storage = durable.wal().storage().clone();
+    if let Err(why) = same_history(durable, applied, digest) {
+        status.diverged.store(true, Ordering::Relaxed);
+        anyhow::bail!("{why}. Not mirroring; see ops/runbooks/postgres.md, \"Another history\"");
     }
+    status.diverged.store(false, Ordering::Relaxed);
     status.connected.store(true, Ordering::Relaxed);
     if !status.retention_released.load(Ordering::Relaxed) {
-        durable.set_retention_floor(applied + 1);
+        durable.set_retention_floor(floor(applied));
     }
-    let storage = durable.wal().storage().clone();
     let mut tail = match Tail::new(storage.clone(), applied + 1) {
         Ok(tail) => tail,
         Err(e) => {
             tracing::warn!(error = %e, applied, "the log no longer holds what the mirror needs: resyncing from a snapshot");
-            applied = resync(&mut client, durable, status).await?;
-            // The figures follow the rewrite: the lag is measured from the snapshot's LSN now.
+            applied = resync(&mut client, durable, status, applied).await?;
+            // The figures follow the rewrite: the lag is measured from the snapshot's LSN now, and the
+            // log keeps what follows it (within the budget again).
             status.applied_lsn.store(applied, Ordering::Relaxed);
-            durable.set_retention_floor(applied + 1);
+            status.retention_released.store(false, Ordering::Relaxed);
+            // Until the next look at the budget, it counts as catching up from here.
+            status.budget_pending.store(u64::MAX, Ordering::Relaxed);
+            durable.set_retention_floor(floor(applied));
             Tail::new(storage, applied + 1)?
         }
     };
@@ -224,12 +239,14 @@ async fn session(
         check_budget(durable, options, status, update_lag(durable, status));
         let to = durable.wal().acked_lsn();
         let mut batch: Vec<(Lsn, Record)> = Vec::new();
+        let mut last_digest = None;
         tail.read(to, options.batch_max, &mut |lsn, payload| {
             batch.push((lsn, codec::decode(payload).map_err(|e| e.to_string())?));
+            last_digest = Some(digest_of(payload));
             Ok(())
         })?;
         if let Some((last, record)) = batch.last() {
-            apply_batch(&mut client, applied, &batch).await?;
+            apply_batch(&mut client, applied, &batch, last_digest).await?;
             applied = *last;
             *backoff = Duration::from_millis(100);
             status.applied_at_ms.store(record.at_ms(), Ordering::Relaxed);
@@ -237,7 +254,7 @@ async fn session(
             status.records_applied.fetch_add(batch.len() as u64, Ordering::Relaxed);
             status.batches.fetch_add(1, Ordering::Relaxed);
             if !status.retention_released.load(Ordering::Relaxed) {
-                durable.set_retention_floor(applied + 1);
+                durable.set_retention_floor(floor(applied));
             }
         }
         update_lag(durable, status);
@@ -251,8 +268,10 @@ async fn session(
     Ok(())
 }
 
-/// Lets the log go when a lagging mirror would make it outgrow its budget: a logged decision, with a
-/// metric; the mirror resyncs from a snapshot when it reconnects.
+/// Lets the log go when a mirror that is away, or falling further behind, would make it outgrow its
+/// budget: a logged decision, with a metric; the mirror resyncs from a snapshot when it is back. A
+/// connected mirror that is catching up keeps its log: letting go then would only make it resync
+/// again (as one that just resynced through a busy sale would).
 fn check_budget(durable: &Durable, options: &MirrorOptions, status: &MirrorStatus, pending: u64) {
     // At most every 2 s: it lists the log's directory.
     let now = now_ms();
@@ -260,16 +279,12 @@ fn check_budget(durable: &Durable, options: &MirrorOptions, status: &MirrorStatu
     if now.saturating_sub(last) < 2_000 || status.budget_checked_at_ms.swap(now, Ordering::Relaxed) != last {
         return;
     }
-    let storage = durable.wal().storage();
-    let bytes: u64 = storage
-        .list()
-        .unwrap_or_default()
-        .iter()
-        .filter(|n| n.ends_with(".wal"))
-        .filter_map(|n| storage.open(n).and_then(|f| f.size()).ok())
-        .sum();
+    let before = status.budget_pending.swap(pending, Ordering::Relaxed);
+    let catching_up = status.connected.load(Ordering::Relaxed) && pending < before;
+    let bytes = bytes_kept_for(&**durable.wal().storage(), status.applied_lsn.load(Ordering::Relaxed));
     if bytes > options.log_budget_bytes
         && pending > 0
+        && !catching_up
         && !status.retention_released.swap(true, Ordering::Relaxed)
     {
         durable.set_retention_floor(Lsn::MAX);
@@ -285,46 +300,70 @@ fn check_budget(durable: &Durable, options: &MirrorOptions, status: &MirrorStatu
     }
 }
 
-async fn applied_lsn(client: &Client) -> anyhow::Result<Lsn> {
-    let row = client.query_one("SELECT applied_lsn FROM holdfast_mirror WHERE id = 1", &[]).await?;
-    Ok(row.get::<_, i64>(0) as Lsn)
+/// Bytes of the segments that hold records after `applied`: what the log keeps for the mirror.
+/// Segments before them go with the next snapshot, so they do not count against the budget (else a
+/// mirror that just resynced would find the log over budget at once, and let it go again).
+fn bytes_kept_for(storage: &dyn Storage, applied: Lsn) -> u64 {
+    let mut segments: Vec<(Lsn, String)> = (storage.list().unwrap_or_default().into_iter())
+        .filter_map(|n| holdfast_wal::parse_segment_name(&n).map(|first| (first, n)))
+        .collect();
+    segments.sort();
+    let needed = |i: usize| segments.get(i + 1).is_none_or(|(next, _)| *next > applied + 1);
+    (0..segments.len())
+        .filter(|&i| needed(i))
+        .filter_map(|i| storage.open(&segments[i].1).and_then(|f| f.size()).ok())
+        .sum()
 }
 
-/// Rewrites the mirror's tables from the newest usable snapshot and sets the checkpoint to its LSN.
-async fn resync(client: &mut Client, durable: &Durable, status: &MirrorStatus) -> anyhow::Result<Lsn> {
-    let storage = durable.wal().storage().clone();
-    // Blocking reads are fine here: the mirror's runtime runs on its own thread.
-    let (state, lsn) = (|| -> anyhow::Result<(EngineState, Lsn)> {
-        for file in snapshot::list_snapshots(&*storage)? {
-            if let Ok(state) = crate::durable::snapshot_state(&*storage, &file) {
-                return Ok((state, file.lsn));
-            }
+/// The lowest LSN the log keeps for a mirror at `applied`: the applied record itself too, whose digest
+/// the next session checks.
+fn floor(applied: Lsn) -> Lsn {
+    applied.max(1)
+}
+
+/// The checkpoint: the LSN applied, and the digest of its record where known.
+async fn checkpoint(client: &Client) -> anyhow::Result<(Lsn, Option<u64>)> {
+    let row =
+        client.query_one("SELECT applied_lsn, applied_digest FROM holdfast_mirror WHERE id = 1", &[]).await?;
+    Ok((row.get::<_, i64>(0) as Lsn, row.get::<_, Option<i64>>(1).map(|d| d as u64)))
+}
+
+/// A record's digest, as the checkpoint keeps it.
+pub fn digest_of(payload: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(payload)
+}
+
+/// The digest of the record at `lsn`, if the log holds it.
+pub fn record_digest(storage: &dyn Storage, lsn: Lsn) -> Option<u64> {
+    let mut found = None;
+    holdfast_wal::read_range(storage, lsn, lsn, &mut |at, payload| {
+        if at == lsn {
+            found = Some(digest_of(payload));
         }
-        anyhow::bail!("no usable snapshot to resync the mirror from")
-    })()?;
-    let tx = client.transaction().await?;
-    tx.batch_execute(
-        "TRUNCATE holdfast_reservation_events, holdfast_reservation_items, holdfast_reservations, holdfast_skus,
-             holdfast_sales, holdfast_orders, holdfast_order_events",
-    )
-    .await?;
-    write_state(&tx, &state, lsn).await?;
-    // The records the snapshot covers would have marked their restock rows applied: mark them.
-    tx.execute(
-        "UPDATE holdfast_stock_adjustments SET applied_lsn = taken_lsn, applied_at = now()
-         WHERE applied_lsn IS NULL AND taken_lsn IS NOT NULL AND taken_lsn <= $1",
-        &[&signed(lsn)],
-    )
-    .await?;
-    tx.execute(
-        "UPDATE holdfast_mirror SET applied_lsn = $1, applied_at = now() WHERE id = 1",
-        &[&signed(lsn)],
-    )
-    .await?;
-    tx.commit().await?;
-    status.resyncs.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(lsn, "the mirror was rewritten from the snapshot at this LSN; the history of events before it is not in Postgres");
-    Ok(lsn)
+        Ok(())
+    })
+    .ok()?;
+    found
+}
+
+/// Whether Postgres, at `applied` with the record digest `digest`, followed this log's history: the
+/// log must reach `applied`, and hold the same record there (when both are known).
+fn same_history(durable: &Durable, applied: Lsn, digest: Option<u64>) -> Result<(), String> {
+    let appended = durable.wal().appended_lsn();
+    if applied > appended {
+        return Err(format!(
+            "Postgres has applied up to LSN {applied} but the log ends at {appended}: the data directory is \
+             older than the database (restored from a backup?)"
+        ));
+    }
+    let found = digest.and_then(|_| record_digest(&**durable.wal().storage(), applied));
+    match (digest, found) {
+        (Some(want), Some(got)) if want != got => Err(format!(
+            "the log's record at LSN {applied} is not the one Postgres applied there: the data directory \
+             follows another history than the database (restored from a backup and written to since?)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Restocks and shrinkage other systems write to `holdfast_stock_adjustments`, taken into the engine
@@ -361,7 +400,7 @@ impl Adjustments {
             let (id, sku, delta, reason): (i64, String, i64, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             match take_adjustment(durable, id, &sku, delta, &reason)? {
-                Ok(lsn) => {
+                Ok(Taken::Now(lsn)) => {
                     durable.wal().wait(lsn)?;
                     client
                         .execute(
@@ -371,6 +410,20 @@ impl Adjustments {
                         .await?;
                     status.adjustments_applied.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(id, sku, delta, lsn, "stock adjustment from Postgres applied");
+                }
+                // Taken before (its key is remembered) and its record mirrored without marking it:
+                // none of the ways that happened is known to remain, so it is worth a look.
+                Ok(Taken::Before) => {
+                    let applied = signed(status.applied_lsn.load(Ordering::Relaxed));
+                    client
+                        .execute(
+                            "UPDATE holdfast_stock_adjustments SET applied_lsn = $2, applied_at = now(),
+                                 applied_generation = (SELECT generation FROM holdfast_mirror WHERE id = 1)
+                             WHERE id = $1 AND applied_lsn IS NULL",
+                            &[&id, &applied],
+                        )
+                        .await?;
+                    tracing::warn!(id, sku, delta, "stock adjustment from Postgres was taken before (its key is remembered): marked applied, not taken again");
                 }
                 Err(why) => {
                     client
@@ -388,15 +441,23 @@ impl Adjustments {
     }
 }
 
-/// Logs adjustment row `id` in the engine: its LSN, or why the engine refused it (`Ok(Err)`). A log
-/// that cannot take it is an error: the row stays pending.
+/// What became of a restock row offered to the engine.
+enum Taken {
+    /// Logged now, at this LSN.
+    Now(Lsn),
+    /// Taken earlier: the engine remembers its key and logged nothing.
+    Before,
+}
+
+/// Logs adjustment row `id` in the engine under its key, or says why the engine refused it
+/// (`Ok(Err)`). A log that cannot take it is an error: the row stays pending.
 fn take_adjustment(
     durable: &Durable,
     id: i64,
     sku: &str,
     delta: i64,
     reason: &str,
-) -> anyhow::Result<Result<Lsn, String>> {
+) -> anyhow::Result<Result<Taken, String>> {
     use crate::durable::Refused;
     let sku = match crate::engine::SkuId::new(sku) {
         Ok(sku) => sku,
@@ -413,8 +474,11 @@ fn take_adjustment(
         Ok(reason) => reason,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    match durable.adjust_stock(&sku, delta, &reason, now_ms()) {
-        Ok(logged) => Ok(Ok(logged.lsn)),
+    let key = crate::engine::IdempotencyKey::new(&format!("{ADJUSTMENT_KEY_PREFIX}{id}"))
+        .map_err(|e| anyhow::anyhow!("restock row {id}'s key: {e}"))?;
+    match durable.adjust_stock_keyed(&sku, delta, &reason, Some(&key), now_ms()) {
+        Ok(logged) if logged.value.replayed => Ok(Ok(Taken::Before)),
+        Ok(logged) => Ok(Ok(Taken::Now(logged.lsn))),
         Err(Refused::Engine(e)) => Ok(Err(format!("{e:?}"))),
         Err(Refused::Log(e)) => Err(e.into()),
     }

@@ -7,7 +7,9 @@
 
 mod batch;
 pub mod drift;
+mod drift_log;
 pub mod mirror;
+mod resync;
 pub mod warm;
 
 pub use batch::apply_batch;
@@ -22,6 +24,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "mirror", include_str!("../../ops/migrations/0001_mirror.sql")),
     (2, "adjustment_taken", include_str!("../../ops/migrations/0002_adjustment_taken.sql")),
     (3, "orders", include_str!("../../ops/migrations/0003_orders.sql")),
+    (4, "history", include_str!("../../ops/migrations/0004_history.sql")),
 ];
 
 /// A small pool: the mirror holds one connection, the drift check and restock poller borrow another.
@@ -92,5 +95,38 @@ pub fn migrate_command(url: &str) -> anyhow::Result<Vec<i32>> {
         let pool = pool(url)?;
         let mut client = pool.get().await?;
         migrate(&mut client).await
+    })
+}
+
+/// `holdfast db new-generation --database-url URL`: Postgres follows whichever data directory mirrors
+/// to it next, from its first record or its newest snapshot. The current-state tables are emptied (the
+/// old history's ids and counters would collide with the new one's); the history rows stay, under the
+/// old generation. For the operator who decided, after a restore, that the data directory is right.
+/// Returns the new generation and the LSN the old one had reached.
+pub fn new_generation_command(url: &str) -> anyhow::Result<(i32, i64)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let pool = pool(url)?;
+        let mut client = pool.get().await?;
+        migrate(&mut client).await?;
+        let tx = client.transaction().await?;
+        let old: i64 =
+            tx.query_one("SELECT applied_lsn FROM holdfast_mirror WHERE id = 1 FOR UPDATE", &[]).await?.get(0);
+        let generation: i32 = tx
+            .query_one(
+                "UPDATE holdfast_mirror SET generation = generation + 1, applied_lsn = 0, applied_digest = NULL,
+                     applied_at = now()
+                 WHERE id = 1 RETURNING generation",
+                &[],
+            )
+            .await?
+            .get(0);
+        tx.batch_execute(
+            "DELETE FROM holdfast_reservation_items; DELETE FROM holdfast_reservations; DELETE FROM holdfast_skus;
+             DELETE FROM holdfast_sales; DELETE FROM holdfast_orders;",
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((generation, old))
     })
 }

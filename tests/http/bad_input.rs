@@ -109,6 +109,18 @@ fn cases(id: &str) -> Vec<Case> {
             status: bad,
             code: invalid,
         },
+        Case {
+            what: "a restock's idempotency key on a reserve",
+            bytes: request("POST", r, &[("Idempotency-Key", "pg-adjustment-1")], Some(&reserve(r#"[{"sku":"tee","qty":1}]"#))),
+            status: bad,
+            code: invalid,
+        },
+        Case {
+            what: "a restock's idempotency key on an adjustment",
+            bytes: request("POST", "/v1/skus/tee/adjust", &[("Idempotency-Key", "pg-adjustment-1")], Some(r#"{"delta":1,"reason":"x"}"#)),
+            status: bad,
+            code: invalid,
+        },
         // Stock administration.
         Case { what: "negative on_hand", bytes: request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand":-1}"#)), status: bad, code: invalid },
         Case { what: "on_hand too large", bytes: request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand":1099511627777}"#)), status: bad, code: invalid },

@@ -173,12 +173,12 @@ fn order_steps_are_mirrored_exactly_once_and_tampering_is_drift() {
         rest = tail;
     }
     for batch in batches {
-        rt.block_on(holdfast::reconcile::apply_batch(&mut client, applied, batch)).expect("applied");
+        rt.block_on(holdfast::reconcile::apply_batch(&mut client, applied, batch, None)).expect("applied");
         let before = (count(&pg, "SELECT count(*) FROM holdfast_order_events"), pg_rows(&pg));
-        let again = rt.block_on(holdfast::reconcile::apply_batch(&mut client, applied, batch));
+        let again = rt.block_on(holdfast::reconcile::apply_batch(&mut client, applied, batch, None));
         assert!(again.is_err(), "a batch applied twice is refused");
         let last = batch.last().expect("a record").0;
-        let behind = rt.block_on(holdfast::reconcile::apply_batch(&mut client, last, batch));
+        let behind = rt.block_on(holdfast::reconcile::apply_batch(&mut client, last, batch, None));
         assert!(behind.is_err(), "records at or below the checkpoint are refused");
         assert_eq!(before, (count(&pg, "SELECT count(*) FROM holdfast_order_events"), pg_rows(&pg)));
         applied = last;

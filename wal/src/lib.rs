@@ -19,7 +19,7 @@ mod tail;
 
 pub use error::WalError;
 pub use format::{
-    frame_bytes, FrameProblem, Lsn, FORMAT_VERSION, FRAME_HEADER_BYTES, RECORD_BYTES_MAX,
+    frame_bytes, parse_segment_name, FrameProblem, Lsn, FORMAT_VERSION, FRAME_HEADER_BYTES, RECORD_BYTES_MAX,
     SEGMENT_HEADER_BYTES,
 };
 pub use inspect::{inspect, repair, Inspection, LogProblem, RecordAt, RecordVisit, SegmentReport};
