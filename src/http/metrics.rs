@@ -157,7 +157,12 @@ struct MirrorGauges {
     drift_skus: Gauge,
     drift_reservations: Gauge,
     drift_orders: Gauge,
+    drift_sales: Gauge,
+    drift_history: Gauge,
+    drift_events: Gauge,
+    drift_adjustments: Gauge,
     drift_checks: Counter,
+    diverged: Gauge,
 }
 
 impl Metrics {
@@ -373,7 +378,32 @@ impl Metrics {
             "Orders on which Postgres and the engine disagreed at the last check",
             g.drift_orders.clone(),
         );
+        r.register(
+            "drift_sales",
+            "Sales whose per-user limit differed at the last check",
+            g.drift_sales.clone(),
+        );
+        r.register(
+            "drift_history",
+            "1 when Postgres applied another record at its checkpoint than this log holds (another history)",
+            g.drift_history.clone(),
+        );
+        r.register(
+            "drift_events",
+            "Log records whose history rows in Postgres differed at the last check",
+            g.drift_events.clone(),
+        );
+        r.register(
+            "drift_adjustments",
+            "holdfast_stock_adjustments rows that disagreed with the log at the last check",
+            g.drift_adjustments.clone(),
+        );
         r.register("drift_checks", "Drift checks run", g.drift_checks.clone());
+        r.register(
+            "mirror_diverged",
+            "1 while the mirror refuses to follow this log: Postgres holds another or a longer history",
+            g.diverged.clone(),
+        );
         m
     }
 
@@ -382,6 +412,10 @@ impl Metrics {
         g.drift_skus.set(report.skus.len() as i64);
         g.drift_reservations.set(report.reservations.len() as i64);
         g.drift_orders.set(report.orders.len() as i64);
+        g.drift_sales.set(report.sales.len() as i64);
+        g.drift_history.set(i64::from(report.log.history.is_some()));
+        g.drift_events.set(report.log.events_differing as i64);
+        g.drift_adjustments.set(report.log.adjustments.len() as i64);
         g.drift_checks.inc();
     }
 
@@ -414,6 +448,7 @@ impl Metrics {
             set(&g.adjustments_refused, &status.adjustments_refused);
             g.connected.set(i64::from(status.connected.load(Ordering::Relaxed)));
             g.retention_released.set(i64::from(status.retention_released.load(Ordering::Relaxed)));
+            g.diverged.set(i64::from(status.diverged.load(Ordering::Relaxed)));
         }
         let since = now_ms.saturating_sub(if snapshot_at_ms > 0 { snapshot_at_ms } else { self.started_ms });
         self.snapshot_age_seconds.set(since as f64 / 1000.0);

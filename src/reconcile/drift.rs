@@ -4,12 +4,17 @@
 //! Drift is reported (JSON, log lines, metrics), never repaired: counts of reserved and sold units are
 //! for a person to decide on, with this evidence.
 //!
+//! Sales are compared by their limit, and every reservation the engine holds (active, or ended within
+//! its retention) by its state. The history rows and restock marks are compared record by record
+//! (`drift_log.rs`), and so is the record at the checkpoint, so another history is drift too.
+//!
 //! Orders are compared field by field (state and cause, reservation, amount and currency, provider
 //! reference). Postgres keeps every order while the engine forgets ended ones after its retention, so
 //! an order only Postgres has is drift only when Postgres says it is open or needs a person (the
 //! engine never forgets those).
 
-use crate::engine::{Engine, EngineConfig, ReservationState};
+pub use super::drift_log::{AdjustmentDrift, EventDrift, LogDrift};
+use crate::engine::{Engine, EngineConfig};
 use crate::orders::{Order, OrderState};
 use holdfast_wal::storage::Storage;
 use holdfast_wal::Lsn;
@@ -23,6 +28,14 @@ pub struct SkuDrift {
     /// `[on_hand, available, reserved, sold]`; `None` where one side does not have the SKU.
     pub engine: Option<[u64; 4]>,
     pub postgres: Option<[u64; 4]>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SaleDrift {
+    pub sale: String,
+    /// The per-user limit; `None` where one side does not have the sale.
+    pub engine: Option<u32>,
+    pub postgres: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -57,17 +70,27 @@ pub struct DriftReport {
     /// The LSN both sides were compared at.
     pub lsn: Lsn,
     pub skus_checked: usize,
+    pub sales_checked: usize,
     pub active_reservations_checked: usize,
+    /// Reservations the engine holds at that LSN, active or ended within retention.
+    pub reservations_checked: usize,
     /// Orders the engine holds at that LSN (open ones, ended ones within retention).
     pub orders_checked: usize,
     pub skus: Vec<SkuDrift>,
+    pub sales: Vec<SaleDrift>,
     pub reservations: Vec<ReservationDrift>,
     pub orders: Vec<OrderDrift>,
+    /// History rows, restock marks and the record at the checkpoint.
+    pub log: LogDrift,
 }
 
 impl DriftReport {
     pub fn is_clean(&self) -> bool {
-        self.skus.is_empty() && self.reservations.is_empty() && self.orders.is_empty()
+        self.skus.is_empty()
+            && self.sales.is_empty()
+            && self.reservations.is_empty()
+            && self.orders.is_empty()
+            && self.log.is_clean()
     }
 }
 
@@ -112,14 +135,21 @@ pub async fn check(
         .read_only(true)
         .start()
         .await?;
-    let lsn =
-        tx.query_one("SELECT applied_lsn FROM holdfast_mirror WHERE id = 1", &[]).await?.get::<_, i64>(0)
-            as Lsn;
+    let row = tx
+        .query_one("SELECT applied_lsn, generation, applied_digest FROM holdfast_mirror WHERE id = 1", &[])
+        .await?;
+    let lsn = row.get::<_, i64>(0) as Lsn;
+    let (generation, digest): (i32, Option<i64>) = (row.get(1), row.get(2));
     let mut pg_skus = BTreeMap::new();
     for row in tx.query("SELECT sku, on_hand, available, reserved, sold FROM holdfast_skus", &[]).await? {
         let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
         pg_skus.insert(row.get::<_, String>(0), [n(1), n(2), n(3), n(4)]);
     }
+    let pg_sales: BTreeMap<String, i64> =
+        (tx.query("SELECT sale, per_user_limit FROM holdfast_sales", &[]).await?)
+            .iter()
+            .map(|r| (r.get(0), i64::from(r.get::<_, i32>(1))))
+            .collect();
     let pg_active: BTreeSet<String> = tx
         .query("SELECT id FROM holdfast_reservations WHERE state = 'active'", &[])
         .await?
@@ -144,9 +174,19 @@ pub async fn check(
         };
         pg_orders.insert(row.get::<_, String>(0), facts);
     }
-    tx.commit().await?;
     let engine = engine_at(storage, config, lsn)?;
     let state = engine.export(0);
+    // Every reservation the engine holds, and every one Postgres has as active.
+    let engine_states: BTreeMap<String, &'static str> =
+        state.reservations.iter().map(|r| (r.id.to_string(), r.state.as_str())).collect();
+    let ids: Vec<&String> = engine_states.keys().chain(pg_active.iter()).collect();
+    let pg_states: BTreeMap<String, String> =
+        (tx.query("SELECT id, state FROM holdfast_reservations WHERE id = ANY($1)", &[&ids]).await?)
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    let log = super::drift_log::check(&tx, storage, generation, lsn, digest.map(|d| d as u64)).await?;
+    tx.commit().await?;
     let engine_skus: BTreeMap<String, [u64; 4]> = state
         .skus
         .iter()
@@ -159,21 +199,21 @@ pub async fn check(
             skus.push(SkuDrift { sku: sku.clone(), engine: e, postgres: p });
         }
     }
-    let engine_active: BTreeSet<String> = state
-        .reservations
-        .iter()
-        .filter(|r| r.state == ReservationState::Active)
-        .map(|r| r.id.to_string())
-        .collect();
+    let engine_sales: BTreeMap<String, u32> =
+        state.sales.iter().map(|(s, limit)| (s.as_str().to_owned(), *limit)).collect();
+    let mut sales = Vec::new();
+    for sale in engine_sales.keys().chain(pg_sales.keys()).collect::<BTreeSet<_>>() {
+        let (e, p) = (engine_sales.get(sale).copied(), pg_sales.get(sale).copied());
+        if e.map(i64::from) != p {
+            sales.push(SaleDrift { sale: sale.clone(), engine: e, postgres: p });
+        }
+    }
     let mut reservations = Vec::new();
-    for id in engine_active.symmetric_difference(&pg_active) {
-        let engine_state =
-            state.reservations.iter().find(|r| r.id.to_string() == *id).map(|r| r.state.as_str());
-        let pg_state = client
-            .query_opt("SELECT state FROM holdfast_reservations WHERE id = $1", &[id])
-            .await?
-            .map(|r| r.get::<_, String>(0));
-        reservations.push(ReservationDrift { id: id.clone(), engine: engine_state, postgres: pg_state });
+    for id in ids.into_iter().collect::<BTreeSet<_>>() {
+        let (e, p) = (engine_states.get(id).copied(), pg_states.get(id).map(String::as_str));
+        if e != p {
+            reservations.push(ReservationDrift { id: id.clone(), engine: e, postgres: p.map(str::to_owned) });
+        }
     }
     let engine_orders: BTreeMap<String, OrderFacts> =
         state.orders.iter().map(|o| (o.id.to_string(), order_facts(o))).collect();
@@ -192,11 +232,15 @@ pub async fn check(
     Ok(DriftReport {
         lsn,
         skus_checked: engine_skus.len().max(pg_skus.len()),
-        active_reservations_checked: engine_active.len(),
+        sales_checked: engine_sales.len().max(pg_sales.len()),
+        active_reservations_checked: engine_states.values().filter(|s| **s == "active").count(),
+        reservations_checked: engine_states.len(),
         orders_checked: engine_orders.len(),
         skus,
+        sales,
         reservations,
         orders,
+        log,
     })
 }
 
@@ -213,5 +257,20 @@ pub fn log_report(report: &DriftReport) {
     for d in &report.orders {
         tracing::error!(id = %d.id, engine = ?d.engine, postgres = ?d.postgres, lsn = report.lsn,
             "drift: Postgres and the engine disagree on this order");
+    }
+    for d in &report.sales {
+        tracing::error!(sale = %d.sale, engine = ?d.engine, postgres = ?d.postgres, lsn = report.lsn,
+            "drift: Postgres and the engine disagree on this sale's per-user limit");
+    }
+    if let Some(why) = &report.log.history {
+        tracing::error!(lsn = report.lsn, "drift: {why}");
+    }
+    for d in &report.log.events {
+        tracing::error!(at = d.lsn, engine = ?d.engine, postgres = ?d.postgres, lsn = report.lsn,
+            "drift: Postgres's history rows disagree with this log record");
+    }
+    for d in &report.log.adjustments {
+        tracing::error!(row = d.row, problem = %d.problem, lsn = report.lsn,
+            "drift: a holdfast_stock_adjustments row disagrees with the log");
     }
 }

@@ -10,8 +10,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// `n` reserves of one unit each, sent in order (each acknowledged before the next).
-fn reserves(rt: &tokio::runtime::Runtime, p: &Process, n: usize) {
-    let addr = p.addr;
+pub(super) fn reserves(rt: &tokio::runtime::Runtime, p: &Process, n: usize) {
+    reserves_at(rt, p.addr, n)
+}
+
+fn reserves_at(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr, n: usize) {
     rt.block_on(async move {
         for i in 0..n {
             let body = reserve_body("tee", 1, &format!("u{i}"));
@@ -29,13 +32,13 @@ fn log_bytes(dir: &Path) -> u64 {
     segments.filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
 }
 
-fn stop(p: &mut Process) -> std::process::ExitStatus {
+pub(super) fn stop(p: &mut Process) -> std::process::ExitStatus {
     Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().expect("kill");
     p.child.wait().expect("exit")
 }
 
 /// Small segments and frequent snapshots, so that segments would be removed within seconds.
-const SMALL_LOG: [&str; 4] = ["--segment-bytes", "1048672", "--snapshot-every-records", "300"];
+pub(super) const SMALL_LOG: [&str; 4] = ["--segment-bytes", "1048672", "--snapshot-every-records", "300"];
 
 #[test]
 fn a_restart_keeps_the_segments_the_mirror_needs_before_it_reaches_postgres() {
@@ -68,7 +71,12 @@ fn a_restart_keeps_the_segments_the_mirror_needs_before_it_reaches_postgres() {
 }
 
 /// A server with a small log and a log budget of `budget` bytes, a million units of `tee`, mirrored.
-fn mirrored_with_budget(rt: &tokio::runtime::Runtime, pg: &Pg, dir: &Path, budget: u64) -> Process {
+pub(super) fn mirrored_with_budget(
+    rt: &tokio::runtime::Runtime,
+    pg: &Pg,
+    dir: &Path,
+    budget: u64,
+) -> Process {
     let budget = budget.to_string();
     let flags =
         [&["--database-url", pg.url.as_str(), "--mirror-log-budget-bytes", budget.as_str()][..], &SMALL_LOG]
