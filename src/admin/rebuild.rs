@@ -201,12 +201,20 @@ pub(super) fn db_migrate(url: &str, out: &mut Out<'_>) -> anyhow::Result<ExitCod
 }
 
 pub(super) fn db_new_generation(url: &str, out: &mut Out<'_>) -> anyhow::Result<ExitCode> {
-    let (generation, old) = crate::reconcile::new_generation_command(url)?;
+    let (generation, old, restocks) = crate::reconcile::new_generation_command(url)?;
     writeln!(
         out,
         "generation {generation} begins at LSN 0 (the previous one had reached LSN {old}); the next holdfast \
          to mirror here rewrites the tables from its log"
     )?;
+    if restocks > 0 {
+        writeln!(
+            out,
+            "{restocks} restock rows were taken by earlier generations and are not taken again; once the mirror \
+             has caught up, holdfast reconcile lists those this log has no take of (insert them again if they \
+             should count)"
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

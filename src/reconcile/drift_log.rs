@@ -89,7 +89,7 @@ pub(super) async fn check(
         .get(0);
     let from = before_oldest(storage)?.max(gap.map_or(0, |g| g.max(0) as Lsn));
     let mut drift = LogDrift { compared_after: from, ..LogDrift::default() };
-    let found = super::mirror::record_digest(storage, applied);
+    let found = super::history::record_digest(storage, applied);
     if let (Some(want), Some(got)) = (digest, found) {
         if want != got {
             drift.history = Some(format!(
@@ -162,7 +162,7 @@ async fn check_adjustments(
         .query(
             "SELECT id, sku, delta, applied_lsn, applied_generation, taken_lsn FROM holdfast_stock_adjustments
              WHERE id = ANY($1)
-                OR (applied_generation = $2 AND applied_lsn > $3 AND applied_lsn <= $4)
+                OR (applied_generation <= $2 AND applied_lsn > $3 AND applied_lsn <= $4)
                 OR (applied_lsn IS NULL AND taken_lsn IS NOT NULL AND taken_lsn <= $4)
              ORDER BY id",
             &[&named, &generation, &signed(from), &signed(applied)],
@@ -184,8 +184,10 @@ async fn check_adjustments(
                 problem(id, format!("the record at LSN {lsn} adjusts {record_sku} by {record_delta}, the row says {sku} by {delta}"));
             }
         }
+        // A row marked by an earlier generation at the very LSN this log takes it at was taken in the
+        // history both share (a new generation follows a log restored from before their parting).
         match (records.first(), applied_at) {
-            (Some((lsn, ..)), Some(at)) if at as Lsn != *lsn || applied_gen != Some(generation) => problem(
+            (Some((lsn, ..)), Some(at)) if at as Lsn != *lsn => problem(
                 id,
                 format!("taken at LSN {lsn}, marked applied at LSN {at} of generation {applied_gen:?}"),
             ),
@@ -193,6 +195,13 @@ async fn check_adjustments(
             (None, Some(at)) if applied_gen == Some(generation) && at as Lsn > from => {
                 problem(id, format!("marked applied at LSN {at}, where the log has no adjustment of it"))
             }
+            (None, Some(at)) if at as Lsn > from => problem(
+                id,
+                format!(
+                    "applied at LSN {at} by the history of generation {applied_gen:?}, which this log does not \
+                     share: this history never took it (insert it again if it should)"
+                ),
+            ),
             (None, None) => {
                 let at = taken_at.unwrap_or_default();
                 problem(id, format!("taken at LSN {at} (at or before the checkpoint), never marked applied"))

@@ -9,6 +9,7 @@
 //! a backup can grow past that LSN with another history, and LSNs alone would not tell.
 
 use super::batch::{apply_batch, signed};
+use super::history::{digest_of, same_history, write_anchor};
 use super::resync::resync;
 use crate::durable::{codec, Durable};
 use crate::engine::Record;
@@ -75,6 +76,8 @@ pub struct MirrorStatus {
     /// When the log was last measured against its budget (Unix ms), and the records pending then.
     pub budget_checked_at_ms: AtomicU64,
     pub budget_pending: AtomicU64,
+    /// The LSN whose record's digest was last written beside the log (`history.rs`).
+    pub anchor_lsn: AtomicU64,
     /// Postgres follows another history than this log (a restore, a swapped directory): not mirroring.
     pub diverged: AtomicBool,
 }
@@ -279,9 +282,19 @@ fn check_budget(durable: &Durable, options: &MirrorOptions, status: &MirrorStatu
     if now.saturating_sub(last) < 2_000 || status.budget_checked_at_ms.swap(now, Ordering::Relaxed) != last {
         return;
     }
+    // Remember the checkpoint's record beside the log, for when the log lets it go (see history.rs).
+    let storage = durable.wal().storage();
+    let applied = status.applied_lsn.load(Ordering::Relaxed);
+    if applied > 0 && status.anchor_lsn.swap(applied, Ordering::Relaxed) != applied {
+        if let Err(e) = write_anchor(&**storage, applied) {
+            tracing::warn!(error = %e, "could not write the mirror's anchor beside the log");
+        }
+    }
     let before = status.budget_pending.swap(pending, Ordering::Relaxed);
-    let catching_up = status.connected.load(Ordering::Relaxed) && pending < before;
-    let bytes = bytes_kept_for(&**durable.wal().storage(), status.applied_lsn.load(Ordering::Relaxed));
+    // Catching up: pending falls, or is within one batch (a mirror with no backlog is never cut off).
+    let catching_up =
+        status.connected.load(Ordering::Relaxed) && (pending < before || pending <= options.batch_max as u64);
+    let bytes = bytes_kept_for(&**storage, applied);
     if bytes > options.log_budget_bytes
         && pending > 0
         && !catching_up
@@ -326,44 +339,6 @@ async fn checkpoint(client: &Client) -> anyhow::Result<(Lsn, Option<u64>)> {
     let row =
         client.query_one("SELECT applied_lsn, applied_digest FROM holdfast_mirror WHERE id = 1", &[]).await?;
     Ok((row.get::<_, i64>(0) as Lsn, row.get::<_, Option<i64>>(1).map(|d| d as u64)))
-}
-
-/// A record's digest, as the checkpoint keeps it.
-pub fn digest_of(payload: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(payload)
-}
-
-/// The digest of the record at `lsn`, if the log holds it.
-pub fn record_digest(storage: &dyn Storage, lsn: Lsn) -> Option<u64> {
-    let mut found = None;
-    holdfast_wal::read_range(storage, lsn, lsn, &mut |at, payload| {
-        if at == lsn {
-            found = Some(digest_of(payload));
-        }
-        Ok(())
-    })
-    .ok()?;
-    found
-}
-
-/// Whether Postgres, at `applied` with the record digest `digest`, followed this log's history: the
-/// log must reach `applied`, and hold the same record there (when both are known).
-fn same_history(durable: &Durable, applied: Lsn, digest: Option<u64>) -> Result<(), String> {
-    let appended = durable.wal().appended_lsn();
-    if applied > appended {
-        return Err(format!(
-            "Postgres has applied up to LSN {applied} but the log ends at {appended}: the data directory is \
-             older than the database (restored from a backup?)"
-        ));
-    }
-    let found = digest.and_then(|_| record_digest(&**durable.wal().storage(), applied));
-    match (digest, found) {
-        (Some(want), Some(got)) if want != got => Err(format!(
-            "the log's record at LSN {applied} is not the one Postgres applied there: the data directory \
-             follows another history than the database (restored from a backup and written to since?)"
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Restocks and shrinkage other systems write to `holdfast_stock_adjustments`, taken into the engine
@@ -413,6 +388,13 @@ impl Adjustments {
                 }
                 // Taken before (its key is remembered) and its record mirrored without marking it:
                 // none of the ways that happened is known to remain, so it is worth a look.
+                Ok(Taken::Later) => {
+                    tracing::warn!(
+                        id,
+                        sku,
+                        "stock adjustment from Postgres waits: the engine's idempotency key table is full"
+                    );
+                }
                 Ok(Taken::Before) => {
                     let applied = signed(status.applied_lsn.load(Ordering::Relaxed));
                     client
@@ -447,6 +429,8 @@ enum Taken {
     Now(Lsn),
     /// Taken earlier: the engine remembers its key and logged nothing.
     Before,
+    /// Not now (the engine's idempotency key table is full): offered again at the next poll.
+    Later,
 }
 
 /// Logs adjustment row `id` in the engine under its key, or says why the engine refused it
@@ -479,6 +463,8 @@ fn take_adjustment(
     match durable.adjust_stock_keyed(&sku, delta, &reason, Some(&key), now_ms()) {
         Ok(logged) if logged.value.replayed => Ok(Ok(Taken::Before)),
         Ok(logged) => Ok(Ok(Taken::Now(logged.lsn))),
+        // A full key table passes (keys age out): the row stays pending and is offered again.
+        Err(Refused::Engine(crate::engine::StockError::IdempotencyTableFull)) => Ok(Ok(Taken::Later)),
         Err(Refused::Engine(e)) => Ok(Err(format!("{e:?}"))),
         Err(Refused::Log(e)) => Err(e.into()),
     }

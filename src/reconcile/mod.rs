@@ -8,6 +8,7 @@
 mod batch;
 pub mod drift;
 mod drift_log;
+mod history;
 pub mod mirror;
 mod resync;
 pub mod warm;
@@ -102,8 +103,9 @@ pub fn migrate_command(url: &str) -> anyhow::Result<Vec<i32>> {
 /// to it next, from its first record or its newest snapshot. The current-state tables are emptied (the
 /// old history's ids and counters would collide with the new one's); the history rows stay, under the
 /// old generation. For the operator who decided, after a restore, that the data directory is right.
-/// Returns the new generation and the LSN the old one had reached.
-pub fn new_generation_command(url: &str) -> anyhow::Result<(i32, i64)> {
+/// Returns the new generation, the LSN the old one had reached, and how many restock rows earlier
+/// generations took.
+pub fn new_generation_command(url: &str) -> anyhow::Result<(i32, i64, i64)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let pool = pool(url)?;
@@ -126,7 +128,14 @@ pub fn new_generation_command(url: &str) -> anyhow::Result<(i32, i64)> {
              DELETE FROM holdfast_sales; DELETE FROM holdfast_orders;",
         )
         .await?;
+        let earlier: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM holdfast_stock_adjustments WHERE applied_lsn IS NOT NULL OR taken_lsn IS NOT NULL",
+                &[],
+            )
+            .await?
+            .get(0);
         tx.commit().await?;
-        Ok((generation, old))
+        Ok((generation, old, earlier))
     })
 }

@@ -9,7 +9,8 @@
 //! blocked and a large state takes a few round trips, not one per row.
 
 use super::batch::{items_json, signed, time};
-use super::mirror::{record_digest, MirrorStatus, ADJUSTMENT_KEY_PREFIX};
+use super::history::record_digest;
+use super::mirror::{MirrorStatus, ADJUSTMENT_KEY_PREFIX};
 use crate::durable::Durable;
 use crate::engine::EngineState;
 use crate::orders::Order;

@@ -352,3 +352,65 @@ fn a_restock_whose_take_never_reached_postgres_is_not_taken_again_after_a_resync
     stop(&mut p);
     reconcile_is_clean(&pg, dir.path());
 }
+
+#[test]
+fn a_restored_data_directory_stays_refused_after_its_log_lets_the_checkpoints_record_go() {
+    let pg = Pg::new("anchor");
+    let rt = runtime();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let backup = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("backup dir");
+    let mut p = mirrored_with_budget(&rt, &pg, dir.path(), 2 << 20);
+    reserves(&rt, &p, 50);
+    caught_up(&rt, &p, &pg);
+    assert_eq!(stop(&mut p).code(), Some(0));
+    copy_dir(dir.path(), backup.path());
+    let budget = (2u64 << 20).to_string();
+    let flags =
+        [&["--database-url", pg.url.as_str(), "--mirror-log-budget-bytes", budget.as_str()][..], &SMALL_LOG]
+            .concat();
+    let mut p = start_with(dir.path(), &flags);
+    wait_ready(&rt, p.addr);
+    reserves(&rt, &p, 100);
+    let followed = caught_up(&rt, &p, &pg);
+    assert_eq!(stop(&mut p).code(), Some(0));
+    std::fs::remove_dir_all(dir.path()).expect("remove");
+    std::fs::create_dir(dir.path()).expect("recreate");
+    copy_dir(backup.path(), dir.path());
+    // The restored directory is refused, then written to until its log outgrows the budget and
+    // snapshots remove the segment that held its own record at Postgres's LSN.
+    let mut p = start_with(dir.path(), &flags);
+    wait_ready(&rt, p.addr);
+    outgrow_the_budget(&rt, &p);
+    std::thread::sleep(Duration::from_secs(3)); // several mirror sessions
+    assert_eq!(pg.applied_lsn(), followed, "nothing of the other history was applied");
+    assert_eq!(metric(&rt, p.addr, "holdfast_mirror_resyncs"), 0.0);
+    assert_eq!(metric(&rt, p.addr, "holdfast_mirror_diverged"), 1.0);
+    stop(&mut p);
+}
+
+#[test]
+fn a_restock_waits_while_the_engines_key_table_is_full() {
+    let pg = Pg::new("keysfull");
+    let rt = runtime();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let flags = ["--database-url", pg.url.as_str(), "--idempotency-keys-max", "2", "--shards", "1"];
+    let mut p = start_with(dir.path(), &flags);
+    wait_ready(&rt, p.addr);
+    let put = request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand": 100}"#));
+    assert_eq!(call(&rt, p.addr, put).status, 200);
+    let mut full = false;
+    for i in 0..8 {
+        let key = format!("k{i}");
+        let body = reserve_body("tee", 1, &format!("u{i}"));
+        let reply =
+            call(&rt, p.addr, request("POST", "/v1/reservations", &[("Idempotency-Key", &key)], Some(&body)));
+        full |= reply.status == 503;
+    }
+    assert!(full, "the key table filled up");
+    pg.execute("INSERT INTO holdfast_stock_adjustments (sku, delta, reason) VALUES ('tee', 5, 'truck')");
+    std::thread::sleep(Duration::from_secs(3)); // a few polls
+    let row = pg.query("SELECT refused, applied_lsn, taken_lsn FROM holdfast_stock_adjustments");
+    assert_eq!(row[0].get::<_, Option<String>>(0), None, "not refused for good: it waits");
+    assert_eq!(row[0].get::<_, Option<i64>>(2), None, "and was not taken");
+    stop(&mut p);
+}
