@@ -166,6 +166,16 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub webhook_secrets: Vec<String>,
+    /// An API key: ROLE=SECRET, role admin, checkout or ops (repeatable: two keys of a role at once
+    /// rotate it). The environment variable takes several, separated by commas. Prefer
+    /// --api-keys-file, which holds only hashes. With no key at all the server listens on loopback
+    /// only (protected mode) and every route is open there.
+    #[arg(long = "api-key", env = "HOLDFAST_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// A file of API keys as hashes, one `ROLE sha256:HEX [label]` a line (`holdfast keys new ROLE`
+    /// prints a key and its line; blank lines and lines starting with # are skipped).
+    #[arg(long, env = "HOLDFAST_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
     /// A file of webhook secrets, one per line (blank lines and lines starting with # are skipped).
     #[arg(long, env = "HOLDFAST_WEBHOOK_SECRETS_FILE")]
     pub webhook_secrets_file: Option<PathBuf>,
@@ -318,6 +328,28 @@ impl ServeArgs {
         crate::orders::webhook::Secrets::new(&texts)
     }
 
+    /// The API keys of the flags, the environment and the keys file, together; none only on loopback.
+    fn api_keys(&self) -> Result<crate::http::auth::Keys, String> {
+        let mut keys = crate::http::auth::Keys::default();
+        for text in &self.api_keys {
+            keys.add_flag(text)?;
+        }
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("api-keys-file {}: {e}", path.display()))?;
+            keys.add_file(&text).map_err(|e| format!("api-keys-file {}: {e}", path.display()))?;
+        }
+        if keys.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to listen on {} without API keys: anyone who reaches it could set stock and release \
+                 holds. Configure keys (--api-key ROLE=SECRET, or --api-keys-file with lines from \
+                 `holdfast keys new ROLE`), or listen on loopback (--listen 127.0.0.1:PORT)",
+                self.listen
+            ));
+        }
+        Ok(keys)
+    }
+
     pub fn options(&self) -> Result<ServeOptions, String> {
         let ms = |d: Duration| d.as_millis() as u64;
         let mut engine = EngineConfig {
@@ -390,6 +422,7 @@ impl ServeArgs {
                     secrets: self.webhook_secrets()?,
                     tolerance_s: self.webhook_tolerance.as_secs(),
                 },
+                keys: self.api_keys()?,
             },
             fallback,
             engine,

@@ -19,7 +19,8 @@ const USAGE: &str = "usage: holdfast [serve] [--listen ADDR] [--data-dir DIR] [.
        holdfast wal verify|stats|dump|replay|trace|repair DIR [...]   (holdfast wal --help)
        holdfast snapshot create|list DIR
        holdfast orders list DIR [--state STATE] [--json]
-       holdfast db migrate --database-url URL
+       holdfast db migrate|new-generation --database-url URL
+       holdfast keys new ROLE                                        (an API key and its keys-file line)
        holdfast reconcile --database-url URL --data-dir DIR
        holdfast demo [--users N] [--units N] [--threads N]
        holdfast crash-drill --data-dir DIR [--seconds N]
@@ -141,7 +142,9 @@ fn main() -> ExitCode {
         // The server is what a bare `holdfast` runs.
         None => return serve(&[argv[0].clone(), "serve".into()]),
         Some("serve") => return serve(&argv),
-        Some("wal" | "snapshot" | "db" | "reconcile" | "orders") => return holdfast::admin::run(&argv),
+        Some("wal" | "snapshot" | "db" | "reconcile" | "orders" | "keys") => {
+            return holdfast::admin::run(&argv)
+        }
         Some("demo" | "crash-drill") => {}
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");

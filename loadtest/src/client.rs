@@ -193,8 +193,23 @@ async fn worker(addr: SocketAddr, queue: async_channel::Receiver<Job>, timeout: 
     }
 }
 
+/// The `Authorization` values requests carry: setup (PUT) with the admin key, the rest with the API key.
+static KEYS: std::sync::OnceLock<(Option<String>, Option<String>)> = std::sync::OnceLock::new();
+
+/// Sets the keys every request of this process carries (`--api-key`, `--admin-key`).
+pub fn set_keys(api: Option<String>, admin: Option<String>) {
+    let bearer = |k: Option<String>| k.map(|k| format!("Bearer {k}"));
+    let _ = KEYS.set((bearer(api), bearer(admin)));
+}
+
 async fn send(conn: &mut Sender, job: &Job) -> Result<Reply, String> {
     let mut request = Request::builder().method(job.method.clone()).uri(&job.path).header("host", "holdfast");
+    if let Some((api, admin)) = KEYS.get() {
+        let key = if job.method == hyper::Method::PUT { admin } else { api };
+        if let Some(key) = key {
+            request = request.header("authorization", key);
+        }
+    }
     if job.body.is_some() {
         request = request.header("content-type", "application/json");
     }

@@ -30,6 +30,12 @@ struct Args {
     /// The server: loopback unless another address is given here on purpose.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: String,
+    /// The API key shoppers' and checkout requests carry (a `checkout` key), for a server with keys.
+    #[arg(long, global = true, env = "HOLDFAST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The key the setup's stock and sale requests carry (an `admin` key); --api-key if not given.
+    #[arg(long, global = true, env = "HOLDFAST_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
     /// A scenario file (TOML; keys as the flags below, with underscores). Flags override it.
     #[arg(long)]
     scenario: Option<PathBuf>,
@@ -171,6 +177,7 @@ fn address(target: &str) -> anyhow::Result<SocketAddr> {
 
 fn main() {
     let args = Args::parse();
+    client::set_keys(args.api_key.clone(), args.admin_key.clone().or_else(|| args.api_key.clone()));
     let outcome = match &args.command {
         Some(Command::Compare(c)) => compare::compare(c),
         Some(Command::Checkout(c)) => checkout::checkout(c),

@@ -39,6 +39,9 @@ enum Cli {
     /// Orders as the server holds them, rebuilt from DIR (read-only; works while the server runs).
     #[command(subcommand)]
     Orders(OrdersCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Compare Postgres with the engine at the LSN Postgres is at; exit 1 when they differ.
     Reconcile {
         #[arg(long, env = "HOLDFAST_DATABASE_URL")]
@@ -48,6 +51,13 @@ enum Cli {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new key for ROLE (admin, checkout or ops) and the line for --api-keys-file that holds
+    /// its hash. The key is not stored anywhere: give it to the client now.
+    New { role: String },
 }
 
 #[derive(Subcommand)]
@@ -204,6 +214,14 @@ enum SnapshotCommand {
     },
 }
 
+fn new_key(role: &str, out: &mut Out<'_>) -> anyhow::Result<ExitCode> {
+    let role = crate::http::auth::Role::parse(role).map_err(anyhow::Error::msg)?;
+    let (secret, line) = crate::http::auth::new_key(role);
+    writeln!(out, "key:  {secret}")?;
+    writeln!(out, "line: {line}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `holdfast wal …` or `holdfast snapshot …`; `argv` starts with the program name.
 pub fn run(argv: &[String]) -> ExitCode {
     let cli = match Cli::try_parse_from(argv) {
@@ -227,6 +245,7 @@ pub fn run(argv: &[String]) -> ExitCode {
         Cli::Orders(OrdersCommand::List(args)) => orders::list(&args, out).map(|()| ExitCode::SUCCESS),
         Cli::Db(DbCommand::Migrate { database_url }) => rebuild::db_migrate(&database_url, out),
         Cli::Db(DbCommand::NewGeneration { database_url }) => rebuild::db_new_generation(&database_url, out),
+        Cli::Keys(KeysCommand::New { role }) => new_key(&role, out),
         Cli::Reconcile { database_url, data_dir, json } => {
             rebuild::reconcile(&database_url, &data_dir, json, out)
         }

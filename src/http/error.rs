@@ -78,6 +78,9 @@ impl Problem {
             let seconds = self.retry_after_s.unwrap_or(1);
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
+        if self.code == "unauthenticated" {
+            headers.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
         if let Some(methods) = self.allow {
             headers.insert(header::ALLOW, header::HeaderValue::from_static(methods));
         }

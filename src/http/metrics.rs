@@ -22,6 +22,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `unauthenticated` or `forbidden`.
+    pub reason: &'static str,
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SaleLabels {
     pub sale: String,
 }
@@ -105,6 +112,7 @@ pub struct Metrics {
     pub outcomes: Hot<OutcomeLabels, Counter>,
     pub expired: Counter,
     webhooks: Family<WebhookLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
     /// Orders cancelled at `pay_by`, and how long after it.
     pub orders_expired: Counter,
     pub order_cancel_lag_seconds: Histogram,
@@ -167,6 +175,11 @@ struct MirrorGauges {
 
 impl Metrics {
     /// Counts a payment webhook's outcome.
+    /// Counts a request refused for want of a key (`unauthenticated`) or of a role (`forbidden`).
+    pub fn refused(&self, reason: &'static str, route: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { reason, route }).inc();
+    }
+
     pub fn webhook(&self, outcome: &'static str) {
         self.webhooks.get_or_create(&WebhookLabels { outcome }).inc();
     }
@@ -202,6 +215,7 @@ impl Metrics {
             outcomes: Hot::new(Family::default()),
             expired: Counter::default(),
             webhooks: Family::default(),
+            refused: Family::default(),
             orders_expired: Counter::default(),
             // 1 ms .. about 65 s.
             order_cancel_lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
@@ -232,6 +246,11 @@ impl Metrics {
         };
         let r = &mut m.registry;
         r.register("http_requests", "HTTP requests by route and status", m.requests.family.clone());
+        r.register(
+            "requests_refused",
+            "Requests refused by who sent them: no usable key (unauthenticated) or a role that may not (forbidden), by route",
+            m.refused.clone(),
+        );
         r.register("http_request_duration_seconds", "Time to answer, by route", m.latency.family.clone());
         r.register(
             "operations",

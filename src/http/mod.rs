@@ -8,6 +8,7 @@
 //! bytes, and the time a client may take to send headers, to send its body (with a minimum rate), or
 //! to send nothing at all.
 
+pub mod auth;
 mod body;
 mod conn;
 mod dto;
@@ -65,6 +66,8 @@ pub struct HttpConfig {
     pub drain_timeout: Duration,
     /// How payment webhooks are verified.
     pub webhooks: WebhookConfig,
+    /// The API keys, by role (`auth.rs`); none: protected mode, every route open on loopback.
+    pub keys: auth::Keys,
 }
 
 /// The secrets payment webhooks are signed with (several during a rotation) and the clock skew
@@ -97,6 +100,7 @@ impl Default for HttpConfig {
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             webhooks: WebhookConfig::default(),
+            keys: auth::Keys::default(),
         }
     }
 }

@@ -283,6 +283,10 @@ async fn dispatch(
     req: Request<Incoming>,
     arrival: Arrival,
 ) -> Result<Reply, Problem> {
+    // Before anything is read or decided: a refusal here costs a hash and changes nothing.
+    let access = super::auth::admit(&app.config.keys, route, req.headers()).inspect_err(|p| {
+        app.metrics.refused(p.code, route.label());
+    })?;
     match route {
         Route::Healthz => return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         Route::Readyz => return readyz(app),
@@ -320,7 +324,7 @@ async fn dispatch(
     let now_ms = app.clock.now_ms();
     // A decision on a deadline is judged at the request's arrival, within the engine's grace.
     let judged_ms = d.engine().judged_at(arrival.ms, now_ms);
-    let h = Handler { app, d, now_ms, judged_ms };
+    let h = Handler { app, d, now_ms, judged_ms, access };
     match route {
         Route::PutSku => h.put_sku(&param, req).await,
         Route::GetSku => h.get_sku(&param).await,
@@ -383,6 +387,8 @@ pub(super) struct Handler<'a> {
     /// The time a commit, release or extend is judged at: its arrival, within the commit grace
     /// (`Engine::judged_at`), so that waiting in the server never costs a hold.
     pub(super) judged_ms: u64,
+    /// Who the caller was let in as (`auth.rs`).
+    pub(super) access: super::auth::Access,
 }
 
 impl Handler<'_> {
@@ -463,9 +469,19 @@ impl Handler<'_> {
     }
 
     async fn reserve(&self, req: Request<Bytes>) -> Result<Reply, Problem> {
+        let anonymous = self.access == super::auth::Access::Anonymous;
         let key = idempotency_key(&req)?;
-        let body: dto::Reserve = self.body(&req)?;
-        let request = reserve_request(&body, key)?;
+        // A caller without a key learns nothing from the server but that it needs one, unless its
+        // reserve is a shopper's: well formed, with an admission.
+        let parsed = self.body::<dto::Reserve>(&req).and_then(|b| Ok((reserve_request(&b, key)?, b)));
+        let (request, body) = match parsed {
+            Ok((request, body)) if !anonymous || body.admission.is_some() => (request, body),
+            Err(problem) if !anonymous => return Err(problem),
+            _ => return Err(self.keyless_reserve()),
+        };
+        if anonymous {
+            self.admitted_shopper(&body, &request)?;
+        }
         // A retry of a remembered success is answered from the key before any admission check: the
         // admission may have ended since, yet the units are held for this caller (invariant 3). It is
         // answered from this one look-up, so a key that lapses meanwhile is never decided afresh here.
@@ -492,6 +508,28 @@ impl Handler<'_> {
             headers.insert(&IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         }
         Ok(response)
+    }
+
+    /// A reserve without an API key: only a shopper's, in a sale with a waiting room, with the
+    /// admission it gave this user (checked again as any reserve's is).
+    fn admitted_shopper(&self, body: &dto::Reserve, request: &ReserveRequest) -> Result<(), Problem> {
+        let skus = request.items.iter().map(|i| &i.sku);
+        match self.d.engine().sale_for(skus, request.sale.as_ref()) {
+            Ok(Some(sale)) if self.d.engine().is_gated(sale.as_str()) => {
+                self.check_admission(&sale, &body.user_id, body.admission.as_deref())
+            }
+            _ => Err(self.keyless_reserve()),
+        }
+    }
+
+    fn keyless_reserve(&self) -> Problem {
+        self.app.metrics.refused("unauthenticated", Route::Reserve.label());
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "a reserve needs a key (Authorization: Bearer <key>), unless it is a shopper's in a sale with a \
+             waiting room, carrying its admission",
+        )
     }
 
     /// A reserve the key does not answer: admission first (gated sales), then the engine decides.

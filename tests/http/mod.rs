@@ -2,6 +2,7 @@
 //! real binary under SIGTERM and SIGKILL.
 
 mod api;
+mod auth;
 mod bad_input;
 pub mod harness;
 mod keys;
