@@ -63,7 +63,8 @@ pub fn same_history(durable: &Durable, applied: Lsn, digest: Option<u64>) -> Res
              older than the database (restored from a backup?)"
         ));
     }
-    let Some(want) = digest else { return Ok(()) };
+    // LSN 0 names no record (a new generation starts there).
+    let Some(want) = digest.filter(|_| applied > 0) else { return Ok(()) };
     let storage = &**durable.wal().storage();
     let found = record_digest(storage, applied)
         .or_else(|| read_anchor(storage).and_then(|(lsn, digest)| (lsn == applied).then_some(digest)));

@@ -124,7 +124,7 @@ pub async fn warm_start(
 ) -> anyhow::Result<Warmed> {
     let state = load_state(client, config).await?;
     client
-        .execute("UPDATE holdfast_mirror SET generation = generation + 1, applied_lsn = 0, applied_at = now() WHERE id = 1", &[])
+        .execute("UPDATE holdfast_mirror SET generation = generation + 1, applied_lsn = 0, applied_digest = NULL, applied_at = now() WHERE id = 1", &[])
         .await?;
     snapshot::write_snapshot(storage, 0, &codec::encode_state(&state))?;
     Ok(Warmed { skus: state.skus.len(), active_reservations: state.reservations.len() })
