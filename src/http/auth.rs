@@ -35,7 +35,8 @@ impl Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == text)
-            .ok_or_else(|| format!("unknown role {text:?}: admin, checkout or ops"))
+            // The text is not repeated: a key given where a role belongs must not reach a log.
+            .ok_or_else(|| "unknown role (admin, checkout or ops)".to_owned())
     }
 }
 
@@ -122,7 +123,16 @@ impl Keys {
                 role.as_str()
             ));
         }
-        self.hashes.push((role, hash(secret.as_bytes())));
+        self.push(role, hash(secret.as_bytes()))
+    }
+
+    /// Adds a key; the same key under two roles is refused (which would win is not for a file's
+    /// order to decide).
+    fn push(&mut self, role: Role, digest: [u8; 32]) -> Result<(), String> {
+        if self.hashes.iter().any(|(r, d)| *d == digest && *r != role) {
+            return Err(format!("a {} key is also given another role", role.as_str()));
+        }
+        self.hashes.push((role, digest));
         Ok(())
     }
 
@@ -143,7 +153,7 @@ impl Keys {
             for (i, byte) in bytes.iter_mut().enumerate() {
                 *byte = u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).expect("checked hex");
             }
-            self.hashes.push((role, bytes));
+            self.push(role, bytes).map_err(|e| format!("line {n}: {e}"))?;
         }
         Ok(())
     }
@@ -236,5 +246,10 @@ mod tests {
         assert!(keys.add_file("root sha256:".to_owned().as_str()).is_err());
         assert!(keys.add_flag("admin=short").is_err());
         assert!(keys.add_flag("admin").is_err());
+        let e = keys.add_file("hf_0123456789abcdef").expect_err("a key where a line belongs");
+        assert!(!e.contains("0123456789"), "the key is not repeated: {e}");
+        let (_, line) = new_key(Role::Admin);
+        let hash = line.split_whitespace().nth(1).expect("hash");
+        assert!(keys.add_file(&format!("admin {hash}\nops {hash}")).is_err(), "one key, two roles");
     }
 }

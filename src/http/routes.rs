@@ -472,22 +472,28 @@ impl Handler<'_> {
         let anonymous = self.access == super::auth::Access::Anonymous;
         let key = idempotency_key(&req)?;
         // A caller without a key learns nothing from the server but that it needs one, unless its
-        // reserve is a shopper's: well formed, with an admission.
-        let parsed = self.body::<dto::Reserve>(&req).and_then(|b| Ok((reserve_request(&b, key)?, b)));
+        // reserve is a shopper's: well formed, with an admission. A shopper's Idempotency-Key is its
+        // own (kept apart by user), so it can neither probe nor take the checkout service's keys.
+        let parsed = self.body::<dto::Reserve>(&req).and_then(|b| {
+            let key = if anonymous { key.map(|k| shopper_key(&b.user_id, &k)).transpose()? } else { key };
+            Ok((reserve_request(&b, key)?, b))
+        });
         let (request, body) = match parsed {
             Ok((request, body)) if !anonymous || body.admission.is_some() => (request, body),
             Err(problem) if !anonymous => return Err(problem),
             _ => return Err(self.keyless_reserve()),
         };
-        if anonymous {
-            self.admitted_shopper(&body, &request)?;
-        }
         // A retry of a remembered success is answered from the key before any admission check: the
         // admission may have ended since, yet the units are held for this caller (invariant 3). It is
         // answered from this one look-up, so a key that lapses meanwhile is never decided afresh here.
         let logged = match self.d.remembered(&request, self.now_ms) {
             Ok(Some(hit)) => hit,
-            Ok(None) | Err(_) => self.reserve_new(&body, &request)?,
+            Ok(None) | Err(_) => {
+                if anonymous {
+                    self.admitted_shopper(&body, &request)?;
+                }
+                self.reserve_new(&body, &request)?
+            }
         };
         self.outcome("reserve", if logged.value.replayed { "replayed" } else { "ok" });
         self.synced(logged.lsn).await?;
@@ -632,6 +638,19 @@ fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
     })
 }
 
+/// Keys a keyless shopper's reserves are remembered under: `shopper-` and a digest of user and key.
+const SHOPPER_KEY_PREFIX: &str = "shopper-";
+
+fn shopper_key(user: &str, key: &IdempotencyKey) -> Result<IdempotencyKey, Problem> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [user.as_bytes(), key.as_str().as_bytes()] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    IdempotencyKey::new(&format!("{SHOPPER_KEY_PREFIX}{:032x}", h.digest128()))
+        .map_err(|e| Problem::invalid(format!("Idempotency-Key: {e}")))
+}
+
 pub(super) fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyKey>, Problem> {
     let mut values = req.headers().get_all("idempotency-key").iter();
     let Some(value) = values.next() else { return Ok(None) };
@@ -640,11 +659,15 @@ pub(super) fn idempotency_key<B>(req: &Request<B>) -> Result<Option<IdempotencyK
     }
     let text = value.to_str().map_err(|_| Problem::invalid("Idempotency-Key must be visible ASCII"))?;
     // The keys restocks from Postgres are taken under: a caller holding one could block a restock.
-    if text.starts_with(crate::reconcile::mirror::ADJUSTMENT_KEY_PREFIX) {
-        return Err(Problem::invalid(format!(
-            "Idempotency-Key: the prefix {} is reserved for restocks taken from Postgres",
-            crate::reconcile::mirror::ADJUSTMENT_KEY_PREFIX
-        )));
+    for (prefix, whose) in [
+        (crate::reconcile::mirror::ADJUSTMENT_KEY_PREFIX, "restocks taken from Postgres"),
+        (SHOPPER_KEY_PREFIX, "shoppers' own keys"),
+    ] {
+        if text.starts_with(prefix) {
+            return Err(Problem::invalid(format!(
+                "Idempotency-Key: the prefix {prefix} is reserved for {whose}"
+            )));
+        }
     }
     IdempotencyKey::new(text).map(Some).map_err(|e| Problem::invalid(format!("Idempotency-Key: {e}")))
 }

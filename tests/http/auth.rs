@@ -194,13 +194,32 @@ fn a_shopper_reserves_without_a_key_only_with_their_own_admission() {
         ),
     );
     assert_eq!((outside.status, outside.code().as_str()), (401, "unauthenticated"), "no sale, no key");
-    let mine = reserve("ada", Some(&ada));
+    let keyed = |admission: &str| {
+        let body = format!(
+            r#"{{"items":[{{"sku":"tee","qty":1}}],"ttl_ms":120000,"user_id":"ada","sale_id":"noon","admission":"{admission}"}}"#
+        );
+        s.send(request("POST", "/v1/reservations", &[("Idempotency-Key", "order-1")], Some(&body)))
+    };
+    let mine = keyed(&ada);
     assert_eq!(mine.status, 201, "{}", mine.text());
     let id = mine.json()["id"].as_str().expect("id").to_owned();
+    // A shopper's key is the shopper's own: the checkout service's same key is another key.
+    let key = bearer(CHECKOUT);
+    let service = s.send(request(
+        "POST",
+        "/v1/reservations",
+        &[("Idempotency-Key", "order-1"), ("Authorization", &key)],
+        Some(r#"{"items":[{"sku":"cap","qty":1}],"ttl_ms":60000}"#),
+    ));
+    assert_ne!(service.code(), "idempotency_conflict", "{}", service.text());
+    // A retry after the admission's session ended gets the reservation back (invariant 3).
+    s.advance(61_000);
+    let again = keyed(&ada);
+    assert_eq!(again.status, 201, "{}", again.text());
+    assert_eq!(again.json()["id"].as_str(), Some(id.as_str()));
     // What comes after the reserve is the checkout service's, with its key.
     let commit = s.post(&format!("/v1/reservations/{id}/commit"), "{}");
     assert_eq!(commit.status, 401);
-    let key = bearer(CHECKOUT);
     let commit = s.send(request(
         "POST",
         &format!("/v1/reservations/{id}/commit"),
