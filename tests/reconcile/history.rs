@@ -108,12 +108,27 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
+/// Backs `dir` up, lets the server on it write `n` more reserves that Postgres applies, then puts the
+/// backup back in its place: a data directory older than the database. Returns Postgres's LSN.
+fn restore_an_older_copy(rt: &tokio::runtime::Runtime, pg: &Pg, dir: &Path, flags: &[&str], n: usize) -> u64 {
+    let backup = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("backup dir");
+    copy_dir(dir, backup.path());
+    let mut p = start_with(dir, flags);
+    wait_ready(rt, p.addr);
+    reserves(rt, &p, n);
+    let followed = caught_up(rt, &p, pg);
+    assert_eq!(stop(&mut p).code(), Some(0));
+    std::fs::remove_dir_all(dir).expect("remove");
+    std::fs::create_dir(dir).expect("recreate");
+    copy_dir(backup.path(), dir);
+    followed
+}
+
 #[test]
 fn a_restored_data_directory_is_not_mirrored_over_the_history_postgres_followed() {
     let pg = Pg::new("restore");
     let rt = runtime();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
-    let backup = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("backup dir");
     let flags = ["--database-url", pg.url.as_str()];
     let mut p = start_with(dir.path(), &flags);
     wait_ready(&rt, p.addr);
@@ -122,16 +137,8 @@ fn a_restored_data_directory_is_not_mirrored_over_the_history_postgres_followed(
     reserves(&rt, &p, 3);
     caught_up(&rt, &p, &pg);
     assert_eq!(stop(&mut p).code(), Some(0));
-    copy_dir(dir.path(), backup.path());
-    let mut p = start_with(dir.path(), &flags);
-    wait_ready(&rt, p.addr);
-    reserves(&rt, &p, 10);
-    let followed = caught_up(&rt, &p, &pg);
-    assert_eq!(stop(&mut p).code(), Some(0));
     // The backup comes back and is written to past the LSN Postgres applied, with other reservations.
-    std::fs::remove_dir_all(dir.path()).expect("remove");
-    std::fs::create_dir(dir.path()).expect("recreate");
-    copy_dir(backup.path(), dir.path());
+    let followed = restore_an_older_copy(&rt, &pg, dir.path(), &flags, 10);
     let mut p = start_with(dir.path(), &flags);
     wait_ready(&rt, p.addr);
     let skus = pg.skus();
@@ -358,24 +365,15 @@ fn a_restored_data_directory_stays_refused_after_its_log_lets_the_checkpoints_re
     let pg = Pg::new("anchor");
     let rt = runtime();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
-    let backup = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("backup dir");
     let mut p = mirrored_with_budget(&rt, &pg, dir.path(), 2 << 20);
     reserves(&rt, &p, 50);
     caught_up(&rt, &p, &pg);
     assert_eq!(stop(&mut p).code(), Some(0));
-    copy_dir(dir.path(), backup.path());
     let budget = (2u64 << 20).to_string();
     let flags =
         [&["--database-url", pg.url.as_str(), "--mirror-log-budget-bytes", budget.as_str()][..], &SMALL_LOG]
             .concat();
-    let mut p = start_with(dir.path(), &flags);
-    wait_ready(&rt, p.addr);
-    reserves(&rt, &p, 100);
-    let followed = caught_up(&rt, &p, &pg);
-    assert_eq!(stop(&mut p).code(), Some(0));
-    std::fs::remove_dir_all(dir.path()).expect("remove");
-    std::fs::create_dir(dir.path()).expect("recreate");
-    copy_dir(backup.path(), dir.path());
+    let followed = restore_an_older_copy(&rt, &pg, dir.path(), &flags, 100);
     // The restored directory is refused, then written to until its log outgrows the budget and
     // snapshots remove the segment that held its own record at Postgres's LSN.
     let mut p = start_with(dir.path(), &flags);
