@@ -16,9 +16,9 @@ use std::sync::Arc;
 pub(super) fn reservation_ids(ids: &[String]) -> anyhow::Result<HashSet<u64>> {
     ids.iter()
         .map(|s| {
-            crate::engine::ReservationId::parse(s)
-                .map(|id| id.raw())
-                .ok_or_else(|| anyhow::anyhow!("{s} is not a reservation id (rsv_ and 16 hex digits)"))
+            crate::engine::ReservationId::parse(s).map(|id| id.raw()).ok_or_else(|| {
+                anyhow::anyhow!("{s} is not a reservation id (rsv_ and 32 hex digits, or 16 before tags)")
+            })
         })
         .collect()
 }

@@ -15,9 +15,13 @@ mod orders;
 pub use orders::step_name;
 
 pub const RECORD_MAGIC: [u8; 4] = *b"HFRC";
-pub const RECORD_FORMAT_VERSION: u32 = 1;
+/// Version 2 is version 1 with the tags of the ids a record names (`ReservationId::tag`) in a longer
+/// prefix; the rkyv body is the same. Records that name no tagged id are still written as version 1.
+pub const RECORD_FORMAT_VERSION: u32 = 2;
 /// The prefix keeps the rkyv bytes 16-byte aligned inside the log's 16-byte aligned payloads.
 const PREFIX_BYTES: usize = 16;
+/// Version 2's prefix: version 1's, then the tag of the record's reservation and of its order.
+const TAGGED_PREFIX_BYTES: usize = 32;
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
 enum LogRecord {
@@ -202,13 +206,36 @@ fn unprefix<'a>(
     Ok(&payload[PREFIX_BYTES..])
 }
 
+/// The tags of the ids a record names: its reservation's, and an order step's order's.
+fn tags(record: &Record) -> [u64; 2] {
+    let of = |r: &Record| match r {
+        Record::Reserved(r) => r.id.tag(),
+        Record::Extended { id, .. }
+        | Record::Committed { id, .. }
+        | Record::Released { id, .. }
+        | Record::Expired { id, .. } => id.tag(),
+        _ => 0,
+    };
+    match record {
+        Record::Order(o) => [o.reservation.as_ref().map_or(0, of), o.order.0.tag()],
+        other => [of(other), 0],
+    }
+}
+
 /// Encodes `record` into `out` (cleared first).
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
     out.clear();
-    prefix(out, RECORD_MAGIC, RECORD_FORMAT_VERSION);
+    let tags = tags(record);
+    if tags == [0, 0] {
+        prefix(out, RECORD_MAGIC, 1);
+    } else {
+        prefix(out, RECORD_MAGIC, RECORD_FORMAT_VERSION);
+        out.extend_from_slice(&tags[0].to_le_bytes());
+        out.extend_from_slice(&tags[1].to_le_bytes());
+    }
     // Straight into `out`, behind the prefix: rkyv pads relative to the writer's start, and the prefix
     // is a multiple of the archive's alignment, so the body is laid out exactly as it would be alone.
-    const _: () = assert!(PREFIX_BYTES.is_multiple_of(16));
+    const _: () = assert!(PREFIX_BYTES.is_multiple_of(16) && TAGGED_PREFIX_BYTES.is_multiple_of(16));
     rkyv::api::high::to_bytes_in::<_, rancor::Error>(&to_log(record), &mut *out)
         .expect("serialising plain data cannot fail");
 }
@@ -231,9 +258,19 @@ fn bad(what: impl std::fmt::Display) -> DecodeError {
 
 /// Decodes and validates a payload. `payload` must be 16-byte aligned, as the log's payloads are.
 pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
-    let body = unprefix(payload, RECORD_MAGIC, RECORD_FORMAT_VERSION, "record")?;
+    let version = payload.get(4..8).map_or(0, |v| u32::from_le_bytes(v.try_into().expect("4 bytes")));
+    let (body, tags) = if version == 1 {
+        (unprefix(payload, RECORD_MAGIC, 1, "record")?, [0, 0])
+    } else {
+        let rest = unprefix(payload, RECORD_MAGIC, RECORD_FORMAT_VERSION, "record")?;
+        if rest.len() < TAGGED_PREFIX_BYTES - PREFIX_BYTES {
+            return Err(bad("record shorter than its prefix"));
+        }
+        let tag = |at: usize| u64::from_le_bytes(rest[at..at + 8].try_into().expect("8 bytes"));
+        (&rest[TAGGED_PREFIX_BYTES - PREFIX_BYTES..], [tag(0), tag(8)])
+    };
     let archived = rkyv::access::<ArchivedLogRecord, rancor::Error>(body).map_err(bad)?;
-    from_archived(archived).map_err(|e| match e {
+    from_archived(archived, tags).map_err(|e| match e {
         Invalid::Name(e) => bad(e),
         Invalid::Id(raw) => bad(format_args!("reservation id {raw:#x} is not valid")),
         Invalid::Code(what, code) => bad(format_args!("{what} code {code} is not valid")),
@@ -252,12 +289,13 @@ impl From<NameError> for Invalid {
     }
 }
 
-fn id(raw: &rkyv::rend::u64_le) -> Result<ReservationId, Invalid> {
+fn id(raw: &rkyv::rend::u64_le, tag: u64) -> Result<ReservationId, Invalid> {
     let raw = raw.to_native();
-    ReservationId::from_raw(raw).ok_or(Invalid::Id(raw))
+    ReservationId::from_parts(raw, tag).ok_or(Invalid::Id(raw))
 }
 
-fn from_archived(r: &ArchivedLogRecord) -> Result<Record, Invalid> {
+/// `tags`: the record's reservation's and its order's (version 2's prefix), or zeros.
+fn from_archived(r: &ArchivedLogRecord, tags: [u64; 2]) -> Result<Record, Invalid> {
     Ok(match r {
         ArchivedLogRecord::StockSet { sku, on_hand, at_ms } => {
             Record::StockSet { sku: SkuId::new(sku)?, on_hand: on_hand.to_native(), at_ms: at_ms.to_native() }
@@ -288,20 +326,20 @@ fn from_archived(r: &ArchivedLogRecord) -> Result<Record, Invalid> {
             skus: skus.iter().map(|sku| SkuId::new(sku)).collect::<Result<_, _>>()?,
             at_ms: at_ms.to_native(),
         },
-        ArchivedLogRecord::Reserved(r) => Record::Reserved(reserved_from(r)?),
+        ArchivedLogRecord::Reserved(r) => Record::Reserved(reserved_from(r, tags[0])?),
         ArchivedLogRecord::Extended { id: raw, expires_at_ms, at_ms } => Record::Extended {
-            id: id(raw)?,
+            id: id(raw, tags[0])?,
             expires_at_ms: expires_at_ms.to_native(),
             at_ms: at_ms.to_native(),
         },
         ArchivedLogRecord::Committed { id: raw, at_ms } => {
-            Record::Committed { id: id(raw)?, at_ms: at_ms.to_native() }
+            Record::Committed { id: id(raw, tags[0])?, at_ms: at_ms.to_native() }
         }
         ArchivedLogRecord::Released { id: raw, at_ms } => {
-            Record::Released { id: id(raw)?, at_ms: at_ms.to_native() }
+            Record::Released { id: id(raw, tags[0])?, at_ms: at_ms.to_native() }
         }
         ArchivedLogRecord::Expired { id: raw, at_ms } => {
-            Record::Expired { id: id(raw)?, at_ms: at_ms.to_native() }
+            Record::Expired { id: id(raw, tags[0])?, at_ms: at_ms.to_native() }
         }
         ArchivedLogRecord::SaleConfigured { sale, per_user_max, room, at_ms } => Record::SaleConfigured {
             sale: SaleId::new(sale)?,
@@ -322,15 +360,15 @@ fn from_archived(r: &ArchivedLogRecord) -> Result<Record, Invalid> {
             count: count.to_native(),
             at_ms: at_ms.to_native(),
         },
-        ArchivedLogRecord::Order(o) => Record::Order(Box::new(orders::from_archived_order(o)?)),
+        ArchivedLogRecord::Order(o) => Record::Order(Box::new(orders::from_archived_order(o, tags)?)),
     })
 }
 
-fn reserved_from(r: &ArchivedLogReserved) -> Result<ReservedRecord, Invalid> {
+fn reserved_from(r: &ArchivedLogReserved, tag: u64) -> Result<ReservedRecord, Invalid> {
     let items = r.items.iter().map(|i| Ok(Item { sku: SkuId::new(&i.sku)?, qty: i.qty.to_native() }));
     let key = r.key.as_ref().map(|k| IdempotencyKey::new(k)).transpose()?;
     Ok(ReservedRecord {
-        id: id(&r.id)?,
+        id: id(&r.id, tag)?,
         items: items.collect::<Result<_, Invalid>>()?,
         created_at_ms: r.created_at_ms.to_native(),
         expires_at_ms: r.expires_at_ms.to_native(),
@@ -347,7 +385,23 @@ pub const STATE_MAGIC: [u8; 4] = *b"HFST";
 /// Version 2 added waiting rooms; version 1 snapshots (without them) still read.
 /// Version 3 added the SKUs each sale covers and the keys of stock adjustments.
 /// Version 4 added orders and the payment events remembered.
-pub const STATE_FORMAT_VERSION: u32 = 4;
+/// Version 5 added the tags of reservation ids (`ReservationId::tag`); before it every tag is 0.
+pub const STATE_FORMAT_VERSION: u32 = 5;
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapStateV5 {
+    v4: SnapStateV4,
+    tags: SnapTags,
+}
+
+/// The tags of the ids in version 4's lists, in the same order: each reservation's, each remembered
+/// key's, and each order's (its own and its reservation's).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapTags {
+    reservations: Vec<u64>,
+    keys: Vec<u64>,
+    orders: Vec<(u64, u64)>,
+}
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapStateV4 {
@@ -476,8 +530,14 @@ fn state_code(state: crate::engine::ReservationState) -> u8 {
 pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
     let mut out = Vec::new();
     prefix(&mut out, STATE_MAGIC, STATE_FORMAT_VERSION);
-    let snap =
+    let v4 =
         SnapStateV4 { v3: snap_v3(state), orders: orders::snap_orders(&state.orders, &state.payment_events) };
+    let tags = SnapTags {
+        reservations: state.reservations.iter().map(|r| r.id.tag()).collect(),
+        keys: state.keys.iter().map(|k| k.id.tag()).collect(),
+        orders: state.orders.iter().map(|o| (o.id.0.tag(), o.reservation.tag())).collect(),
+    };
+    let snap = SnapStateV5 { v4, tags };
     out.extend_from_slice(
         &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
     );
@@ -589,7 +649,7 @@ fn adjust_key(k: &ArchivedSnapAdjustKey) -> Result<crate::engine::RememberedAdju
 pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, DecodeError> {
     use crate::engine::{EngineState, RememberedKey, ReservationState, ReservationView, Stock};
     let found = payload.get(4..8).map_or(0, |v| u32::from_le_bytes(v.try_into().expect("4 bytes")));
-    let (mut adjust_keys, mut sale_skus, mut orders) = (None, None, None);
+    let (mut adjust_keys, mut sale_skus, mut orders, mut tags) = (None, None, None, None);
     let (snap, rooms) = match found {
         1 => {
             let body = unprefix(payload, STATE_MAGIC, 1, "snapshot")?;
@@ -607,9 +667,20 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
             sale_skus = Some(&v3.sale_skus);
             (&v3.v2.base, Some(&v3.v2.rooms))
         }
+        4 => {
+            let body = unprefix(payload, STATE_MAGIC, 4, "snapshot")?;
+            let v4 = rkyv::access::<ArchivedSnapStateV4, rancor::Error>(body).map_err(bad)?;
+            orders = Some(&v4.orders);
+            let v3 = &v4.v3;
+            adjust_keys = Some(&v3.adjust_keys);
+            sale_skus = Some(&v3.sale_skus);
+            (&v3.v2.base, Some(&v3.v2.rooms))
+        }
         _ => {
             let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
-            let v4 = rkyv::access::<ArchivedSnapStateV4, rancor::Error>(body).map_err(bad)?;
+            let v5 = rkyv::access::<ArchivedSnapStateV5, rancor::Error>(body).map_err(bad)?;
+            tags = Some(&v5.tags);
+            let v4 = &v5.v4;
             orders = Some(&v4.orders);
             let v3 = &v4.v3;
             adjust_keys = Some(&v3.adjust_keys);
@@ -619,7 +690,7 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
     };
     let name_err = |e: NameError| bad(e);
     let id_of = |raw: &rkyv::rend::u64_le| {
-        ReservationId::from_raw(raw.to_native()).ok_or_else(|| bad("invalid reservation id"))
+        ReservationId::from_parts(raw.to_native(), 0).ok_or_else(|| bad("invalid reservation id"))
     };
     let mut state = EngineState::default();
     for s in snap.skus.iter() {
@@ -713,5 +784,29 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
     if let Some(orders) = orders {
         (state.orders, state.payment_events) = orders::orders_from(orders)?;
     }
+    if let Some(tags) = tags {
+        tag_ids(&mut state, tags)?;
+    }
     Ok(state)
+}
+
+/// Gives the ids of a decoded state their tags (version 5), list by list.
+fn tag_ids(state: &mut crate::engine::EngineState, tags: &ArchivedSnapTags) -> Result<(), DecodeError> {
+    let lengths = [tags.reservations.len(), tags.keys.len(), tags.orders.len()];
+    if lengths != [state.reservations.len(), state.keys.len(), state.orders.len()] {
+        return Err(bad(format_args!("snapshot tags {lengths:?} do not match its lists")));
+    }
+    let tagged = |id: ReservationId, tag: &rkyv::rend::u64_le| {
+        ReservationId::from_parts(id.raw(), tag.to_native()).expect("the raw id was checked")
+    };
+    for (r, tag) in state.reservations.iter_mut().zip(tags.reservations.iter()) {
+        r.id = tagged(r.id, tag);
+    }
+    for (k, tag) in state.keys.iter_mut().zip(tags.keys.iter()) {
+        k.id = tagged(k.id, tag);
+    }
+    for (o, tag) in state.orders.iter_mut().zip(tags.orders.iter()) {
+        (o.id.0, o.reservation) = (tagged(o.id.0, &tag.0), tagged(o.reservation, &tag.1));
+    }
+    Ok(())
 }

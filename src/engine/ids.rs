@@ -140,62 +140,89 @@ impl Reason {
     }
 }
 
-/// A reservation id: the shard that issued it (high 16 bits) and that shard's sequence number (low 48
-/// bits). Unique for the life of a data directory: replay restores every shard's sequence.
+/// A reservation id: the shard that issued it (high 16 bits of `raw`), that shard's sequence number
+/// (low 48 bits), and a random `tag` drawn when it was issued. The sequence makes ids unique for the
+/// life of a data directory (replay restores every shard's sequence); the tag makes them unguessable,
+/// so that knowing one's own id tells nothing of the next. Ids issued before tags existed have tag 0
+/// and keep their short text form.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReservationId(u64);
+pub struct ReservationId {
+    raw: u64,
+    tag: u64,
+}
 
 const SEQ_BITS: u32 = 48;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 const TEXT_PREFIX: &str = "rsv_";
 
 impl ReservationId {
-    pub(crate) fn new(shard: u16, seq: u64) -> Self {
+    pub(crate) fn new(shard: u16, seq: u64, tag: u64) -> Self {
         assert!(seq > 0 && seq <= SEQ_MASK, "sequence {seq} outside 1..2^48");
-        Self((u64::from(shard) << SEQ_BITS) | seq)
+        Self { raw: (u64::from(shard) << SEQ_BITS) | seq, tag }
     }
-    /// The id as stored in the log.
-    pub fn from_raw(raw: u64) -> Option<Self> {
-        (raw & SEQ_MASK != 0).then_some(Self(raw))
+    /// A fresh tag: 64 bits from the thread's cryptographic generator, never 0 (0 marks an old id).
+    pub(crate) fn fresh_tag() -> u64 {
+        rand::random::<u64>().max(1)
+    }
+    /// The id as stored in the log: its raw sequence and its tag.
+    pub fn from_parts(raw: u64, tag: u64) -> Option<Self> {
+        (raw & SEQ_MASK != 0).then_some(Self { raw, tag })
     }
     pub fn raw(self) -> u64 {
-        self.0
+        self.raw
+    }
+    pub fn tag(self) -> u64 {
+        self.tag
     }
     pub(crate) fn shard(self) -> u16 {
-        (self.0 >> SEQ_BITS) as u16
+        (self.raw >> SEQ_BITS) as u16
     }
     pub(crate) fn seq(self) -> u64 {
-        self.0 & SEQ_MASK
+        self.raw & SEQ_MASK
     }
-    /// Parses the text form `rsv_` + 16 lower-case hex digits.
+    /// Parses the text form: `rsv_`, 16 lower-case hex digits of the raw id, then 16 of the tag. An id
+    /// issued before tags existed is the first 20 characters alone.
     pub fn parse(s: &str) -> Option<Self> {
         let hex = s.strip_prefix(TEXT_PREFIX)?;
-        if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !matches!(hex.len(), 16 | 32) || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return None;
         }
-        Self::from_raw(u64::from_str_radix(hex, 16).ok()?)
+        let raw = u64::from_str_radix(&hex[..16], 16).ok()?;
+        let tag = match hex.get(16..) {
+            Some("") | None => 0,
+            // A tag of 0 is written short; its long form is not an id.
+            Some(t) => Some(u64::from_str_radix(t, 16).ok()?).filter(|t| *t != 0)?,
+        };
+        Self::from_parts(raw, tag)
     }
 
-    /// The text form, `rsv_` + 16 hex digits, written by hand: every reserve answers with its id,
-    /// and the formatter (padded hex, then a String grown to fit) costs ten times more.
+    /// The text form, written by hand: every reserve answers with its id, and the formatter (padded
+    /// hex, then a String grown to fit) costs ten times more.
     pub fn text(self) -> IdText {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; TEXT_PREFIX.len() + 16];
+        let mut text = [0u8; ID_TEXT_MAX];
         text[..TEXT_PREFIX.len()].copy_from_slice(TEXT_PREFIX.as_bytes());
-        for (n, digit) in text[TEXT_PREFIX.len()..].iter_mut().enumerate() {
-            *digit = HEX[(self.0 >> (60 - 4 * n) & 0xf) as usize];
+        let digits = if self.tag == 0 { 16 } else { 32 };
+        for (n, digit) in text[TEXT_PREFIX.len()..][..digits].iter_mut().enumerate() {
+            let word = if n < 16 { self.raw } else { self.tag };
+            *digit = HEX[(word >> (60 - 4 * (n % 16)) & 0xf) as usize];
         }
-        IdText(text)
+        IdText { text, len: (TEXT_PREFIX.len() + digits) as u8 }
     }
 }
 
+const ID_TEXT_MAX: usize = TEXT_PREFIX.len() + 32;
+
 /// A reservation id's text, on the stack.
-pub struct IdText([u8; TEXT_PREFIX.len() + 16]);
+pub struct IdText {
+    text: [u8; ID_TEXT_MAX],
+    len: u8,
+}
 
 impl std::ops::Deref for IdText {
     type Target = str;
     fn deref(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("ASCII")
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).expect("ASCII")
     }
 }
 
@@ -246,15 +273,30 @@ mod tests {
 
     #[test]
     fn reservation_id_round_trips_through_text() {
-        let id = ReservationId::new(3, 42);
+        let id = ReservationId::new(3, 42, 0x0123_4567_89ab_cdef);
         assert_eq!(id.shard(), 3);
         assert_eq!(id.seq(), 42);
         let text = id.to_string();
-        assert_eq!(text, "rsv_000300000000002a");
+        assert_eq!(text, "rsv_000300000000002a0123456789abcdef");
         assert_eq!(ReservationId::parse(&text), Some(id));
+        // An id from before tags: the short form, tag 0.
+        let old = ReservationId::new(3, 42, 0);
+        assert_eq!(old.to_string(), "rsv_000300000000002a");
+        assert_eq!(ReservationId::parse("rsv_000300000000002a"), Some(old));
+        assert_ne!(ReservationId::parse("rsv_000300000000002a"), Some(id), "the tag is part of the id");
+        assert_eq!(ReservationId::parse("rsv_000300000000002a0000000000000000"), None);
         assert_eq!(ReservationId::parse("rsv_000300000000002A"), None);
+        assert_eq!(ReservationId::parse("rsv_000300000000002a0123456789abcdeF"), None);
         assert_eq!(ReservationId::parse("rsv_0000000000000000"), None);
+        assert_eq!(ReservationId::parse("rsv_000300000000002a0123"), None);
         assert_eq!(ReservationId::parse("rsv_12"), None);
         assert_eq!(ReservationId::parse("000300000000002a"), None);
+    }
+
+    #[test]
+    fn fresh_tags_differ_and_are_never_zero() {
+        let tags: std::collections::HashSet<u64> = (0..1000).map(|_| ReservationId::fresh_tag()).collect();
+        assert_eq!(tags.len(), 1000);
+        assert!(!tags.contains(&0));
     }
 }

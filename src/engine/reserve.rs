@@ -62,7 +62,7 @@ impl Engine {
         // critical section short; only the id is filled in under the locks.
         let key = req.idempotency_key.as_ref().map(|key| (key, req.fingerprint()));
         let mut record = ReservedRecord {
-            id: ReservationId::new(0, 1),
+            id: ReservationId::new(0, 1, 0),
             items: req.items.clone(),
             created_at_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(req.ttl_ms),
@@ -71,6 +71,8 @@ impl Engine {
             idempotency: key.map(|(key, fingerprint)| (key.clone(), fingerprint)),
         };
 
+        // Drawn before the locks: the generator is cheap, but it is not the critical section's work.
+        let tag = ReservationId::fresh_tag();
         let mut key_shard = key.map(|(key, _)| self.keys.shard(key).write());
         if let (Some(shard), Some((key, fingerprint))) = (&key_shard, key) {
             if let Some(hit) = shard.lookup(key, || fingerprint, now_ms, self.keys.window_ms())? {
@@ -112,7 +114,7 @@ impl Engine {
             }
         }
 
-        record.id = ReservationId::new(home, locked.shard(home).next_seq);
+        record.id = ReservationId::new(home, locked.shard(home).next_seq, tag);
         let reserved = Reserved { id: record.id, expires_at_ms: record.expires_at_ms, replayed: false };
         let record = Record::Reserved(record);
         sink.append(&record).map_err(|_| ReserveError::LogRefused)?;
@@ -205,6 +207,7 @@ impl Engine {
             ended_at_ms: 0,
             state: ReservationState::Active,
             holder,
+            tag: r.id.tag(),
         };
         let previous = shard.reservations.insert(r.id, reservation);
         assert!(previous.is_none(), "reservation {} issued twice", r.id);

@@ -39,6 +39,8 @@ pub(crate) struct Reservation {
     pub(crate) state: ReservationState,
     /// Boxed: most reservations in a plain checkout have none, and it keeps the common case small.
     pub(crate) holder: Option<Box<Holder>>,
+    /// The id's tag: the ring finds a reservation by sequence, and an id with another tag is not it.
+    pub(crate) tag: u64,
 }
 
 impl Reservation {
@@ -78,7 +80,8 @@ impl Reservations {
 
     pub(crate) fn get(&self, id: &ReservationId) -> Option<&Reservation> {
         match self.slot(*id).and_then(|i| self.ring.get(i)) {
-            Some(Some(r)) => Some(r),
+            Some(Some(r)) if r.tag == id.tag() => Some(r),
+            Some(Some(_)) => None,
             // Another shard's id, or an own id not in the ring (far ahead of it, or left behind).
             _ if self.foreign.is_empty() => None,
             _ => self.foreign.get(id),
@@ -87,7 +90,9 @@ impl Reservations {
 
     pub(crate) fn get_mut(&mut self, id: &ReservationId) -> Option<&mut Reservation> {
         match self.slot(*id) {
-            Some(i) if self.ring.get(i).is_some_and(Option::is_some) => self.ring[i].as_mut(),
+            Some(i) if self.ring.get(i).is_some_and(Option::is_some) => {
+                self.ring[i].as_mut().filter(|r| r.tag == id.tag())
+            }
             _ => self.foreign.get_mut(id),
         }
     }
@@ -99,6 +104,7 @@ impl Reservations {
     /// Inserts a new reservation. An own id must not lie below the ring (already forgotten); the live
     /// path issues the next sequence number and replay checks it is the next one.
     pub(crate) fn insert(&mut self, id: ReservationId, r: Reservation) -> Option<Reservation> {
+        debug_assert_eq!(r.tag, id.tag(), "a reservation carries its id's tag");
         if id.shard() != self.shard {
             return self.foreign.insert(id, r);
         }
@@ -120,7 +126,15 @@ impl Reservations {
     /// Forgets a reservation, and drops the leading empty slots so the ring does not grow forever.
     pub(crate) fn remove(&mut self, id: &ReservationId) {
         match self.slot(*id) {
-            Some(i) if self.ring.get(i).is_some_and(Option::is_some) => self.ring[i] = None,
+            Some(i)
+                if self
+                    .ring
+                    .get(i)
+                    .as_ref()
+                    .is_some_and(|r| r.as_ref().is_some_and(|r| r.tag == id.tag())) =>
+            {
+                self.ring[i] = None
+            }
             _ => drop(self.foreign.remove(id)),
         }
         while matches!(self.ring.front(), Some(None)) {
@@ -136,8 +150,7 @@ impl Reservations {
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (ReservationId, &Reservation)> {
         let own = self.ring.iter().enumerate().filter_map(|(i, r)| {
-            let id = ReservationId::new(self.shard, self.base + i as u64);
-            r.as_ref().map(|r| (id, r))
+            r.as_ref().map(|r| (ReservationId::new(self.shard, self.base + i as u64, r.tag), r))
         });
         own.chain(self.foreign.iter().map(|(id, r)| (*id, r)))
     }
@@ -269,6 +282,7 @@ mod tests {
 
     fn reservation(created_at_ms: u64) -> Reservation {
         Reservation {
+            tag: 7,
             lines: Lines::new(),
             created_at_ms,
             expires_at_ms: created_at_ms + 1,
@@ -282,13 +296,19 @@ mod tests {
     #[test]
     fn ids_far_apart_do_not_allocate_their_span() {
         let mut r = Reservations::new(0);
-        let near = ReservationId::new(0, 5);
-        let far = ReservationId::new(0, 1 << 40);
+        let near = ReservationId::new(0, 5, 7);
+        let far = ReservationId::new(0, 1 << 40, 7);
         assert!(r.insert(near, reservation(1)).is_none());
         assert!(r.insert(far, reservation(2)).is_none());
         assert!(r.ring.len() < 16, "ring of {} slots", r.ring.len());
         assert_eq!(r.get(&far).map(|x| x.created_at_ms), Some(2));
         assert_eq!(r.get(&near).map(|x| x.created_at_ms), Some(1));
+        // The same sequence with another tag is not the reservation, in the ring or outside it.
+        for other in [ReservationId::new(0, 5, 8), ReservationId::new(0, 1 << 40, 0)] {
+            assert!(r.get(&other).is_none() && r.get_mut(&other).is_none(), "{other}");
+            r.remove(&other);
+        }
+        assert_eq!(r.iter().count(), 2, "removing with a wrong tag removes nothing");
         r.get_mut(&far).expect("found").created_at_ms = 3;
         assert_eq!(r.iter().count(), 2);
         r.remove(&near);
@@ -297,7 +317,7 @@ mod tests {
         assert!(r.is_empty());
         // The ring still grows densely for ids issued in sequence.
         for seq in 10..2_000 {
-            r.insert(ReservationId::new(0, seq), reservation(seq));
+            r.insert(ReservationId::new(0, seq, 7), reservation(seq));
         }
         assert!(r.foreign.is_empty() && r.ring.len() == 1_990);
     }

@@ -212,6 +212,7 @@ impl Engine {
             ended_at_ms: view.ended_at_ms.unwrap_or(0),
             state: view.state,
             holder,
+            tag: view.id.tag(),
         };
         let store = self.store_of(view.id);
         let mut shard = self.shards[usize::from(store)].lock();

@@ -588,8 +588,9 @@ fn replay_with_fewer_shards_still_finds_and_ends_reservations() {
 
 #[test]
 fn reservation_memory_layout_stays_small() {
-    // The per-reservation memory goal (≤ 160 bytes) depends on these staying small.
-    assert!(std::mem::size_of::<shard::Reservation>() <= 64, "{}", std::mem::size_of::<shard::Reservation>());
+    // The per-reservation memory goal (≤ 160 bytes resident, `cargo bench --bench memory`) depends on
+    // these staying small; the id's tag took it from 64 to 72.
+    assert!(std::mem::size_of::<shard::Reservation>() <= 72, "{}", std::mem::size_of::<shard::Reservation>());
 }
 
 #[test]

@@ -106,7 +106,7 @@ fn order_out(o: &Order) -> OrderOut {
 fn order_id(text: &str) -> Result<OrderId, Problem> {
     OrderId::parse(text).ok_or_else(|| {
         let shown: String = text.chars().take(64).collect();
-        Problem::not_found(format!("no order {shown:?} (an order id is ord_ and 16 hex digits)"))
+        Problem::not_found(format!("no order {shown:?} (an order id is ord_ and 32 hex digits, or 16 for one placed before ids had tags)"))
     })
 }
 

@@ -60,7 +60,7 @@ pub async fn load_state(client: &Client, config: &EngineConfig) -> anyhow::Resul
     for row in client.query(&sql, &[]).await? {
         let id: String = row.get(0);
         let parsed = ReservationId::parse(&id)
-            .ok_or_else(|| bad("reservation id", &id, &"not rsv_ and 16 hex digits"))?;
+            .ok_or_else(|| bad("reservation id", &id, &"not rsv_ and 32 (or 16) hex digits"))?;
         let sku: String = row.get(5);
         let item = Item {
             sku: SkuId::new(&sku).map_err(|e| bad("SKU", &sku, &e))?,

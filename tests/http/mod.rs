@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod bad_input;
 pub mod harness;
+mod ids;
 mod keys;
 mod orders;
 mod orders_bad_input;

@@ -163,7 +163,7 @@ fn an_order_holds_its_units_and_a_retry_with_its_key_returns_it_also_after_a_res
     let o = r.json();
     let id = o["id"].as_str().expect("id").to_owned();
     assert_eq!(r.header("location"), Some(format!("/v1/orders/{id}").as_str()));
-    assert!(id.starts_with("ord_") && id.len() == 20, "{id}");
+    assert!(id.starts_with("ord_") && id.len() == 36, "{id}");
     assert_eq!(o["state"], "awaiting_payment");
     assert_eq!(o["amount"], 2 * 1_500 + 999, "amount = sum of qty * unit_price");
     assert_eq!(o["currency"], "usd");

@@ -168,7 +168,8 @@ pub(super) fn to_log_order(r: &OrderRecord) -> LogOrder {
     }
 }
 
-pub(super) fn from_archived_order(o: &ArchivedLogOrder) -> Result<OrderRecord, Invalid> {
+/// `tags`: the tag of the reservation the step carries, and the order's (see `tags` in the parent).
+pub(super) fn from_archived_order(o: &ArchivedLogOrder, tags: [u64; 2]) -> Result<OrderRecord, Invalid> {
     let text = || o.text.as_ref().map(|t| t.to_string()).ok_or(Invalid::Code("order step text", o.step));
     let step = match o.step {
         0 => OrderStep::Placed(Box::new(placed(
@@ -194,24 +195,24 @@ pub(super) fn from_archived_order(o: &ArchivedLogOrder) -> Result<OrderRecord, I
     };
     let reservation = match o.reservation.as_ref() {
         None => None,
-        Some(ArchivedLogHold::Reserved(r)) => Some(Record::Reserved(reserved_from(r)?)),
+        Some(ArchivedLogHold::Reserved(r)) => Some(Record::Reserved(reserved_from(r, tags[0])?)),
         Some(ArchivedLogHold::Extended { id: raw, expires_at_ms, at_ms }) => Some(Record::Extended {
-            id: id(raw)?,
+            id: id(raw, tags[0])?,
             expires_at_ms: expires_at_ms.to_native(),
             at_ms: at_ms.to_native(),
         }),
         Some(ArchivedLogHold::Committed { id: raw, at_ms }) => {
-            Some(Record::Committed { id: id(raw)?, at_ms: at_ms.to_native() })
+            Some(Record::Committed { id: id(raw, tags[0])?, at_ms: at_ms.to_native() })
         }
         Some(ArchivedLogHold::Released { id: raw, at_ms }) => {
-            Some(Record::Released { id: id(raw)?, at_ms: at_ms.to_native() })
+            Some(Record::Released { id: id(raw, tags[0])?, at_ms: at_ms.to_native() })
         }
         Some(ArchivedLogHold::Expired { id: raw, at_ms }) => {
-            Some(Record::Expired { id: id(raw)?, at_ms: at_ms.to_native() })
+            Some(Record::Expired { id: id(raw, tags[0])?, at_ms: at_ms.to_native() })
         }
     };
     Ok(OrderRecord {
-        order: OrderId(id(&o.order)?),
+        order: OrderId(id(&o.order, tags[1])?),
         step,
         reservation,
         event: o.event.as_ref().map(|e| e.to_string()),
@@ -305,7 +306,7 @@ pub(super) fn orders_from(s: &ArchivedSnapOrders) -> Result<Orders, DecodeError>
         Invalid::Code(what, code) => bad(format_args!("{what} code {code} is not valid")),
     };
     let rid = |raw: &rkyv::rend::u64_le| {
-        ReservationId::from_raw(raw.to_native()).ok_or_else(|| bad("invalid reservation id"))
+        ReservationId::from_parts(raw.to_native(), 0).ok_or_else(|| bad("invalid reservation id"))
     };
     let mut orders = Vec::with_capacity(s.orders.len());
     for o in s.orders.iter() {

@@ -98,7 +98,7 @@ fn a_keyed_adjustment_round_trips_and_an_unkeyed_one_keeps_the_first_layout() {
 }
 
 #[test]
-fn a_state_with_adjustment_keys_sale_skus_and_orders_round_trips_as_version_4() {
+fn a_state_with_adjustment_keys_sale_skus_and_orders_round_trips_as_version_5() {
     use crate::engine::{EngineState, RememberedAdjustKey, Stock};
     let stock = Stock { on_hand: 20, available: 16, reserved: 4, sold: 0 };
     let key = IdempotencyKey::new("po-77").expect("valid");
@@ -109,7 +109,7 @@ fn a_state_with_adjustment_keys_sale_skus_and_orders_round_trips_as_version_4() 
     state.orders.push(sample_order());
     state.payment_events.push((u128::MAX - 1, 77));
     let bytes = encode_state(&state);
-    assert_eq!(bytes[4], 4);
+    assert_eq!(bytes[4], 5);
     let words = aligned(&bytes);
     let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()]);
     assert_eq!(decoded.expect("decodes"), state);
@@ -233,7 +233,7 @@ fn every_kind_of_order_step_round_trips() {
 fn a_name_that_fails_validation_is_refused_after_reading() {
     let mut out = Vec::new();
     let log = LogRecord::StockSet { sku: "bad/sku".into(), on_hand: 1, at_ms: 1 };
-    prefix(&mut out, RECORD_MAGIC, RECORD_FORMAT_VERSION);
+    prefix(&mut out, RECORD_MAGIC, 1);
     out.extend_from_slice(&rkyv::to_bytes::<rancor::Error>(&log).expect("serialise"));
     let words = aligned(&out);
     let err = decode(&bytemuck::cast_slice::<u128, u8>(&words)[..out.len()]).unwrap_err();
@@ -252,12 +252,100 @@ fn wrong_magic_version_or_garbage_is_refused() {
     wrong[0] = b'X';
     assert!(check(&wrong).is_err());
     let mut newer = out.clone();
-    newer[4] = 2;
-    assert!(check(&newer).unwrap_err().0.contains("version 2"));
+    newer[4] = 3;
+    assert!(check(&newer).unwrap_err().0.contains("version 3"));
+    // Version 2 with its prefix cut short.
+    let mut short = out[..16].to_vec();
+    short[4] = 2;
+    assert!(check(&short).is_err());
     assert!(check(&out[..10]).is_err());
     let mut garbage = out.clone();
     for b in &mut garbage[16..] {
         *b = 0xff;
     }
     assert!(check(&garbage).is_err());
+}
+
+/// The sample's records with their ids tagged, as this build issues them.
+fn tagged(records: Vec<Record>, tag: u64) -> Vec<Record> {
+    let t = |id: ReservationId| ReservationId::from_parts(id.raw(), tag).expect("valid");
+    let retag = |r: &mut Record| match r {
+        Record::Reserved(r) => r.id = t(r.id),
+        Record::Extended { id, .. }
+        | Record::Committed { id, .. }
+        | Record::Released { id, .. }
+        | Record::Expired { id, .. } => *id = t(*id),
+        _ => {}
+    };
+    let mut records = records;
+    for r in &mut records {
+        if let Record::Order(o) = r {
+            // An order keeps its first reservation's tag; the hold it carries may be a later one.
+            o.order.0 = ReservationId::from_parts(o.order.0.raw(), tag ^ 0xff).expect("valid");
+            o.reservation.iter_mut().for_each(retag);
+        } else {
+            retag(r);
+        }
+    }
+    records
+}
+
+#[test]
+fn ids_with_tags_round_trip_as_version_2_and_others_stay_version_1() {
+    let tag = 0x9e37_79b9_7f4a_7c15;
+    let plain: Vec<Record> = sample().into_iter().chain(order_sample()).collect();
+    for (record, before) in tagged(plain.clone(), tag).into_iter().zip(plain) {
+        let mut out = Vec::new();
+        encode(&record, &mut out);
+        let names_an_id = record != before;
+        assert_eq!(out[4], if names_an_id { 2 } else { 1 }, "{record:?}");
+        assert_eq!(round_trip(&record), Ok(record.clone()));
+        if names_an_id {
+            // The tag is the id's: a record read without it names another reservation.
+            let untagged = round_trip(&before).expect("decodes");
+            assert_ne!(untagged, record);
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_keeps_every_ids_tag_and_a_version_4_one_reads_with_none() {
+    use crate::engine::{EngineState, RememberedKey, ReservationState, ReservationView};
+    let id = ReservationId::from_parts(0x0001_0000_0000_0007, 0xabcdef).expect("valid");
+    let mut state = EngineState::default();
+    state.skus.push((SkuId::new("tee-L").expect("valid"), crate::engine::Stock::default()));
+    state.reservations.push(ReservationView {
+        id,
+        state: ReservationState::Active,
+        items: vec![Item { sku: SkuId::new("tee-L").expect("valid"), qty: 1 }],
+        created_at_ms: 1,
+        expires_at_ms: 2,
+        ended_at_ms: None,
+        holder: None,
+    });
+    state.keys.push(RememberedKey {
+        key: IdempotencyKey::new("k").expect("valid"),
+        fingerprint: 1,
+        id,
+        expires_at_ms: 2,
+        created_at_ms: 1,
+    });
+    let mut order = sample_order();
+    order.id = crate::orders::OrderId(ReservationId::from_parts(order.id.0.raw(), 0x1234).expect("valid"));
+    order.reservation = ReservationId::from_parts(order.reservation.raw(), 0x5678).expect("valid");
+    state.orders.push(order);
+    let bytes = encode_state(&state);
+    let words = aligned(&bytes);
+    let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()]).expect("decodes");
+    assert_eq!(decoded, state);
+
+    let mut v4 = Vec::new();
+    prefix(&mut v4, STATE_MAGIC, 4);
+    let snap = SnapStateV4 { v3: snap_v3(&state), orders: orders::snap_orders(&state.orders, &[]) };
+    v4.extend_from_slice(&rkyv::to_bytes::<rancor::Error>(&snap).expect("serialises"));
+    let words = aligned(&v4);
+    let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..v4.len()]).expect("decodes");
+    assert_eq!(decoded.reservations[0].id, ReservationId::from_parts(id.raw(), 0).expect("valid"));
+    assert_eq!(decoded.keys[0].id.tag(), 0);
+    assert_eq!((decoded.orders[0].id.0.tag(), decoded.orders[0].reservation.tag()), (0, 0));
 }
