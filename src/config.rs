@@ -172,6 +172,19 @@ pub struct ServeArgs {
     /// only (protected mode) and every route is open there.
     #[arg(long = "api-key", env = "HOLDFAST_API_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub api_keys: Vec<String>,
+    /// Waiting-room joins a second one client address may make on average (0: no limit); beyond it
+    /// 429 rate_limited with Retry-After. Loopback is never limited. Generous by default: a carrier's
+    /// NAT puts many shoppers behind one address.
+    #[arg(long, env = "HOLDFAST_JOIN_RATE_PER_ADDRESS", default_value_t = 20)]
+    pub join_rate_per_address: u32,
+    /// Joins one client address may make at once, before --join-rate-per-address applies.
+    #[arg(long, env = "HOLDFAST_JOIN_BURST_PER_ADDRESS", default_value_t = 100)]
+    pub join_burst_per_address: u32,
+    /// A proxy in front of holdfast (repeatable, or comma-separated): for requests from it the client
+    /// address is the last entry of X-Forwarded-For. Without it a proxy's clients share its address
+    /// (and a proxy on loopback is not limited at all).
+    #[arg(long, env = "HOLDFAST_FORWARDED_BY", value_delimiter = ',')]
+    pub forwarded_by: Vec<std::net::IpAddr>,
     /// A file of API keys as hashes, one `ROLE sha256:HEX [label]` a line (`holdfast keys new ROLE`
     /// prints a key and its line; blank lines and lines starting with # are skipped).
     #[arg(long, env = "HOLDFAST_API_KEYS_FILE")]
@@ -290,6 +303,7 @@ impl ServeArgs {
             ("body-bytes-max", self.body_bytes_max as u64),
             ("headers-max", self.headers_max as u64),
             ("body-bytes-per-s-min", self.body_bytes_per_s_min),
+            ("join-burst-per-address", u64::from(self.join_burst_per_address)),
         ];
         if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(format!("{name} must be above zero"));
@@ -423,6 +437,11 @@ impl ServeArgs {
                     tolerance_s: self.webhook_tolerance.as_secs(),
                 },
                 keys: self.api_keys()?,
+                join_limit: crate::http::limit::JoinLimit {
+                    per_s: self.join_rate_per_address,
+                    burst: self.join_burst_per_address,
+                    forwarded_by: self.forwarded_by.clone(),
+                },
             },
             fallback,
             engine,

@@ -196,21 +196,36 @@ async fn worker(addr: SocketAddr, queue: async_channel::Receiver<Job>, timeout: 
 /// The `Authorization` values requests carry: setup (PUT) with the admin key, the rest with the API key.
 static KEYS: std::sync::OnceLock<(Option<String>, Option<String>)> = std::sync::OnceLock::new();
 
-/// Sets the keys every request of this process carries (`--api-key`, `--admin-key`).
+/// Sets the keys every request of this process carries (`--api-key`, `--admin-key`, or the keys of
+/// the server `compare` started); the first call wins.
 pub fn set_keys(api: Option<String>, admin: Option<String>) {
     let bearer = |k: Option<String>| k.map(|k| format!("Bearer {k}"));
     let _ = KEYS.set((bearer(api), bearer(admin)));
 }
 
+/// The `Authorization` header a request carries, if any: setup and the metrics the verification
+/// reads are the operator's (admin key); the rest the shoppers' and the checkout's (API key).
+pub fn authorization(method: &hyper::Method, path: &str) -> Option<&'static str> {
+    let (api, admin) = KEYS.get()?;
+    let operator = method == hyper::Method::PUT || path.starts_with("/metrics");
+    if operator { admin } else { api }.as_deref()
+}
+
+/// The code of a refusal for want of a key or a role (not a shopper's `not_admitted`, also a 403).
+fn refused_credentials(status: u16, body: &[u8]) -> Option<&'static str> {
+    let code =
+        |c: &str| body.windows(c.len() + 2).any(|w| w[1..w.len() - 1] == *c.as_bytes() && w[0] == b'"');
+    match status {
+        401 => Some("unauthenticated"),
+        403 if code("forbidden") => Some("forbidden"),
+        _ => None,
+    }
+}
+
 async fn send(conn: &mut Sender, job: &Job) -> Result<Reply, String> {
     let mut request = Request::builder().method(job.method.clone()).uri(&job.path).header("host", "holdfast");
-    if let Some((api, admin)) = KEYS.get() {
-        // Setup and the metrics the verification reads are the operator's; the rest the shoppers'.
-        let key =
-            if job.method == hyper::Method::PUT || job.path.starts_with("/metrics") { admin } else { api };
-        if let Some(key) = key {
-            request = request.header("authorization", key);
-        }
+    if let Some(key) = authorization(&job.method, &job.path) {
+        request = request.header("authorization", key);
     }
     if job.body.is_some() {
         request = request.header("content-type", "application/json");
@@ -232,5 +247,14 @@ async fn send(conn: &mut Sender, job: &Job) -> Result<Reply, String> {
         response.headers().get(hyper::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.trim().parse().ok());
     let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
     let received = std::time::Instant::now();
+    if let Some(code) = refused_credentials(status, &body) {
+        // Every request after it would be refused the same way: a drill of them measures nothing.
+        eprintln!(
+            "holdfast-drill: the server refused this drill's credentials ({status} {code} on {} {}): pass \
+             --api-key with a checkout key, and --admin-key with an admin key for the setup and /metrics",
+            job.method, job.path
+        );
+        std::process::exit(2);
+    }
     Ok(Reply { status, body, sent_unix_ms, received, retry_after_s })
 }

@@ -243,6 +243,10 @@ impl HttpConn {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
+        let method = hyper::Method::from_bytes(method.as_bytes())?;
+        if let Some(key) = crate::client::authorization(&method, path) {
+            request = request.header("authorization", key);
+        }
         let request = request.body(Full::new(Bytes::from(body)))?;
         let HttpConn { sender, connection } = self;
         let exchange = async {

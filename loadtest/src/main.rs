@@ -177,7 +177,10 @@ fn address(target: &str) -> anyhow::Result<SocketAddr> {
 
 fn main() {
     let args = Args::parse();
-    client::set_keys(args.api_key.clone(), args.admin_key.clone().or_else(|| args.api_key.clone()));
+    // `compare` starts its own holdfast, with keys of its own.
+    if !matches!(args.command, Some(Command::Compare(_))) {
+        client::set_keys(args.api_key.clone(), args.admin_key.clone().or_else(|| args.api_key.clone()));
+    }
     let outcome = match &args.command {
         Some(Command::Compare(c)) => compare::compare(c),
         Some(Command::Checkout(c)) => checkout::checkout(c),

@@ -65,9 +65,28 @@ impl Drop for Server {
     }
 }
 
-/// holdfast from the same build directory as this tool, with its default (durable) settings.
+/// holdfast from the same build directory as this tool, with its default (durable) settings and API
+/// keys, as it runs in production: requests then pay for their key check, carrying the keys given to
+/// [`crate::client::set_keys`] here.
 pub fn holdfast(scratch: &Path) -> anyhow::Result<Server> {
-    holdfast_with(scratch, &[])
+    let (checkout, admin) = (new_key()?, new_key()?);
+    let flags = [
+        "--api-key".to_owned(),
+        format!("checkout={checkout}"),
+        "--api-key".to_owned(),
+        format!("admin={admin}"),
+    ];
+    let server = holdfast_with(scratch, &flags)?;
+    crate::client::set_keys(Some(checkout), Some(admin));
+    Ok(server)
+}
+
+/// A new secret: 32 bytes from the kernel, in hex.
+fn new_key() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// holdfast as `holdfast`, with `extra` flags after the defaults (later flags win).

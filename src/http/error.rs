@@ -74,8 +74,8 @@ impl Problem {
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
-        if self.code == "overloaded" {
-            let seconds = self.retry_after_s.unwrap_or(1);
+        // Overload always says when to come back; other refusals (rate_limited) when they know.
+        if let Some(seconds) = self.retry_after_s.or((self.code == "overloaded").then_some(1)) {
             headers.insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         if self.code == "unauthenticated" {

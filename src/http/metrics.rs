@@ -23,7 +23,7 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
-    /// `unauthenticated` or `forbidden`.
+    /// `unauthenticated`, `forbidden`, or `rate_limited` (waiting-room joins per address).
     pub reason: &'static str,
     pub route: &'static str,
 }
@@ -174,12 +174,13 @@ struct MirrorGauges {
 }
 
 impl Metrics {
-    /// Counts a payment webhook's outcome.
-    /// Counts a request refused for want of a key (`unauthenticated`) or of a role (`forbidden`).
+    /// Counts a request refused for want of a key (`unauthenticated`), of a role (`forbidden`), or
+    /// because its address joined too often (`rate_limited`).
     pub fn refused(&self, reason: &'static str, route: &'static str) {
         self.refused.get_or_create(&RefusedLabels { reason, route }).inc();
     }
 
+    /// Counts a payment webhook's outcome.
     pub fn webhook(&self, outcome: &'static str) {
         self.webhooks.get_or_create(&WebhookLabels { outcome }).inc();
     }
@@ -248,7 +249,7 @@ impl Metrics {
         r.register("http_requests", "HTTP requests by route and status", m.requests.family.clone());
         r.register(
             "requests_refused",
-            "Requests refused by who sent them: no usable key (unauthenticated) or a role that may not (forbidden), by route",
+            "Requests refused by who sent them: no usable key (unauthenticated), a role that may not (forbidden), or an address that joined too often (rate_limited), by route",
             m.refused.clone(),
         );
         r.register("http_request_duration_seconds", "Time to answer, by route", m.latency.family.clone());

@@ -13,6 +13,7 @@ mod body;
 mod conn;
 mod dto;
 mod error;
+pub mod limit;
 pub mod metrics;
 pub mod openapi;
 mod orders;
@@ -68,6 +69,8 @@ pub struct HttpConfig {
     pub webhooks: WebhookConfig,
     /// The API keys, by role (`auth.rs`); none: protected mode, every route open on loopback.
     pub keys: auth::Keys,
+    /// Waiting-room joins per client address (`limit.rs`).
+    pub join_limit: limit::JoinLimit,
 }
 
 /// The secrets payment webhooks are signed with (several during a rotation) and the clock skew
@@ -101,6 +104,7 @@ impl Default for HttpConfig {
             drain_timeout: Duration::from_secs(10),
             webhooks: WebhookConfig::default(),
             keys: auth::Keys::default(),
+            join_limit: limit::JoinLimit::default(),
         }
     }
 }
@@ -114,6 +118,7 @@ pub struct App {
     durable: OnceLock<Arc<Durable>>,
     /// Signs waiting-room tickets and admissions with the data directory's key; set with `durable`.
     signer: OnceLock<crate::waitroom::Signer>,
+    joins: limit::JoinLimiter,
     in_flight: AtomicUsize,
     crowd_in_flight: AtomicUsize,
     /// How late the scheduler runs now, in µs (see [`watch_lag`]).
@@ -125,6 +130,7 @@ pub struct App {
 impl App {
     pub fn new(config: HttpConfig, clock: Arc<dyn Clock>, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
+            joins: limit::JoinLimiter::new(config.join_limit.clone()),
             config,
             clock,
             metrics,
@@ -297,7 +303,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let lag = tokio::spawn(watch_lag(app.clone()));
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -332,7 +338,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                 let app = app.clone();
                 let busy = activity.busy();
                 async move {
-                    let response = routes::handle(app, req).await;
+                    let response = routes::handle(app, req, peer.ip()).await;
                     drop(busy);
                     Ok::<_, std::convert::Infallible>(response)
                 }

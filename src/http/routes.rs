@@ -217,7 +217,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Answers one request. Never fails and never panics outward: every path ends in a response.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::IpAddr) -> Reply {
     let started = Instant::now();
     // When the request arrived (its head read): what a commit is judged on time by.
     let arrived_ms = app.clock.now_ms();
@@ -236,7 +236,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Reply {
             let param = param.to_owned();
             let arrival = Arrival { ms: arrived_ms, at: started };
             let dispatched =
-                AssertUnwindSafe(dispatch(&app, route, param, req, arrival)).catch_unwind().await;
+                AssertUnwindSafe(dispatch(&app, route, param, req, arrival, peer)).catch_unwind().await;
             match dispatched {
                 Ok(Ok(response)) => response,
                 Ok(Err(problem)) => problem.response(),
@@ -282,11 +282,24 @@ async fn dispatch(
     param: String,
     req: Request<Incoming>,
     arrival: Arrival,
+    peer: std::net::IpAddr,
 ) -> Result<Reply, Problem> {
     // Before anything is read or decided: a refusal here costs a hash and changes nothing.
     let access = super::auth::admit(&app.config.keys, route, req.headers()).inspect_err(|p| {
         app.metrics.refused(p.code, route.label());
     })?;
+    if route == Route::JoinQueue {
+        let client = app.joins.client(peer, req.headers());
+        if let super::limit::Verdict::Refused(limited) = app.joins.check(client) {
+            app.metrics.refused("rate_limited", route.label());
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many waiting-room joins from this address: retry after the Retry-After seconds",
+            )
+            .retry_after(limited.retry_after_s));
+        }
+    }
     match route {
         Route::Healthz => return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         Route::Readyz => return readyz(app),
@@ -634,7 +647,7 @@ impl Handler<'_> {
 fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
     ReservationId::parse(text).ok_or_else(|| {
         let shown: String = text.chars().take(64).collect();
-        Problem::invalid(format!("{shown:?} is not a reservation id (rsv_ and 16 hex digits)"))
+        Problem::invalid(format!("{shown:?} is not a reservation id (rsv_ and 32 hex digits, or 16 for one issued before ids had tags)"))
     })
 }
 

@@ -322,3 +322,44 @@ fn acknowledged_places_and_admissions_survive_sigkill() {
         assert_eq!(v["status"], "admitted", "{v}");
     }
 }
+
+/// A join from `address`, as a proxy on loopback forwards it.
+fn join_from(s: &TestServer, address: &str, user: &str) -> super::harness::Reply {
+    let body = format!(r#"{{"user_id":"{user}"}}"#);
+    s.send(super::harness::request(
+        "POST",
+        "/v1/sales/noon/queue",
+        &[("X-Forwarded-For", address)],
+        Some(&body),
+    ))
+}
+
+#[test]
+fn one_address_joins_at_a_bounded_rate_and_others_are_not_held_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(dir.path());
+    o.http.join_limit = holdfast::http::limit::JoinLimit {
+        per_s: 1,
+        burst: 5,
+        forwarded_by: vec!["127.0.0.1".parse().expect("ip")],
+    };
+    let s = TestServer::start(o);
+    sale(&s, 100, "fifo", 2, 60_000);
+    // A bot behind one address mints user ids: its burst goes through, then 429 with Retry-After.
+    for i in 0..5 {
+        assert_eq!(join_from(&s, "203.0.113.9", &format!("bot-{i}")).status, 201);
+    }
+    let refused = join_from(&s, "198.51.100.1, 203.0.113.9", "bot-5");
+    assert_eq!((refused.status, refused.code().as_str()), (429, "rate_limited"), "{}", refused.text());
+    let wait: u64 = refused.header("retry-after").expect("Retry-After").parse().expect("seconds");
+    assert!((1..=2).contains(&wait), "{wait}");
+    // Nothing was recorded for the refused join.
+    assert_eq!(s.get("/v1/sales/noon").json()["waiting_room"]["joined"], 5);
+    // Other addresses, and loopback itself (the proxy's own requests), are not held back by it.
+    assert_eq!(join_from(&s, "203.0.113.10", "shopper").status, 201);
+    assert_eq!(s.post("/v1/sales/noon/queue", r#"{"user_id":"local"}"#).status, 201);
+    assert_eq!(s.metric("holdfast_requests_refused_total{reason=\"rate_limited\""), 1.0);
+    // A second later the address may join once more.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert_eq!(join_from(&s, "203.0.113.9", "bot-5").status, 201);
+}
