@@ -91,6 +91,10 @@ fn new_key() -> anyhow::Result<String> {
 
 /// holdfast as `holdfast`, with `extra` flags after the defaults (later flags win).
 pub fn holdfast_with(scratch: &Path, extra: &[String]) -> anyhow::Result<Server> {
+    start_holdfast(scratch, extra, &[])
+}
+
+fn start_holdfast(scratch: &Path, extra: &[String], env: &[(&str, &str)]) -> anyhow::Result<Server> {
     let me = std::env::current_exe()?;
     let binary = me.with_file_name(format!("holdfast{}", std::env::consts::EXE_SUFFIX));
     anyhow::ensure!(
@@ -102,6 +106,7 @@ pub fn holdfast_with(scratch: &Path, extra: &[String]) -> anyhow::Result<Server>
         .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
         .arg(scratch.join("holdfast"))
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;

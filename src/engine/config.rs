@@ -36,6 +36,11 @@ pub struct EngineConfig {
     /// its arrival: see [`Engine::judged_at`](super::Engine::judged_at). Units of an expired hold
     /// return within this plus one expiry tick.
     pub commit_grace_ms: u64,
+    /// The key of reservation ids' tags (SipHash-2-4 of the id's sequence, see `ids.rs`). None: a
+    /// random key drawn by each engine, which is what a server wants; tests fix it so that a
+    /// workload's records repeat from run to run. Tags are kept in the log, so the key need not
+    /// outlive the process.
+    pub id_tag_key: Option<u128>,
 }
 
 /// The server's default grace: with the default 25 ms expiry tick, units still return within 100 ms of the
@@ -61,6 +66,7 @@ impl Default for EngineConfig {
             // None in the library: its callers pass the times they mean. The server's flag
             // (`--commit-grace`) defaults to COMMIT_GRACE_MS.
             commit_grace_ms: 0,
+            id_tag_key: None,
         }
     }
 }

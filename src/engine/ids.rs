@@ -141,7 +141,7 @@ impl Reason {
 }
 
 /// A reservation id: the shard that issued it (high 16 bits of `raw`), that shard's sequence number
-/// (low 48 bits), and a random `tag` drawn when it was issued. The sequence makes ids unique for the
+/// (low 48 bits), and a `tag` that looks random (a keyed function of `raw`, see `tag_for`). The sequence makes ids unique for the
 /// life of a data directory (replay restores every shard's sequence); the tag makes them unguessable,
 /// so that knowing one's own id tells nothing of the next. Ids issued before tags existed have tag 0
 /// and keep their short text form.
@@ -160,9 +160,14 @@ impl ReservationId {
         assert!(seq > 0 && seq <= SEQ_MASK, "sequence {seq} outside 1..2^48");
         Self { raw: (u64::from(shard) << SEQ_BITS) | seq, tag }
     }
-    /// A fresh tag: 64 bits from the thread's cryptographic generator, never 0 (0 marks an old id).
-    pub(crate) fn fresh_tag() -> u64 {
-        rand::random::<u64>().max(1)
+    /// The tag of the id a shard issues at `seq`: SipHash-2-4 (a keyed pseudorandom function) of the
+    /// raw id under the engine's secret `key`, so that whoever sees any number of ids cannot compute
+    /// another's. Never 0, which marks an id from before tags.
+    pub(crate) fn tag_for(key: u128, shard: u16, seq: u64) -> u64 {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher24::new_with_keys(key as u64, (key >> 64) as u64);
+        h.write_u64((u64::from(shard) << SEQ_BITS) | seq);
+        h.finish().max(1)
     }
     /// The id as stored in the log: its raw sequence and its tag.
     pub fn from_parts(raw: u64, tag: u64) -> Option<Self> {
@@ -294,9 +299,17 @@ mod tests {
     }
 
     #[test]
-    fn fresh_tags_differ_and_are_never_zero() {
-        let tags: std::collections::HashSet<u64> = (0..1000).map(|_| ReservationId::fresh_tag()).collect();
+    fn tags_differ_by_id_and_by_key_and_are_never_zero() {
+        let tags: std::collections::HashSet<u64> =
+            (1..=1000).map(|seq| ReservationId::tag_for(7, 0, seq)).collect();
         assert_eq!(tags.len(), 1000);
         assert!(!tags.contains(&0));
+        assert_eq!(
+            ReservationId::tag_for(7, 0, 1),
+            ReservationId::tag_for(7, 0, 1),
+            "a function of key and id"
+        );
+        assert_ne!(ReservationId::tag_for(7, 0, 1), ReservationId::tag_for(8, 0, 1));
+        assert_ne!(ReservationId::tag_for(7, 0, 1), ReservationId::tag_for(7, 1, 1));
     }
 }

@@ -68,12 +68,20 @@ pub struct Engine {
     /// Orders (`crate::orders`): their lock comes before every engine lock, and the plain reserve
     /// path never takes it.
     orders: parking_lot::Mutex<crate::orders::Book>,
+    /// The key ids' tags are derived with (`EngineConfig::id_tag_key`).
+    tag_key: u128,
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let tag_key = config.id_tag_key.unwrap_or_else(|| {
+            let mut key = [0u8; 16];
+            getrandom::fill(&mut key).expect("the system's random source");
+            u128::from_le_bytes(key)
+        });
         Ok(Self {
+            tag_key,
             catalog: Catalog::new(),
             shards: (0..config.shards as u16).map(|i| CachePadded::new(Mutex::new(Shard::new(i)))).collect(),
             sales: DashMap::with_hasher(Default::default()),
@@ -111,6 +119,11 @@ impl Engine {
 
     /// Where a reservation is stored: the shard its id names (modulo the shard count, should that have
     /// changed since it was issued).
+    /// The id a shard issues at `seq`, with its tag.
+    fn issue_id(&self, shard: u16, seq: u64) -> ReservationId {
+        ReservationId::new(shard, seq, ReservationId::tag_for(self.tag_key, shard, seq))
+    }
+
     fn store_of(&self, id: ReservationId) -> u16 {
         (usize::from(id.shard()) % self.shards.len()) as u16
     }

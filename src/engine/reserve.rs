@@ -71,8 +71,6 @@ impl Engine {
             idempotency: key.map(|(key, fingerprint)| (key.clone(), fingerprint)),
         };
 
-        // Drawn before the locks: the generator is cheap, but it is not the critical section's work.
-        let tag = ReservationId::fresh_tag();
         let mut key_shard = key.map(|(key, _)| self.keys.shard(key).write());
         if let (Some(shard), Some((key, fingerprint))) = (&key_shard, key) {
             if let Some(hit) = shard.lookup(key, || fingerprint, now_ms, self.keys.window_ms())? {
@@ -114,7 +112,7 @@ impl Engine {
             }
         }
 
-        record.id = ReservationId::new(home, locked.shard(home).next_seq, tag);
+        record.id = self.issue_id(home, locked.shard(home).next_seq);
         let reserved = Reserved { id: record.id, expires_at_ms: record.expires_at_ms, replayed: false };
         let record = Record::Reserved(record);
         sink.append(&record).map_err(|_| ReserveError::LogRefused)?;

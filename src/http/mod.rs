@@ -118,7 +118,7 @@ pub struct App {
     durable: OnceLock<Arc<Durable>>,
     /// Signs waiting-room tickets and admissions with the data directory's key; set with `durable`.
     signer: OnceLock<crate::waitroom::Signer>,
-    joins: limit::JoinLimiter,
+    pub(crate) joins: limit::JoinLimiter,
     in_flight: AtomicUsize,
     crowd_in_flight: AtomicUsize,
     /// How late the scheduler runs now, in µs (see [`watch_lag`]).

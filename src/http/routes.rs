@@ -288,18 +288,6 @@ async fn dispatch(
     let access = super::auth::admit(&app.config.keys, route, req.headers()).inspect_err(|p| {
         app.metrics.refused(p.code, route.label());
     })?;
-    if route == Route::JoinQueue {
-        let client = app.joins.client(peer, req.headers());
-        if let super::limit::Verdict::Refused(limited) = app.joins.check(client) {
-            app.metrics.refused("rate_limited", route.label());
-            return Err(Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many waiting-room joins from this address: retry after the Retry-After seconds",
-            )
-            .retry_after(limited.retry_after_s));
-        }
-    }
     match route {
         Route::Healthz => return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         Route::Readyz => return readyz(app),
@@ -337,7 +325,7 @@ async fn dispatch(
     let now_ms = app.clock.now_ms();
     // A decision on a deadline is judged at the request's arrival, within the engine's grace.
     let judged_ms = d.engine().judged_at(arrival.ms, now_ms);
-    let h = Handler { app, d, now_ms, judged_ms, access };
+    let h = Handler { app, d, now_ms, judged_ms, access, peer };
     match route {
         Route::PutSku => h.put_sku(&param, req).await,
         Route::GetSku => h.get_sku(&param).await,
@@ -402,6 +390,8 @@ pub(super) struct Handler<'a> {
     pub(super) judged_ms: u64,
     /// Who the caller was let in as (`auth.rs`).
     pub(super) access: super::auth::Access,
+    /// The connection's peer (a proxy's, behind one: see `limit.rs`).
+    pub(super) peer: std::net::IpAddr,
 }
 
 impl Handler<'_> {

@@ -2,8 +2,10 @@
 
 use super::dto::{self, QueueOut, RoomOut};
 use super::error::{self, Problem};
+use super::limit::Verdict;
 use super::routes::{json, Handler, Reply};
 use crate::clock::rfc3339;
+use crate::durable::Logged;
 use crate::engine::{
     Joined, QueueError, QueueOrder, QueueState, RoomConfig, RoomView, SaleId, SkuId, UserId, ADMIT_PER_S_MAX,
     SESSION_MS_MAX, SESSION_MS_MIN,
@@ -186,7 +188,25 @@ impl Handler<'_> {
         let body: dto::JoinQueue = self.body(&req)?;
         let user = UserId::new(&body.user_id).map_err(|e| Problem::invalid(format!("user_id: {e}")))?;
         let signer = self.signer()?;
+        // Counted per client address once the join is known to be well formed and not shed; given
+        // back unless it adds a shopper (`limit.rs`).
+        let limiter = &self.app.joins;
+        let client = limiter.client(self.peer, req.headers());
+        // A shopper already in the queue adds no one: answered whatever the address's budget.
+        let repeat = self.d.engine().queue_view(sale.as_str(), user.as_str()).is_some();
+        if let (false, Verdict::Refused(limited)) = (repeat, limiter.check(client)) {
+            self.app.metrics.refused("rate_limited", super::Route::JoinQueue.label());
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many waiting-room joins from this address: retry after the Retry-After seconds",
+            )
+            .retry_after(limited.retry_after_s));
+        }
         let logged = self.d.join_queue(&sale, &user, self.now_ms);
+        if !repeat && !matches!(logged, Ok(Logged { value: Joined::Queued { again: false, .. }, .. })) {
+            limiter.refund(client);
+        }
         let logged = self.counted("join_queue", logged.map_err(|e| queue_error(&e)))?;
         self.synced(logged.lsn).await?;
         let (view, again) = match logged.value {

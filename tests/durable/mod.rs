@@ -31,12 +31,14 @@ impl Rng {
 }
 
 fn config(shards: usize) -> EngineConfig {
-    // The pending extension within the TTL range, as the configuration check requires.
+    // The pending extension within the TTL range, as the configuration check requires; a fixed tag
+    // key, so that a workload writes the same records in every run.
     EngineConfig {
         shards,
         ttl_ms_min: 1_000,
         ttl_ms_max: 30_000,
         pending_extension_ms: 30_000,
+        id_tag_key: Some(0x5eed),
         ..EngineConfig::default()
     }
 }

@@ -1,7 +1,7 @@
 //! The waiting room over HTTP: order, the draw, tickets and admissions, sold-out, re-admission after
 //! an expiry, and a restart in the middle of a sale. The test moves the server's clock.
 
-use super::harness::{options, TestServer, T0_MS};
+use super::harness::{options, request, TestServer, T0_MS};
 use holdfast::clock::rfc3339;
 use serde_json::Value;
 
@@ -345,10 +345,20 @@ fn one_address_joins_at_a_bounded_rate_and_others_are_not_held_back() {
     };
     let s = TestServer::start(o);
     sale(&s, 100, "fifo", 2, 60_000);
+    // Joins that add no one are not counted: malformed ones, and joins to a sale that is not there.
+    for _ in 0..3 {
+        assert_eq!(join_from(&s, "203.0.113.9", "").status, 400);
+        let body = r#"{"user_id":"x"}"#;
+        let unknown =
+            request("POST", "/v1/sales/none/queue", &[("X-Forwarded-For", "203.0.113.9")], Some(body));
+        assert_eq!(s.send(unknown).status, 404);
+    }
     // A bot behind one address mints user ids: its burst goes through, then 429 with Retry-After.
     for i in 0..5 {
         assert_eq!(join_from(&s, "203.0.113.9", &format!("bot-{i}")).status, 201);
     }
+    // A shopper joining again keeps its place whatever the address's budget.
+    assert_eq!(join_from(&s, "203.0.113.9", "bot-0").status, 200);
     let refused = join_from(&s, "198.51.100.1, 203.0.113.9", "bot-5");
     assert_eq!((refused.status, refused.code().as_str()), (429, "rate_limited"), "{}", refused.text());
     let wait: u64 = refused.header("retry-after").expect("Retry-After").parse().expect("seconds");
