@@ -181,8 +181,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HOLDFAST_JOIN_BURST_PER_ADDRESS", default_value_t = 100)]
     pub join_burst_per_address: u32,
     /// A proxy in front of holdfast (repeatable, or comma-separated): for requests from it the client
-    /// address is the last entry of X-Forwarded-For. Without it a proxy's clients share its address
-    /// (and a proxy on loopback is not limited at all).
+    /// is the first X-Forwarded-For entry, read from the right, that is not such a proxy (an entry
+    /// that is not an address counts against one bucket shared by all such). Without it a proxy's
+    /// clients share its address (and a proxy on loopback is not limited at all).
     #[arg(long, env = "HOLDFAST_FORWARDED_BY", value_delimiter = ',')]
     pub forwarded_by: Vec<std::net::IpAddr>,
     /// A file of API keys as hashes, one `ROLE sha256:HEX [label]` a line (`holdfast keys new ROLE`

@@ -211,6 +211,18 @@ pub fn authorization(method: &hyper::Method, path: &str) -> Option<&'static str>
     if operator { admin } else { api }.as_deref()
 }
 
+/// Ends the process at a refusal for want of a key or a role: every request after it would be refused
+/// the same way, and a drill of them measures nothing.
+pub fn stop_if_refused(status: u16, body: &[u8], method: &str, path: &str) {
+    if let Some(code) = refused_credentials(status, body) {
+        eprintln!(
+            "holdfast-drill: the server refused this drill's credentials ({status} {code} on {method} {path}): pass \
+             --api-key with a checkout key, and --admin-key with an admin key for the setup and /metrics"
+        );
+        std::process::exit(2);
+    }
+}
+
 /// The code of a refusal for want of a key or a role (not a shopper's `not_admitted`, also a 403).
 fn refused_credentials(status: u16, body: &[u8]) -> Option<&'static str> {
     let code =
@@ -247,14 +259,6 @@ async fn send(conn: &mut Sender, job: &Job) -> Result<Reply, String> {
         response.headers().get(hyper::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.trim().parse().ok());
     let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
     let received = std::time::Instant::now();
-    if let Some(code) = refused_credentials(status, &body) {
-        // Every request after it would be refused the same way: a drill of them measures nothing.
-        eprintln!(
-            "holdfast-drill: the server refused this drill's credentials ({status} {code} on {} {}): pass \
-             --api-key with a checkout key, and --admin-key with an admin key for the setup and /metrics",
-            job.method, job.path
-        );
-        std::process::exit(2);
-    }
+    stop_if_refused(status, &body, job.method.as_str(), &job.path);
     Ok(Reply { status, body, sent_unix_ms, received, retry_after_s })
 }

@@ -256,6 +256,7 @@ impl HttpConn {
             let location = response.headers().get("location").and_then(|v| v.to_str().ok());
             let location = location.unwrap_or_default().to_owned();
             let body = response.into_body().collect().await?.to_bytes();
+            crate::client::stop_if_refused(status, &body, method.as_str(), path);
             anyhow::Ok((status, location, body))
         };
         tokio::select! {

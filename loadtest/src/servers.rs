@@ -70,13 +70,9 @@ impl Drop for Server {
 /// [`crate::client::set_keys`] here.
 pub fn holdfast(scratch: &Path) -> anyhow::Result<Server> {
     let (checkout, admin) = (new_key()?, new_key()?);
-    let flags = [
-        "--api-key".to_owned(),
-        format!("checkout={checkout}"),
-        "--api-key".to_owned(),
-        format!("admin={admin}"),
-    ];
-    let server = holdfast_with(scratch, &flags)?;
+    // In the environment, not the arguments, where anyone on the machine could read them.
+    let keys = format!("checkout={checkout},admin={admin}");
+    let server = start_holdfast(scratch, &[], &[("HOLDFAST_API_KEYS", keys.as_str())])?;
     crate::client::set_keys(Some(checkout), Some(admin));
     Ok(server)
 }

@@ -4,8 +4,9 @@
 //!
 //! Each address has a GCRA bucket (one `u64`: the time its bucket is next empty): `rate` joins a second
 //! on average, `burst` at once. Loopback is never limited (no shopper comes from it; the drill and a
-//! local proxy do). Behind a proxy named in `forwarded_by`, the address is the last hop the proxy saw
-//! (`X-Forwarded-For`'s last entry). IPv6 addresses are limited by their /64, which one subscriber holds.
+//! local proxy do). Behind proxies named in `forwarded_by`, the address is the first hop, read from the
+//! right of `X-Forwarded-For`, that is not one of them (see `client`). IPv6 addresses are limited by
+//! their /64, which one subscriber holds. Only a join that adds a shopper counts (see `refund`).
 
 use hyper::HeaderMap;
 use parking_lot::Mutex;

@@ -194,7 +194,8 @@ impl Handler<'_> {
         let client = limiter.client(self.peer, req.headers());
         // A shopper already in the queue adds no one: answered whatever the address's budget.
         let repeat = self.d.engine().queue_view(sale.as_str(), user.as_str()).is_some();
-        if let (false, Verdict::Refused(limited)) = (repeat, limiter.check(client)) {
+        let verdict = if repeat { Verdict::Untracked } else { limiter.check(client) };
+        if let Verdict::Refused(limited) = verdict {
             self.app.metrics.refused("rate_limited", super::Route::JoinQueue.label());
             return Err(Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
