@@ -55,6 +55,19 @@ fn an_id_with_another_tag_names_no_reservation() {
     for guess in &guesses {
         refused_everywhere(&s, guess);
     }
+    // Enumerating around a known id finds no one else's: every nearby sequence, with no tag, the
+    // known tag, or that tag one bit off.
+    let mine = ReservationId::parse(&ids[25]).expect("valid");
+    let mut found = Vec::new();
+    for seq in mine.raw().saturating_sub(30)..=mine.raw() + 30 {
+        for tag in [None, Some(mine.tag()), Some(mine.tag() ^ 1)] {
+            let guess = tag.map_or(format!("rsv_{seq:016x}"), |t| format!("rsv_{seq:016x}{t:016x}"));
+            if guess != ids[25] && s.get(&format!("/v1/reservations/{guess}")).status == 200 {
+                found.push(guess);
+            }
+        }
+    }
+    assert!(found.is_empty(), "guesses that found a reservation: {found:?}");
     assert_eq!(s.get(&format!("/v1/reservations/{victim}")).json()["state"], "active");
     assert_eq!(s.counts("tee"), (50, 50, 0), "no guess changed anything");
 
