@@ -14,6 +14,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 fi
 
+# The alert rules are checked with promtool (tests/http/ops.rs).
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "== installing promtool (Debian package prometheus)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
+
 echo "== cargo test (release: the concurrency and property tests want optimised code)"
 cargo test --release --workspace
 

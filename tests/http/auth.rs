@@ -8,8 +8,8 @@ use holdfast::http::auth::{rule, Keys, Role, Rule};
 use holdfast::http::ROUTES;
 use std::process::Command;
 
-const ADMIN: &str = "admin-secret-0123456789";
-const CHECKOUT: &str = "checkout-secret-0123456789";
+pub const ADMIN: &str = "admin-secret-0123456789";
+pub const CHECKOUT: &str = "checkout-secret-0123456789";
 const OPS: &str = "ops-secret-0123456789";
 
 fn keys() -> Keys {
@@ -20,13 +20,13 @@ fn keys() -> Keys {
     keys
 }
 
-fn guarded(dir: &std::path::Path) -> TestServer {
+pub fn guarded(dir: &std::path::Path) -> TestServer {
     let mut o = options(dir);
     o.http.keys = keys();
     TestServer::start(o)
 }
 
-fn bearer(secret: &str) -> String {
+pub fn bearer(secret: &str) -> String {
     format!("Bearer {secret}")
 }
 
@@ -144,7 +144,7 @@ fn bad_credentials_are_refused_with_a_clear_401_and_change_nothing() {
 }
 
 /// A sale `noon` with a waiting room over `tee`, open now with admissions flowing.
-fn gated_sale(s: &TestServer) {
+pub fn gated_sale(s: &TestServer) {
     let admin = bearer(ADMIN);
     let h = [("Authorization", admin.as_str())];
     assert_eq!(s.send(request("PUT", "/v1/skus/tee", &h, Some(r#"{"on_hand": 10}"#))).status, 200);
@@ -155,7 +155,7 @@ fn gated_sale(s: &TestServer) {
     assert_eq!(s.send(request("PUT", "/v1/sales/noon", &h, Some(&body))).status, 200);
 }
 
-fn admission(s: &TestServer, user: &str) -> String {
+pub fn admission(s: &TestServer, user: &str) -> String {
     let joined = s.post("/v1/sales/noon/queue", &format!(r#"{{"user_id":"{user}"}}"#)).json();
     let ticket = joined["ticket"].as_str().expect("ticket").to_owned();
     for _ in 0..10 {

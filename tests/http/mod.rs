@@ -2,11 +2,12 @@
 //! real binary under SIGTERM and SIGKILL.
 
 mod api;
-mod auth;
+pub mod auth;
 mod bad_input;
 pub mod harness;
 mod ids;
 mod keys;
+mod ops;
 mod orders;
 mod orders_bad_input;
 pub mod process;
