@@ -5,9 +5,41 @@ use crate::clock::rfc3339;
 use crate::engine::{ReservationView, Stock};
 use serde::{Deserialize, Serialize};
 
+/// Integer fields take an integral JSON number written with a fraction (`5.0`) too: JSON Schema counts
+/// it as an integer, so a client or gateway that builds requests from the description may send one.
+pub(super) mod integral {
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    fn exact(n: &serde_json::Number) -> Option<i128> {
+        if let Some(v) = n.as_u64() {
+            return Some(i128::from(v));
+        }
+        if let Some(v) = n.as_i64() {
+            return Some(i128::from(v));
+        }
+        let f = n.as_f64()?;
+        (f.fract() == 0.0 && f.abs() < 2f64.powi(64)).then_some(f as i128)
+    }
+
+    fn convert<T: TryFrom<i128>, E: Error>(n: serde_json::Number) -> Result<T, E> {
+        exact(&n)
+            .and_then(|v| T::try_from(v).ok())
+            .ok_or_else(|| E::custom(format!("{n} is not an integer in range")))
+    }
+
+    pub fn int<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<T, D::Error> {
+        convert(serde_json::Number::deserialize(d)?)
+    }
+
+    pub fn opt<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<Option<T>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?.map(convert).transpose()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetStock {
+    #[serde(deserialize_with = "integral::int")]
     pub on_hand: u64,
 }
 
@@ -15,6 +47,7 @@ pub struct SetStock {
 #[serde(deny_unknown_fields)]
 pub struct ItemIn {
     pub sku: String,
+    #[serde(deserialize_with = "integral::int")]
     pub qty: u32,
 }
 
@@ -22,6 +55,7 @@ pub struct ItemIn {
 #[serde(deny_unknown_fields)]
 pub struct Reserve {
     pub items: Vec<ItemIn>,
+    #[serde(deserialize_with = "integral::int")]
     pub ttl_ms: u64,
     pub user_id: String,
     #[serde(default)]
@@ -34,6 +68,7 @@ pub struct Reserve {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Extend {
+    #[serde(deserialize_with = "integral::int")]
     pub ttl_ms: u64,
 }
 
@@ -85,6 +120,7 @@ impl From<&ReservationView> for ReservationOut {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Adjust {
+    #[serde(deserialize_with = "integral::int")]
     pub delta: i64,
     pub reason: String,
 }
@@ -92,6 +128,7 @@ pub struct Adjust {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetSale {
+    #[serde(deserialize_with = "integral::int")]
     pub per_user_limit: u32,
     /// The SKUs the sale covers (a SKU is in one sale at a time).
     #[serde(default)]
@@ -100,11 +137,11 @@ pub struct SetSale {
     /// defaulted), or all absent for a sale without one.
     #[serde(default)]
     pub opens_at: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral::opt")]
     pub admission_rate: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral::opt")]
     pub max_active: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral::opt")]
     pub session_ms: Option<u64>,
     #[serde(default)]
     pub order: Option<String>,

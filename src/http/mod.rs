@@ -119,6 +119,8 @@ pub struct App {
     /// Signs waiting-room tickets and admissions with the data directory's key; set with `durable`.
     signer: OnceLock<crate::waitroom::Signer>,
     pub(crate) joins: limit::JoinLimiter,
+    /// `/openapi.json` with this server's limits, made once the engine is ready.
+    openapi: OnceLock<bytes::Bytes>,
     in_flight: AtomicUsize,
     crowd_in_flight: AtomicUsize,
     /// How late the scheduler runs now, in µs (see [`watch_lag`]).
@@ -131,6 +133,7 @@ impl App {
     pub fn new(config: HttpConfig, clock: Arc<dyn Clock>, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
             joins: limit::JoinLimiter::new(config.join_limit.clone()),
+            openapi: OnceLock::new(),
             config,
             clock,
             metrics,
@@ -157,6 +160,15 @@ impl App {
 
     pub fn durable(&self) -> Option<&Arc<Durable>> {
         self.durable.get()
+    }
+
+    /// The API description this server answers with: with its engine's limits once recovered, the
+    /// defaults before.
+    fn openapi(&self) -> bytes::Bytes {
+        match self.durable() {
+            Some(d) => self.openapi.get_or_init(|| openapi::for_engine(d.engine().config()).into()).clone(),
+            None => bytes::Bytes::from_static(openapi::DOCUMENT.as_bytes()),
+        }
     }
 
     pub fn set_stopping(&self) {

@@ -32,7 +32,7 @@ struct PlaceIn {
     sale_id: Option<String>,
     #[serde(default)]
     admission: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::dto::integral::opt")]
     pay_within_ms: Option<u64>,
 }
 
@@ -40,7 +40,9 @@ struct PlaceIn {
 #[serde(deny_unknown_fields)]
 struct LineIn {
     sku: String,
+    #[serde(deserialize_with = "super::dto::integral::int")]
     qty: u32,
+    #[serde(deserialize_with = "super::dto::integral::int")]
     unit_price: u64,
 }
 

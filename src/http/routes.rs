@@ -228,12 +228,12 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::IpAdd
         .filter(|v| (1..=64).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned()
         .unwrap_or_else(|| HeaderValue::from(REQUEST_IDS.fetch_add(1, Ordering::Relaxed)));
-    let found = Route::find(req.method(), req.uri().path());
+    let found = Route::find(req.method(), req.uri().path())
+        .and_then(|(route, param)| Ok((route, percent_decoded(param)?.into_owned())));
     let label = found.as_ref().map_or("unmatched", |(route, _)| route.label());
     let mut response = match found {
         Err(problem) => problem.response(),
         Ok((route, param)) => {
-            let param = param.to_owned();
             let arrival = Arrival { ms: arrived_ms, at: started };
             let dispatched =
                 AssertUnwindSafe(dispatch(&app, route, param, req, arrival, peer)).catch_unwind().await;
@@ -264,6 +264,37 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: std::net::IpAdd
     response
 }
 
+/// A path parameter as the client meant it: percent-decoded (`%3A` is `:`), as a URI's segment reads.
+/// An encoded `/` would move the segments' boundaries, and is refused.
+fn percent_decoded(param: &str) -> Result<std::borrow::Cow<'_, str>, Problem> {
+    if !param.contains('%') {
+        return Ok(std::borrow::Cow::Borrowed(param));
+    }
+    let hex = |b: u8| (b as char).to_digit(16);
+    let (bytes, mut out, mut i) = (param.as_bytes(), Vec::with_capacity(param.len()), 0);
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) =
+            (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b)))
+        else {
+            return Err(Problem::invalid("the path has a malformed percent-encoding"));
+        };
+        let byte = (hi * 16 + lo) as u8;
+        if byte == b'/' {
+            return Err(Problem::invalid("the path has an encoded / inside a segment"));
+        }
+        out.push(byte);
+        i += 3;
+    }
+    String::from_utf8(out)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|_| Problem::invalid("the path is not UTF-8 once percent-decoded"))
+}
+
 /// What a shed join or poll is told.
 pub(super) const CROWD_SHED: &str = "the waiting room is busy: retry after the Retry-After seconds (a \
     ticket stays valid; joining again keeps the place already taken)";
@@ -292,7 +323,7 @@ async fn dispatch(
         Route::Healthz => return Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         Route::Readyz => return readyz(app),
         Route::Metrics => return Ok(metrics(app)),
-        Route::OpenApi => return Ok(openapi()),
+        Route::OpenApi => return Ok(openapi(app)),
         _ => {}
     }
     // The body first: a request counts as in flight only once it has all arrived, so slow uploads
@@ -367,8 +398,8 @@ fn metrics(app: &App) -> Reply {
     response
 }
 
-fn openapi() -> Reply {
-    let mut response = Response::new(Full::new(Bytes::from_static(super::openapi::DOCUMENT.as_bytes())));
+fn openapi(app: &App) -> Reply {
+    let mut response = Response::new(Full::new(app.openapi()));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
@@ -636,6 +667,12 @@ impl Handler<'_> {
 
 fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
     ReservationId::parse(text).ok_or_else(|| {
+        // The description's form (rsv_ and 16 or 32 lower-case hex digits) that names nothing no id
+        // can be (sequence 0, a long form with tag 0): no such reservation.
+        let hex = text.strip_prefix("rsv_").unwrap_or_default();
+        if matches!(hex.len(), 16 | 32) && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Problem::not_found(format!("no reservation {text}"));
+        }
         let shown: String = text.chars().take(64).collect();
         Problem::invalid(format!("{shown:?} is not a reservation id (rsv_ and 32 hex digits, or 16 for one issued before ids had tags)"))
     })

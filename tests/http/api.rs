@@ -320,3 +320,64 @@ fn an_extend_answers_the_state_of_its_own_record_not_a_later_one() {
     }
     assert!(answers.iter().all(|r| r.status == 200 || r.status == 409), "extend after commit: 409");
 }
+
+/// The description states the running server's TTL range, so that a value it allows is taken; and a
+/// route that refuses an Idempotency-Key says so instead of listing one.
+#[test]
+fn the_openapi_description_states_this_servers_limits() {
+    let dir = scratch();
+    let mut o = options(dir.path());
+    o.engine.ttl_ms_min = 2_000;
+    o.engine.ttl_ms_max = 90_000;
+    o.engine.pending_extension_ms = 90_000;
+    let s = TestServer::start(o);
+    let doc: Value = s.get("/openapi.json").json();
+    for schema in ["ReserveRequest", "Extend"] {
+        let ttl = &doc["components"]["schemas"][schema]["properties"]["ttl_ms"];
+        assert_eq!(
+            (ttl["minimum"].as_u64(), ttl["maximum"].as_u64()),
+            (Some(2_000), Some(90_000)),
+            "{schema}"
+        );
+    }
+    s.stock("tee", 5);
+    let at = |ttl: u64| format!(r#"{{"items":[{{"sku":"tee","qty":1}}],"ttl_ms":{ttl},"user_id":"u"}}"#);
+    assert_eq!(s.post("/v1/reservations", &at(2_000)).status, 201);
+    assert_eq!(s.post("/v1/reservations", &at(90_000)).status, 201);
+    assert_eq!(s.post("/v1/reservations", &at(1_999)).code(), "invalid_request");
+    // A route that refuses an Idempotency-Key says so, and lists no such header for clients to send.
+    let mut refusing = 0;
+    for (path, op) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in op.as_object().expect("operations") {
+            let says = op["description"].as_str().is_some_and(|d| d.contains("Idempotency-Key: refused"));
+            let lists =
+                op["parameters"].as_array().into_iter().flatten().any(|p| p["name"] == "Idempotency-Key");
+            assert!(!(says && lists), "{method} {path}");
+            refusing += usize::from(says);
+        }
+    }
+    assert_eq!(refusing, 5, "PUT of a SKU and a sale, extend, an order's payment and cancel");
+    let put = s.send(super::harness::request(
+        "PUT",
+        "/v1/skus/tee",
+        &[("Idempotency-Key", "k")],
+        Some(r#"{"on_hand":1}"#),
+    ));
+    assert_eq!(put.code(), "invalid_request");
+    // A name percent-encoded in the path is the name (the fuzzer sends `:` as `%3A`).
+    assert_eq!(s.put("/v1/skus/tee%3Ared", r#"{"on_hand":2}"#).status, 200);
+    assert_eq!(s.get("/v1/skus/tee:red").json()["on_hand"], 2);
+    // An integral number written with a fraction is an integer, as JSON Schema says; others are not.
+    assert_eq!(s.put("/v1/skus/tee", r#"{"on_hand":7.0}"#).json()["on_hand"], 7);
+    for bad in ["7.5", "-1.0", "1e30", "\"7\""] {
+        assert_eq!(
+            s.put("/v1/skus/tee", &format!(r#"{{"on_hand":{bad}}}"#)).code(),
+            "invalid_request",
+            "{bad}"
+        );
+    }
+    let r =
+        s.post("/v1/reservations", r#"{"items":[{"sku":"tee","qty":1.0}],"ttl_ms":5000.0,"user_id":"f"}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(s.counts("tee").1, 3, "two reserves above and this one");
+}

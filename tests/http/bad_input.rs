@@ -162,8 +162,14 @@ fn cases(id: &str) -> Vec<Case> {
         // Reservation ids and bodies of the reservation routes.
         post("malformed id", "/v1/reservations/abc/commit", "", bad, invalid),
         post("id with upper-case hex", "/v1/reservations/rsv_00000000000000AB/commit", "", bad, invalid),
-        post("id of sequence zero", "/v1/reservations/rsv_0000000000000000/release", "", bad, invalid),
+        // Of the description's form, but no id can be it: no such reservation.
+        post("id of sequence zero", "/v1/reservations/rsv_0000000000000000/release", "", 404, "not_found"),
+        post("long id with tag zero", "/v1/reservations/rsv_00000000000000010000000000000000/commit", "", 404, "not_found"),
         post("unknown id", "/v1/reservations/rsv_00000000000000ab/commit", "", 404, "not_found"),
+        // A path segment reads percent-decoded; a malformed or a slash-making encoding is refused.
+        Case { what: "a malformed percent-encoding", bytes: request("GET", "/v1/skus/te%2", &[], None), status: 400, code: "invalid_request" },
+        Case { what: "an encoded slash", bytes: request("GET", "/v1/skus/a%2Fb", &[], None), status: 400, code: "invalid_request" },
+        Case { what: "an encoding that is not UTF-8", bytes: request("GET", "/v1/skus/%FF", &[], None), status: 400, code: "invalid_request" },
         post("commit with a body", &commit, r#"{"force":true}"#, bad, invalid),
         post("extend with ttl zero", &extend, r#"{"ttl_ms":0}"#, bad, invalid),
         post("extend without ttl", &extend, "{}", bad, invalid),
