@@ -380,4 +380,17 @@ fn the_openapi_description_states_this_servers_limits() {
         s.post("/v1/reservations", r#"{"items":[{"sku":"tee","qty":1.0}],"ttl_ms":5000.0,"user_id":"f"}"#);
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(s.counts("tee").1, 3, "two reserves above and this one");
+    // An optional field sent as null is absent, as the description says.
+    let r = s.post(
+        "/v1/reservations",
+        r#"{"items":[{"sku":"tee","qty":1}],"ttl_ms":5000,"user_id":"n","sale_id":null,"admission":null}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let sale = s.put(
+        "/v1/sales/noon",
+        r#"{"per_user_limit":1,"skus":null,"opens_at":null,"order":null,"session_ms":null}"#,
+    );
+    assert_eq!((sale.status, sale.json()["waiting_room"].is_null()), (200, true), "{}", sale.text());
+    let huge = format!(r#"{{"delta":{},"reason":"r"}}"#, (1u64 << 40) + 1);
+    assert_eq!(s.post("/v1/skus/tee/adjust", &huge).code(), "invalid_request");
 }
