@@ -225,11 +225,12 @@ pub fn stop_if_refused(status: u16, body: &[u8], method: &str, path: &str) {
 
 /// The code of a refusal for want of a key or a role (not a shopper's `not_admitted`, also a 403).
 fn refused_credentials(status: u16, body: &[u8]) -> Option<&'static str> {
-    let code =
-        |c: &str| body.windows(c.len() + 2).any(|w| w[1..w.len() - 1] == *c.as_bytes() && w[0] == b'"');
+    let forbidden = || {
+        serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|problem| problem["code"] == "forbidden")
+    };
     match status {
         401 => Some("unauthenticated"),
-        403 if code("forbidden") => Some("forbidden"),
+        403 if forbidden() => Some("forbidden"),
         _ => None,
     }
 }

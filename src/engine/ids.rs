@@ -188,10 +188,7 @@ impl ReservationId {
     /// Parses the text form: `rsv_`, 16 lower-case hex digits of the raw id, then 16 of the tag. An id
     /// issued before tags existed is the first 20 characters alone.
     pub fn parse(s: &str) -> Option<Self> {
-        let hex = s.strip_prefix(TEXT_PREFIX)?;
-        if !matches!(hex.len(), 16 | 32) || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return None;
-        }
+        let hex = Self::digits(s)?;
         let raw = u64::from_str_radix(&hex[..16], 16).ok()?;
         let tag = match hex.get(16..) {
             Some("") | None => 0,
@@ -199,6 +196,15 @@ impl ReservationId {
             Some(t) => Some(u64::from_str_radix(t, 16).ok()?).filter(|t| *t != 0)?,
         };
         Self::from_parts(raw, tag)
+    }
+
+    /// The hex digits of a text in the id's form (`rsv_` and 16 or 32 lower-case hex digits), whether
+    /// or not it names an id that can exist (sequence 0, or a long form with tag 0, cannot).
+    pub fn digits(s: &str) -> Option<&str> {
+        let hex = s.strip_prefix(TEXT_PREFIX)?;
+        let form =
+            matches!(hex.len(), 16 | 32) && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        form.then_some(hex)
     }
 
     /// The text form, written by hand: every reserve answers with its id, and the formatter (padded

@@ -667,10 +667,8 @@ impl Handler<'_> {
 
 fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
     ReservationId::parse(text).ok_or_else(|| {
-        // The description's form (rsv_ and 16 or 32 lower-case hex digits) that names nothing no id
-        // can be (sequence 0, a long form with tag 0): no such reservation.
-        let hex = text.strip_prefix("rsv_").unwrap_or_default();
-        if matches!(hex.len(), 16 | 32) && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        // The description's form, naming what no id can be (sequence 0, a long form with tag 0).
+        if ReservationId::digits(text).is_some() {
             return Problem::not_found(format!("no reservation {text}"));
         }
         let shown: String = text.chars().take(64).collect();
