@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, property, concurrency and integration tests (starting or
-# installing Postgres for those that need it), then the loom
-# models (in their own target directory, so they do not evict the main build). Usage: ops/test.sh
+# installing Postgres for those that need it), then the schema fuzzer against the API description
+# (ops/fuzz-api.sh, four minutes), then the loom models (in their own target directory, so they do
+# not evict the main build). Usage: ops/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,9 @@ fi
 
 echo "== cargo test (release: the concurrency and property tests want optimised code)"
 cargo test --release --workspace
+
+echo "== the API against its description (schemathesis, every check, the stateful phase included)"
+ops/fuzz-api.sh 240
 
 echo "== loom models (RUSTFLAGS=--cfg holdfast_loom)"
 RUSTFLAGS="--cfg holdfast_loom" cargo test --release --test loom --target-dir target-loom

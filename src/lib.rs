@@ -23,6 +23,7 @@ pub mod durable;
 pub mod engine;
 pub mod files;
 pub mod http;
+mod integral;
 pub mod limits;
 pub mod orders;
 pub mod reconcile;

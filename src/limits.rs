@@ -14,8 +14,9 @@ pub const SALE_BYTES_MAX: usize = 64;
 /// Bytes of a user id and of an idempotency key.
 pub const USER_BYTES_MAX: usize = 128;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
-/// Bytes of the free-text reason of a stock adjustment.
-pub const REASON_BYTES_MAX: usize = 256;
+/// Characters of the free-text reason of a stock adjustment (characters, not bytes, as JSON Schema's
+/// maxLength counts them).
+pub const REASON_CHARS_MAX: usize = 256;
 /// Shards: reservation ids carry their shard in 16 bits.
 pub const SHARDS_MAX: usize = 1024;
 /// A reservation's lifetime from creation to `expires_at`, however often it is extended.

@@ -3,7 +3,7 @@
 //! record is read back from the log.
 
 use crate::limits::{
-    IDEMPOTENCY_KEY_BYTES_MAX, REASON_BYTES_MAX, SALE_BYTES_MAX, SKU_BYTES_MAX, USER_BYTES_MAX,
+    IDEMPOTENCY_KEY_BYTES_MAX, REASON_CHARS_MAX, SALE_BYTES_MAX, SKU_BYTES_MAX, USER_BYTES_MAX,
 };
 use std::borrow::Borrow;
 use std::fmt;
@@ -21,6 +21,9 @@ pub enum NameProblem {
     TooLong {
         bytes_max: usize,
     },
+    TooManyChars {
+        chars_max: usize,
+    },
     /// The byte at this offset is not allowed in this kind of name.
     BadByte {
         offset: usize,
@@ -33,6 +36,9 @@ impl fmt::Display for NameError {
             NameProblem::Empty => write!(f, "{} must not be empty", self.kind),
             NameProblem::TooLong { bytes_max } => {
                 write!(f, "{} is longer than {bytes_max} bytes", self.kind)
+            }
+            NameProblem::TooManyChars { chars_max } => {
+                write!(f, "{} is longer than {chars_max} characters", self.kind)
             }
             NameProblem::BadByte { offset } => {
                 write!(f, "{} has a character that is not allowed at byte {offset}", self.kind)
@@ -120,14 +126,15 @@ name_type!(
     IdempotencyKey, "idempotency_key", IDEMPOTENCY_KEY_BYTES_MAX, is_token_byte
 );
 
-/// Why stock was adjusted ("restock", "damaged in warehouse 3"): up to 256 bytes, no control characters.
+/// Why stock was adjusted ("restock", "damaged in warehouse 3"): up to 256 characters, no control
+/// characters.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
 pub struct Reason(Box<str>);
 
 impl Reason {
     pub fn new(s: &str) -> Result<Self, NameError> {
-        if s.len() > REASON_BYTES_MAX {
-            let problem = NameProblem::TooLong { bytes_max: REASON_BYTES_MAX };
+        if s.chars().count() > REASON_CHARS_MAX {
+            let problem = NameProblem::TooManyChars { chars_max: REASON_CHARS_MAX };
             return Err(NameError { kind: "reason", problem });
         }
         if let Some((offset, _)) = s.char_indices().find(|(_, c)| c.is_control()) {
@@ -279,7 +286,8 @@ mod tests {
     fn reason_refuses_control_characters_and_length() {
         assert!(Reason::new("restock from warehouse 3 — pallet 7").is_ok());
         assert!(Reason::new("line\nbreak").is_err());
-        assert!(Reason::new(&"x".repeat(REASON_BYTES_MAX + 1)).is_err());
+        assert!(Reason::new(&"x".repeat(REASON_CHARS_MAX + 1)).is_err());
+        assert!(Reason::new(&"é".repeat(REASON_CHARS_MAX)).is_ok(), "characters, not bytes");
     }
 
     #[test]

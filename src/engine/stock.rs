@@ -168,7 +168,7 @@ pub(super) fn adjusted(stock: Stock, delta: i64) -> Result<u64, StockError> {
         return Err(StockError::BelowHeld { held });
     }
     if on_hand > ON_HAND_MAX {
-        return Err(out_of_range);
+        return Err(StockError::AboveMax { max: ON_HAND_MAX });
     }
     Ok(on_hand)
 }

@@ -469,7 +469,8 @@ fn adjust_restocks_and_shrinks_only_what_is_available() {
     );
     let out = Err(StockError::Invalid(RequestError::StockOutOfRange));
     assert_eq!(e.adjust_stock(&sku("a"), 0, &why, T0, &mut ()), out);
-    assert_eq!(e.adjust_stock(&sku("a"), ON_HAND_MAX as i64, &why, T0, &mut ()), out);
+    let above = Err(StockError::AboveMax { max: ON_HAND_MAX });
+    assert_eq!(e.adjust_stock(&sku("a"), ON_HAND_MAX as i64, &why, T0, &mut ()), above);
     assert_eq!(e.adjust_stock(&sku("zz"), 1, &why, T0, &mut ()), Err(StockError::UnknownSku));
     assert_eq!(stock(&e, "a"), (4, 0, 4, 0));
 }

@@ -138,6 +138,10 @@ pub enum StockError {
     BelowHeld {
         held: u64,
     },
+    /// `on_hand` would pass `ON_HAND_MAX`: a limit of what is held, like `BelowHeld`, not of the request.
+    AboveMax {
+        max: u64,
+    },
     Invalid(RequestError),
     LogRefused,
     /// The idempotency key was used with another request (or for a reserve).

@@ -223,6 +223,11 @@ pub fn stock_error(e: &Refused<StockError>) -> Problem {
             "below_held",
             format!("on_hand may not fall below the {held} units reserved or sold"),
         ),
+        StockError::AboveMax { max } => Problem::new(
+            StatusCode::CONFLICT,
+            "above_max",
+            format!("on_hand may not rise above {max}, the most a SKU may hold"),
+        ),
         StockError::Invalid(r) => request_error(r),
         StockError::IdempotencyConflict => idempotency_conflict(),
         StockError::IdempotencyTableFull => {
@@ -255,6 +260,7 @@ mod tests {
             (reservation_error(&Refused::Engine(ReservationError::Released)), 409, "reservation_released"),
             (stock_error(&Refused::Engine(StockError::UnknownSku)), 404, "not_found"),
             (stock_error(&Refused::Engine(StockError::BelowHeld { held: 3 })), 409, "below_held"),
+            (stock_error(&Refused::Engine(StockError::AboveMax { max: 9 })), 409, "above_max"),
             (log_error(&WalError::NoSpace { file: "x".into() }), 507, "insufficient_storage"),
             (log_error(&WalError::Poisoned { cause: "sync failed".into() }), 503, "unavailable"),
         ];

@@ -10,6 +10,7 @@ use crate::limits::ITEMS_PER_RESERVATION_MAX;
 use crate::orders::webhook::{self, Headers, Refusal};
 use crate::orders::{
     Effect, Order, OrderError, OrderId, OrderLine, OrderRequest, OrderState, Payment, AMOUNT_MAX,
+    UNIT_PRICE_MAX,
 };
 use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
@@ -32,7 +33,7 @@ struct PlaceIn {
     sale_id: Option<String>,
     #[serde(default)]
     admission: Option<String>,
-    #[serde(default, deserialize_with = "super::dto::integral::opt")]
+    #[serde(default, deserialize_with = "crate::integral::opt")]
     pay_within_ms: Option<u64>,
 }
 
@@ -40,9 +41,9 @@ struct PlaceIn {
 #[serde(deny_unknown_fields)]
 struct LineIn {
     sku: String,
-    #[serde(deserialize_with = "super::dto::integral::int")]
+    #[serde(deserialize_with = "crate::integral::int")]
     qty: u32,
-    #[serde(deserialize_with = "super::dto::integral::int")]
+    #[serde(deserialize_with = "crate::integral::int")]
     unit_price: u64,
 }
 
@@ -171,8 +172,8 @@ impl Handler<'_> {
         let lines = (items.iter().enumerate())
             .map(|(n, l)| {
                 let sku = SkuId::new(&l.sku).map_err(|e| Problem::invalid(format!("items[{n}].sku: {e}")))?;
-                if l.unit_price > AMOUNT_MAX {
-                    return Err(Problem::invalid(format!("items[{n}].unit_price: at most {AMOUNT_MAX}")));
+                if l.unit_price > UNIT_PRICE_MAX {
+                    return Err(Problem::invalid(format!("items[{n}].unit_price: at most {UNIT_PRICE_MAX}")));
                 }
                 Ok(OrderLine { sku, qty: l.qty, unit_price: l.unit_price })
             })

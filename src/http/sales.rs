@@ -87,11 +87,8 @@ fn room_config(body: &dto::SetSale) -> Result<RoomConfig, Problem> {
     let skus = sale_skus(skus)?;
     let opens_at =
         body.opens_at.as_deref().ok_or_else(|| Problem::invalid("a waiting room needs opens_at"))?;
-    let opens_at_ms = humantime::parse_rfc3339(opens_at)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .ok_or_else(|| Problem::invalid(format!("opens_at: {opens_at:?} is not an RFC 3339 UTC time")))?;
+    let opens_at_ms = crate::clock::parse_rfc3339_ms(opens_at)
+        .ok_or_else(|| Problem::invalid(format!("opens_at: {opens_at:?} is not an RFC 3339 date-time")))?;
     let admit_per_s =
         body.admission_rate.ok_or_else(|| Problem::invalid("a waiting room needs admission_rate"))?;
     if !(1..=ADMIT_PER_S_MAX).contains(&admit_per_s) {

@@ -14,4 +14,4 @@ pub mod webhook;
 pub use book::{
     Book, Cause, Order, OrderId, OrderLine, OrderRecord, OrderState, OrderStep, Placed, Transition,
 };
-pub use saga::{Effect, OrderError, OrderRequest, Payment, PaymentStatus, AMOUNT_MAX};
+pub use saga::{Effect, OrderError, OrderRequest, Payment, PaymentStatus, AMOUNT_MAX, UNIT_PRICE_MAX};

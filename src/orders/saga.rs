@@ -10,6 +10,7 @@ use crate::engine::{
     Engine, IdempotencyKey, Item, Late, Record, RecordSink, ReservationError, ReserveError, ReserveRequest,
     SaleId, SinkRefused, UserId,
 };
+use crate::limits::{ITEMS_PER_RESERVATION_MAX, QTY_PER_ITEM_MAX};
 
 /// What a checkout service asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,10 @@ pub struct OrderRequest {
 
 /// The most an order may cost, in minor units: every amount stays exact in a JSON number.
 pub const AMOUNT_MAX: u64 = (1 << 53) - 1;
+/// The most one unit may cost, in minor units: an order of the most lines of the most units at this
+/// price stays within `AMOUNT_MAX`, so an order's amount is bounded by its lines' own bounds (which an
+/// API description can state) rather than by their sum (which it cannot).
+pub const UNIT_PRICE_MAX: u64 = AMOUNT_MAX / (ITEMS_PER_RESERVATION_MAX as u64 * QTY_PER_ITEM_MAX as u64);
 
 impl OrderRequest {
     /// The sum of its lines, if it stays within `AMOUNT_MAX`.

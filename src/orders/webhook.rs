@@ -225,9 +225,6 @@ struct EventIn {
     id: String,
     #[serde(rename = "type")]
     kind: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    created: Option<u64>,
     data: DataIn,
 }
 
@@ -239,7 +236,7 @@ struct DataIn {
 #[derive(serde::Deserialize)]
 struct ObjectIn {
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral::opt")]
     amount: Option<u64>,
     #[serde(default)]
     currency: Option<String>,

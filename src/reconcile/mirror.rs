@@ -448,12 +448,8 @@ fn take_adjustment(
         Err(e) => return Ok(Err(e.to_string())),
     };
     let mut text = format!("{ADJUSTMENT_PREFIX}{id}: ");
-    for c in reason.chars() {
-        if text.len() + c.len_utf8() > crate::limits::REASON_BYTES_MAX {
-            break;
-        }
-        text.push(if c.is_control() { ' ' } else { c });
-    }
+    let room = crate::limits::REASON_CHARS_MAX.saturating_sub(text.chars().count());
+    text.extend(reason.chars().take(room).map(|c| if c.is_control() { ' ' } else { c }));
     let reason = match crate::engine::Reason::new(&text) {
         Ok(reason) => reason,
         Err(e) => return Ok(Err(e.to_string())),

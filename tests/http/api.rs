@@ -393,4 +393,23 @@ fn the_openapi_description_states_this_servers_limits() {
     assert_eq!((sale.status, sale.json()["waiting_room"].is_null()), (200, true), "{}", sale.text());
     let huge = format!(r#"{{"delta":{},"reason":"r"}}"#, (1u64 << 40) + 1);
     assert_eq!(s.post("/v1/skus/tee/adjust", &huge).code(), "invalid_request");
+    // A delta within its range that would take on_hand past the most a SKU may hold depends on the
+    // stock, not the request: 409, as falling below what is held is.
+    let max = format!(r#"{{"delta":{},"reason":"r"}}"#, 1u64 << 40);
+    let r = s.post("/v1/skus/tee/adjust", &max);
+    assert_eq!((r.status, r.code().as_str()), (409, "above_max"), "{}", r.text());
+    // A reason's length is in characters, as JSON Schema counts it; a lone surrogate is not text.
+    let r = s.post("/v1/skus/tee/adjust", &format!(r#"{{"delta":1,"reason":"{}"}}"#, "é".repeat(256)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.post("/v1/skus/tee/adjust", &format!(r#"{{"delta":1,"reason":"{}"}}"#, "é".repeat(257)));
+    assert_eq!(r.code(), "invalid_request");
+    assert_eq!(s.post("/v1/skus/tee/adjust", r#"{"delta":1,"reason":"\ud800"}"#).code(), "invalid_request");
+    assert_eq!(s.get("/v1/skus/tee").json()["on_hand"], 8, "7, and one adjustment taken");
+    // A date-time with any offset, as the `date-time` format allows; answered in UTC.
+    let r = s.put(
+        "/v1/sales/dusk",
+        r#"{"per_user_limit":1,"skus":["tee:red"],"opens_at":"2031-05-04T21:30:00.5+02:30","admission_rate":5}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["waiting_room"]["opens_at"], "2031-05-04T19:00:00.500Z");
 }

@@ -262,6 +262,25 @@ fn a_signed_success_pays_the_order_once_also_after_a_restart() {
     assert_eq!(lsn(&s), logged);
 }
 
+/// What the API description allows is taken: a unit price at its maximum, and an event whose amount
+/// is an integral number written with a fraction and whose `created` (not read) is anything at all.
+#[test]
+fn an_order_and_an_event_at_the_descriptions_bounds_are_taken() {
+    let dir = scratch();
+    let s = TestServer::start(order_options(dir.path(), &[CURRENT]));
+    s.stock("tee", 10);
+    let max = holdfast::orders::UNIT_PRICE_MAX;
+    let id = place(&s, "o-max", &order_body(&[("tee", 1, max)], 60_000))["id"].as_str().unwrap().to_owned();
+    assert_eq!(order(&s, &id)["amount"], max);
+    let mut paid: Value =
+        serde_json::from_str(&event("evt_f", "payment_intent.succeeded", &id, "pi_f", max, "usd")).unwrap();
+    paid["data"]["object"]["amount"] = json!(max as f64);
+    paid["created"] = json!("not read");
+    assert!(paid.to_string().contains(&format!("{max}.0")), "{paid}");
+    assert_eq!(delivered(&stripe(&s, CURRENT, &paid.to_string()), "applied", "paid"), "paid");
+    assert_eq!(s.counts("tee"), (9, 0, 1));
+}
+
 #[test]
 fn a_failed_payment_cancels_the_order_and_returns_its_units() {
     let dir = scratch();

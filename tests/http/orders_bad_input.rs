@@ -369,8 +369,8 @@ fn cases(s: &TestServer, f: &Fixture) -> Vec<Case> {
         case("zero items", order_with(r#""items":[]"#), bad, invalid),
         case("too many items", order_with(&format!(r#""items":[{}]"#, many_items.join(","))), bad, invalid),
         case(
-            "unit_price above 2^53-1",
-            order_with(r#""items":[{"sku":"tee","qty":1,"unit_price":9007199254740992}]"#),
+            "unit_price above its maximum, (2^53-1) / (32 lines * 10000 units)",
+            order_with(r#""items":[{"sku":"tee","qty":1,"unit_price":28147497672}]"#),
             bad,
             invalid,
         ),
