@@ -41,7 +41,13 @@ server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$data"' EXIT
 
 echo "== schemathesis $version against 127.0.0.1:$port for at most ${budget}s"
-SCHEMATHESIS_HOOKS=hooks PYTHONPATH=ops/schemathesis \
+# The budget ends generation; the hard limit only guards the suite against a fuzzer that hangs.
+SCHEMATHESIS_HOOKS=hooks PYTHONPATH=ops/schemathesis timeout --kill-after=10 $((budget + 180)) \
     "$venv/bin/schemathesis" --config-file ops/schemathesis/schemathesis.toml run \
     "http://127.0.0.1:$port/openapi.json" --wait-for-schema 30 --max-time "$budget" \
     -H "Authorization: Bearer $admin"
+if ! kill -0 "$server" 2>/dev/null; then
+    echo "the server under test exited during the run:" >&2
+    cat "$data/server.log" >&2
+    exit 1
+fi
