@@ -474,6 +474,18 @@ mod tests {
         ["holdfast", "serve"].iter().chain(args).map(|s| s.to_string()).collect()
     }
 
+    /// `holdfast serve --help` explains every flag: a help line each, and clap shows the default of
+    /// every flag that has one.
+    #[test]
+    fn every_flag_has_a_help_line() {
+        let command = <ServeArgs as Args>::augment_args(clap::Command::new("serve"));
+        for arg in command.get_arguments() {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.len() >= 12, "--{} has no help line", arg.get_id());
+            assert!(!arg.is_hide_default_value_set(), "--{} hides its default", arg.get_id());
+        }
+    }
+
     #[test]
     fn defaults_are_the_embedded_server() {
         let args = parse_serve(&argv(&[])).expect("parses");

@@ -37,28 +37,33 @@ pub struct CheckoutArgs {
     #[arg(long, default_value = "whsec_holdfast_drill_0123456789")]
     #[serde(skip)]
     webhook_secret: String,
+    /// Shoppers who place an order (0: the throughput comparison alone).
     #[arg(long, default_value_t = 2_000)]
     users: u64,
+    /// Units of the SKU on sale, set as its stock before the drill.
     #[arg(long, default_value_t = 200)]
     units: u64,
+    /// The SKU on sale.
     #[arg(long, default_value = "checkout-sku")]
     sku: String,
     /// Shoppers arrive evenly over this many seconds.
     #[arg(long, default_value_t = 5.0)]
     arrival_secs: f64,
-    /// Each order's payment window (the server's TTL bounds apply).
+    /// Milliseconds of each order's payment window (the server's TTL bounds apply).
     #[arg(long, default_value_t = 4_000)]
     pay_within_ms: u64,
     /// The server's --payment-status-lead when the drill starts it.
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "as_ms")]
     status_lead: Duration,
-    /// Pause before attaching the payment and before paying (each drawn from half to 1.5 times it).
+    /// Milliseconds of pause before attaching the payment and before paying (each drawn from half to
+    /// 1.5 times it).
     #[arg(long, default_value_t = 300)]
     think_ms: u64,
     /// Attempts after an `insufficient_stock` refusal, `retry_ms` apart.
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    /// Milliseconds between those attempts.
     #[arg(long, default_value_t = 1_000)]
     retry_ms: u64,
     /// Payments that fail (card declined): the order must end cancelled (payment_failed).
@@ -79,22 +84,25 @@ pub struct CheckoutArgs {
     /// Successes followed by a stale `processing` event: it must not move the order back.
     #[arg(long, default_value_t = 0.05)]
     reorder_rate: f64,
-    /// Late successes come up to this long after pay_by.
+    /// Milliseconds after pay_by that late successes come, at most.
     #[arg(long, default_value_t = 1_500)]
     late_by_ms: u64,
     /// Shoppers who resend their placed order with its key: the same order must come back.
     #[arg(long, default_value_t = 0.05)]
     key_retry: f64,
+    /// Milliseconds without a reply after which a request fails and its connection is dropped.
     #[arg(long, default_value_t = 5_000)]
     request_timeout_ms: u64,
+    /// Keep-alive connections the shoppers share.
     #[arg(long, default_value_t = 128)]
     connections: usize,
-    /// The drill stops here whatever happens (0: arrival + payment windows + 60 s).
+    /// Seconds after which the drill stops whatever happens (0: arrival + payment windows + 60 s).
     #[arg(long, default_value_t = 0)]
     deadline_secs: u64,
     /// Where the report goes: DIR/checkout.json.
     #[arg(long, default_value = "checkout-report")]
     report: std::path::PathBuf,
+    /// No progress lines.
     #[arg(long)]
     quiet: bool,
     /// Seconds per round of the throughput comparison (0: none). `--users 0` runs it alone.

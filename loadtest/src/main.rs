@@ -42,73 +42,96 @@ struct Args {
     /// Where the report goes: DIR/report.json and DIR/report.html.
     #[arg(long, default_value = "drill-report")]
     report: PathBuf,
-    /// No progress lines.
+    /// No progress lines (default: a line a second).
     #[arg(long)]
     quiet: bool,
+    /// Shoppers who arrive for the sale (1 to 10,000,000; default 100,000).
     #[arg(long)]
     users: Option<u64>,
+    /// Units of the sale's one SKU, set as its stock before the drill (default 1,000).
     #[arg(long)]
     units: Option<u64>,
+    /// The SKU on sale (default drill-sku).
     #[arg(long)]
     sku: Option<String>,
+    /// The sale, with its waiting room (default drill).
     #[arg(long)]
     sale: Option<String>,
+    /// How shoppers arrive (default opening).
     #[arg(long, value_enum)]
     arrival: Option<Arrival>,
+    /// Seconds over which shoppers arrive, for opening and ramp (default 1).
     #[arg(long)]
     arrival_secs: Option<f64>,
+    /// Shoppers arriving per second, for steady (default 5,000).
     #[arg(long)]
     arrival_rate: Option<f64>,
+    /// Milliseconds from the end of the setup to the sale's opening (default 3,000).
     #[arg(long)]
     opens_in_ms: Option<u64>,
+    /// Shoppers the waiting room admits per second (default 2,000).
     #[arg(long)]
     admission_rate: Option<u32>,
+    /// Admitted shoppers shopping at once, at most (default 2,000).
     #[arg(long)]
     max_active: Option<u32>,
+    /// Milliseconds an admission lasts (default 60,000).
     #[arg(long)]
     session_ms: Option<u64>,
+    /// The order the waiting room admits in (default fifo).
     #[arg(long, value_enum)]
     order: Option<Order>,
+    /// Units one shopper may hold or buy in the sale (default 1).
     #[arg(long)]
     per_user_limit: Option<u32>,
+    /// Units each shopper reserves (default 1).
     #[arg(long)]
     qty: Option<u32>,
+    /// Milliseconds an admitted shopper pauses before each step: reserve, then commit or release (default
+    /// 200).
     #[arg(long)]
     think_ms: Option<u64>,
-    /// Probability that a shopper holding units commits.
+    /// Probability that a shopper holding units commits (0 to 1; default 0.9).
     #[arg(long)]
     commit: Option<f64>,
-    /// Probability that a shopper holding units releases them (the rest abandon).
+    /// Probability that a shopper holding units releases them; the rest abandon (0 to 1; default 0.05).
     #[arg(long)]
     release: Option<f64>,
+    /// Milliseconds a reservation holds its units (the reserve's ttl_ms; default 5,000).
     #[arg(long)]
     hold_ttl_ms: Option<u64>,
+    /// Attempts after an insufficient_stock refusal (default 3).
     #[arg(long)]
     retries: Option<u32>,
+    /// Milliseconds between those attempts (default 500).
     #[arg(long)]
     retry_ms: Option<u64>,
-    /// Share of shoppers who try to buy past the per-user limit (the server must refuse).
+    /// Share of shoppers who try to buy past the per-user limit, which the server must refuse (0 to 1;
+    /// default 0.05).
     #[arg(long)]
     greedy: Option<f64>,
-    /// Share of shoppers who resend their reserve with the same Idempotency-Key.
+    /// Share of shoppers who resend their reserve with the same Idempotency-Key (0 to 1; default 0.05).
     #[arg(long)]
     key_retry: Option<f64>,
-    /// Share of buyers who commit about when their hold runs out.
+    /// Share of buyers who commit about when their hold runs out (0 to 1; default 0.02).
     #[arg(long)]
     late_commit: Option<f64>,
+    /// Milliseconds without a reply after which a request fails and its connection is dropped (default
+    /// 10,000).
     #[arg(long)]
     request_timeout_ms: Option<u64>,
-    /// Keep-alive connections the waiting crowd shares (joins and polls).
+    /// Keep-alive connections the waiting crowd shares for joins and polls (1 to 16,384; default 256).
     #[arg(long)]
     connections: Option<usize>,
     /// Keep-alive connections admitted shoppers share (reserve, commit, release), apart from the
-    /// crowd's as each shopper's own connection is in production.
+    /// crowd's as each shopper's own connection is in production (1 to 2,048; default 64).
     #[arg(long)]
     buyer_connections: Option<usize>,
-    /// Fail the verification if admitted shoppers' calls took longer than this at the 99th
-    /// percentile (0: reported, not checked).
+    /// Fail the verification if admitted shoppers' calls took longer than this many milliseconds at
+    /// the 99th percentile (default 0: reported, not checked).
     #[arg(long)]
     buyer_p99_max_ms: Option<u64>,
+    /// Seconds after which the drill stops whatever happens (default 0: users / admission rate + 120).
     #[arg(long)]
     deadline_secs: Option<u64>,
 }
@@ -349,4 +372,49 @@ fn summary(r: &serde_json::Value) {
         "verification: {}",
         if r["verification"]["passed"].as_bool() == Some(true) { "passed" } else { "FAILED" }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `holdfast-drill --help` (and each subcommand's) explains every flag.
+    #[test]
+    fn every_flag_has_a_help_line() {
+        fn check(command: &clap::Command) {
+            for arg in command.get_arguments() {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                assert!(help.len() >= 12, "{} --{} has no help line", command.get_name(), arg.get_id());
+            }
+            command.get_subcommands().for_each(check);
+        }
+        check(&Args::command());
+    }
+
+    /// A scenario flag's help states the scenario's default: the two are written apart, so a test ties
+    /// them together.
+    #[test]
+    fn scenario_flags_state_the_scenario_defaults() {
+        let defaults = serde_json::to_value(Scenario::default()).expect("serializes");
+        let command = Args::command();
+        for (field, value) in defaults.as_object().expect("an object") {
+            let arg = (command.get_arguments().find(|a| a.get_id().as_str() == field))
+                .unwrap_or_else(|| panic!("no flag --{field}"));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let stated = help
+                .split("default ")
+                .nth(1)
+                .and_then(|rest| rest.split([')', ';', ':', ' ']).next())
+                .unwrap_or_else(|| panic!("--{field}: no default in {help:?}"))
+                .replace(',', "");
+            let expected = match value {
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let same = stated == expected
+                || stated.parse::<f64>().ok().zip(expected.parse::<f64>().ok()).is_some_and(|(a, b)| a == b);
+            assert!(same, "--{field}: help says {stated}, the scenario {expected}");
+        }
+    }
 }

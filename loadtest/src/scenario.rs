@@ -17,7 +17,10 @@ pub enum Arrival {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
+    /// In order of arrival.
     Fifo,
+    /// Everyone who joined before the opening in a random order drawn then; later arrivals behind
+    /// them, in order of arrival.
     Lottery,
 }
 
