@@ -44,10 +44,13 @@ enum Cli {
     Keys(KeysCommand),
     /// Compare Postgres with the engine at the LSN Postgres is at; exit 1 when they differ.
     Reconcile {
+        /// The Postgres the server mirrors to (postgresql://user@host/db).
         #[arg(long, env = "HOLDFAST_DATABASE_URL")]
         database_url: String,
+        /// The data directory (the server's --data-dir).
         #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "data")]
         data_dir: PathBuf,
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -57,7 +60,10 @@ enum Cli {
 enum KeysCommand {
     /// Print a new key for ROLE (admin, checkout or ops) and the line for --api-keys-file that holds
     /// its hash. The key is not stored anywhere: give it to the client now.
-    New { role: String },
+    New {
+        /// admin, checkout or ops.
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +75,7 @@ enum OrdersCommand {
 
 #[derive(clap::Args)]
 struct OrdersListArgs {
+    /// The data directory (the server's --data-dir).
     dir: PathBuf,
     /// Only orders in this state (`open`: awaiting_payment or payment_pending).
     #[arg(long, value_parser = orders::STATES)]
@@ -82,6 +89,7 @@ struct OrdersListArgs {
 enum DbCommand {
     /// Apply the schema migrations the database lacks (the server also does at start).
     Migrate {
+        /// The Postgres the server mirrors to (postgresql://user@host/db).
         #[arg(long, env = "HOLDFAST_DATABASE_URL")]
         database_url: String,
     },
@@ -89,6 +97,7 @@ enum DbCommand {
     /// has decided the data directory is right): the mirror's current-state tables are emptied and
     /// rewritten from that log; event history stays, under the old generation.
     NewGeneration {
+        /// The Postgres the server mirrors to (postgresql://user@host/db).
         #[arg(long, env = "HOLDFAST_DATABASE_URL")]
         database_url: String,
     },
@@ -99,13 +108,17 @@ enum WalCommand {
     /// Check every segment and snapshot: checksums, LSN continuity, headers, record decoding. Exit 0
     /// when intact, 3 for a torn tail only, 1 for corruption; each problem with file, offset and LSN.
     Verify {
+        /// The data directory (the server's --data-dir).
         dir: PathBuf,
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Segments, LSN and time range, record counts by kind, sizes, snapshots.
     Stats {
+        /// The data directory (the server's --data-dir).
         dir: PathBuf,
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -117,7 +130,9 @@ enum WalCommand {
     Trace(TraceArgs),
     /// Cut a torn tail (as recovery would), after confirmation or --yes. Corruption is never "repaired".
     Repair {
+        /// The data directory (the server's --data-dir).
         dir: PathBuf,
+        /// Cut without asking.
         #[arg(long)]
         yes: bool,
     },
@@ -125,11 +140,15 @@ enum WalCommand {
 
 #[derive(clap::Args)]
 struct DumpArgs {
+    /// The data directory (the server's --data-dir).
     dir: PathBuf,
+    /// JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Records from this LSN on.
     #[arg(long)]
     from_lsn: Option<Lsn>,
+    /// Records up to this LSN.
     #[arg(long)]
     to_lsn: Option<Lsn>,
     /// Records at or after this time (RFC 3339 or Unix ms).
@@ -141,12 +160,16 @@ struct DumpArgs {
     /// Only these kinds (repeatable).
     #[arg(long, value_parser = describe::KINDS)]
     kind: Vec<String>,
+    /// Only records that touch this SKU.
     #[arg(long)]
     sku: Option<String>,
+    /// Only records of this reservation (`rsv_…`).
     #[arg(long)]
     reservation: Option<String>,
+    /// Only records of this user.
     #[arg(long)]
     user: Option<String>,
+    /// Only records of this sale.
     #[arg(long)]
     sale: Option<String>,
     /// An order (`ord_…`): its steps and its reservations' records.
@@ -160,6 +183,7 @@ struct DumpArgs {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("until").required(true).multiple(false)))]
 struct ReplayArgs {
+    /// The data directory (the server's --data-dir).
     dir: PathBuf,
     /// The state after the record with this LSN.
     #[arg(long, group = "until")]
@@ -188,16 +212,21 @@ struct ReplayArgs {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("subject").required(true).multiple(false)))]
 struct TraceArgs {
+    /// The data directory (the server's --data-dir).
     dir: PathBuf,
+    /// A reservation (`rsv_…`): its records from reserve to end.
     #[arg(long, group = "subject")]
     reservation: Option<String>,
+    /// A SKU: every record that changed its counters.
     #[arg(long, group = "subject")]
     sku: Option<String>,
+    /// A user: their reservations' records.
     #[arg(long, group = "subject")]
     user: Option<String>,
     /// An order (`ord_…`): its steps and its reservations' records.
     #[arg(long, group = "subject")]
     order: Option<String>,
+    /// JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -205,10 +234,15 @@ struct TraceArgs {
 #[derive(Subcommand)]
 enum SnapshotCommand {
     /// Take a snapshot of DIR now (the server must not be running on it).
-    Create { dir: PathBuf },
+    Create {
+        /// The data directory (the server's --data-dir).
+        dir: PathBuf,
+    },
     /// List snapshots, each checked: LSN, size, contents.
     List {
+        /// The data directory (the server's --data-dir).
         dir: PathBuf,
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -332,5 +366,28 @@ fn problem_json(p: &LogProblem) -> Value {
         LogProblem::Corrupt { file, offset, lsn, reason } => {
             json!({"kind": "corrupt", "file": file, "offset": offset, "lsn": lsn, "reason": reason})
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `holdfast <tool> --help` explains every argument and flag of every tool.
+    #[test]
+    fn every_flag_has_a_help_line() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            for arg in command.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+            {
+                if arg.get_help().map(ToString::to_string).unwrap_or_default().len() < 8 {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            command.get_subcommands().for_each(|c| check(c, &path, missing));
+        }
+        let mut missing = Vec::new();
+        check(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
     }
 }
