@@ -7,6 +7,7 @@ mod checkout;
 mod client;
 mod compare;
 mod cpu;
+mod diff;
 mod drill;
 mod pacer;
 mod provider;
@@ -145,6 +146,9 @@ enum Command {
     /// fails, delays, duplicates, reorders and loses its signed webhooks at set rates (and answers the
     /// server's status fallback); every order's end is verified against what its payment did.
     Checkout(Box<checkout::CheckoutArgs>),
+    /// The same drill before and after a change: two report.json files side by side, each figure
+    /// with its change (Markdown on standard output). Exit 1 when either verification failed.
+    Diff(diff::DiffArgs),
 }
 
 fn scenario(args: &Args) -> anyhow::Result<Scenario> {
@@ -201,12 +205,13 @@ fn address(target: &str) -> anyhow::Result<SocketAddr> {
 fn main() {
     let args = Args::parse();
     // `compare` starts its own holdfast, with keys of its own.
-    if !matches!(args.command, Some(Command::Compare(_))) {
+    if !matches!(args.command, Some(Command::Compare(_) | Command::Diff(_))) {
         client::set_keys(args.api_key.clone(), args.admin_key.clone().or_else(|| args.api_key.clone()));
     }
     let outcome = match &args.command {
         Some(Command::Compare(c)) => compare::compare(c),
         Some(Command::Checkout(c)) => checkout::checkout(c),
+        Some(Command::Diff(d)) => diff::diff(d),
         None => run(&args),
     };
     let code = match outcome {

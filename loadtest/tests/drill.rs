@@ -99,6 +99,26 @@ fn a_lottery_drill_admits_out_of_arrival_order_and_verifies() {
         "drawn: {}",
         r["fairness"]
     );
+    // `diff` reads real reports: the same one twice, then one whose drill differs and failed.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    std::fs::write(&a, r.to_string()).expect("write");
+    let diff = |b: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_holdfast-drill")).arg("diff").arg(&a).arg(b).output();
+        let out = out.expect("run holdfast-drill diff");
+        (out.status.code(), String::from_utf8(out.stdout).expect("UTF-8"))
+    };
+    let (code, md) = diff(&a);
+    assert_eq!(code, Some(0), "{md}");
+    assert!(md.contains("Same scenario") && md.contains("| reserve p99 (ms) |"), "{md}");
+    assert!(md.contains("| shoppers who bought | 100 | 100 | same |"), "{md}");
+    let mut other = r.clone();
+    other["scenario"]["users"] = 3000.into();
+    other["verification"]["passed"] = false.into();
+    std::fs::write(&b, other.to_string()).expect("write");
+    let (code, md) = diff(&b);
+    assert_eq!(code, Some(1), "a failed verification fails the diff: {md}");
+    assert!(md.contains("`users`: 2000 → 3000") && md.contains("after FAILED"), "{md}");
 }
 
 mod lying_proxy {
