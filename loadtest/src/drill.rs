@@ -115,6 +115,9 @@ pub struct Second {
     pub waiting: u64,
     pub admitted: u64,
     pub done: u64,
+    /// The server's side at the end of the second (`sample.rs`): the SKU's units and its own figures.
+    pub stock: Value,
+    pub server: Value,
 }
 
 pub struct Stats {
@@ -603,11 +606,20 @@ impl Drill {
     }
 
     /// Samples the shoppers' counts into the timeline and prints a line a second until `done`.
-    pub async fn progress(self: Arc<Self>, done: tokio::sync::watch::Receiver<bool>, quiet: bool) {
+    /// Once a second: the shoppers' figures, and the server's read on `observer`, a connection of its
+    /// own so that the crowd's queue does not delay the sample.
+    pub async fn progress(
+        self: Arc<Self>,
+        done: tokio::sync::watch::Receiver<bool>,
+        quiet: bool,
+        observer: Client,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_requests = 0u64;
+        let mut sampler = crate::sample::Sampler::default();
         while !*done.borrow() {
             tick.tick().await;
+            let (stock, server) = sampler.sample(&observer, &self.scenario.sku).await;
             let st = &self.stats;
             let (arrived, waiting, admitted, finished) = (
                 st.arrived.load(Relaxed),
@@ -624,6 +636,7 @@ impl Drill {
                 let second = &mut timeline[s];
                 (second.arrived, second.waiting, second.admitted, second.done) =
                     (arrived, waiting, admitted, finished);
+                (second.stock, second.server) = (stock, server);
                 timeline.iter().map(|t| t.requests.iter().sum::<u64>()).sum()
             };
             if !quiet {

@@ -12,6 +12,7 @@ mod drill;
 mod pacer;
 mod provider;
 mod report;
+mod sample;
 mod scenario;
 mod servers;
 mod verify;
@@ -245,7 +246,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         };
         let started = Instant::now();
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-        let progress = tokio::spawn(drill.clone().progress(done_rx, args.quiet));
+        let observer = client::Client::new(addr, 1, timeout);
+        let progress = tokio::spawn(drill.clone().progress(done_rx, args.quiet, observer));
         // Each shopper stops itself at the deadline, keeping what it saw.
         let tasks: Vec<_> = (0..users).map(|i| tokio::spawn(drill.clone().shopper(i))).collect();
         let mut shoppers = Vec::with_capacity(users as usize);

@@ -145,7 +145,8 @@ pub fn build(
                    "crowd_unanswered": s.unanswered_crowd, "expired_in_flight": s.expired_in_flight,
                    "p99_ms": p99,
                    "classes": by_class,
-                   "arrived": s.arrived, "waiting": s.waiting, "admitted": s.admitted, "done": s.done})
+                   "arrived": s.arrived, "waiting": s.waiting, "admitted": s.admitted, "done": s.done,
+                   "stock": s.stock, "server": s.server})
         })
         .collect();
     let polls_peak = timeline.iter().map(|s| s.requests[1]).max().unwrap_or(0);
@@ -281,6 +282,12 @@ pub fn html(report: &Value) -> String {
         escape(&serde_json::to_string_pretty(&report["outcomes"]).unwrap_or_default()),
         report["admitted"], report["admitted_per_s"], w["p50"], w["p90"], w["p99"], w["max"], report["polls_per_s_peak"],
         report["fairness"]["later_admitted_before_earlier"], report["fairness"]["pairs_compared"]);
+    let stock = |field: &'static str| col(&move |t: &Value| t["stock"][field].as_f64().unwrap_or(0.0));
+    page.push_str(&chart(
+        "Units of the SKU, second by second",
+        "units",
+        &[("available", stock("available")), ("reserved", stock("reserved")), ("sold", stock("sold"))],
+    ));
     page.push_str(&chart("Throughput by route", "req/s", &per_route));
     page.push_str("<h2>Buyers and the crowd (latency in ms)</h2><table><tr><th>class</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
     for name in CLASSES {
@@ -314,6 +321,20 @@ pub fn html(report: &Value) -> String {
         "Buyers' latency, second by second",
         "ms",
         &[("buyers p50", by_class("buyers", "p50_ms")), ("buyers p99", by_class("buyers", "p99_ms"))],
+    ));
+    let server = |field: &'static str| col(&move |t: &Value| t["server"][field].as_f64().unwrap_or(0.0));
+    page.push_str(&chart(
+        "The server's log: mean sync latency and records per sync, second by second",
+        "ms / records",
+        &[
+            ("sync latency (ms)", server("log_sync_ms_mean")),
+            ("records per sync", server("log_batch_records_mean")),
+        ],
+    ));
+    page.push_str(&chart(
+        "The server's live reservations and open connections",
+        "count",
+        &[("live reservations", server("live_reservations")), ("connections", server("connections_open"))],
     ));
     page.push_str(&chart(
         "Queue",

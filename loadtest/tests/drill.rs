@@ -83,6 +83,19 @@ fn a_fifo_drill_of_5000_shoppers_sells_every_unit_in_order_and_verifies() {
     assert_eq!(r["stock_at_end"]["sold"], 200, "every unit sold: {}", r["stock_at_end"]);
     assert_eq!(r["outcomes"]["bought"], 200, "{}", r["outcomes"]);
     assert_eq!(r["fairness"]["later_admitted_before_earlier"], 0, "fifo: {}", r["fairness"]);
+    // Second by second, the server's units add up to the stock, and the sale is seen happening.
+    let timeline = r["timeline"].as_array().expect("a timeline");
+    let stocks: Vec<&serde_json::Value> =
+        timeline.iter().map(|t| &t["stock"]).filter(|s| !s.is_null()).collect();
+    assert!(stocks.len() + 2 >= timeline.len(), "a sample nearly every second: {}", stocks.len());
+    for s in &stocks {
+        let sum: u64 =
+            ["available", "reserved", "sold"].iter().map(|f| s[f].as_u64().expect("a count")).sum();
+        assert_eq!(sum, 200, "{s}");
+    }
+    assert_eq!(stocks.first().map(|s| s["sold"].as_u64()), Some(Some(0)));
+    assert!(stocks.iter().any(|s| s["reserved"].as_u64() > Some(0)), "holds seen");
+    assert!(timeline.iter().any(|t| t["server"]["log_syncs"].as_f64() > Some(0.0)), "the log seen syncing");
     assert!(
         r["outcomes"]["sold_out"].as_u64().unwrap_or(0) > 4_000,
         "the rest told sold out: {}",

@@ -1,0 +1,112 @@
+//! The server's side of a drill, once a second on a connection of its own: the SKU's units
+//! (available, reserved, sold) and the server's own figures from `/metrics` (live reservations, log
+//! syncs and their mean latency and batch size, open connections, requests shed).
+
+use crate::client::Client;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// Counters from the previous sample, so that each second shows what happened in it.
+#[derive(Default)]
+pub struct Sampler {
+    previous: HashMap<&'static str, f64>,
+}
+
+const COUNTERS: [&str; 5] = [
+    "holdfast_wal_sync_seconds_sum",
+    "holdfast_wal_sync_seconds_count",
+    "holdfast_wal_batch_records_sum",
+    "holdfast_wal_batch_records_count",
+    "holdfast_requests_shed_total",
+];
+const GAUGES: [&str; 2] = ["holdfast_live_reservations", "holdfast_connections_open"];
+
+impl Sampler {
+    /// `{"available", "reserved", "sold"}` of the SKU, and the server's figures for the last second;
+    /// `Null` for what did not answer.
+    pub async fn sample(&mut self, client: &Client, sku: &str) -> (Value, Value) {
+        let stock = match client.get(format!("/v1/skus/{sku}")).await {
+            Ok(r) if r.status == 200 => {
+                let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                json!({"available": v["available"], "reserved": v["reserved"], "sold": v["sold"]})
+            }
+            _ => Value::Null,
+        };
+        let server = match client.get("/metrics".to_owned()).await {
+            Ok(r) if r.status == 200 => self.figures(&String::from_utf8_lossy(&r.body)),
+            _ => Value::Null,
+        };
+        (stock, server)
+    }
+
+    fn figures(&mut self, text: &str) -> Value {
+        let now = totals(text);
+        let delta = |name: &str, previous: &HashMap<&'static str, f64>| {
+            now.get(name).copied().unwrap_or(0.0) - previous.get(name).copied().unwrap_or(0.0)
+        };
+        let syncs = delta("holdfast_wal_sync_seconds_count", &self.previous);
+        let batches = delta("holdfast_wal_batch_records_count", &self.previous);
+        let mean = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
+        let figures = json!({
+            "live_reservations": now.get("holdfast_live_reservations"),
+            "connections_open": now.get("holdfast_connections_open"),
+            "log_syncs": syncs,
+            "log_sync_ms_mean": (mean(delta("holdfast_wal_sync_seconds_sum", &self.previous), syncs) * 1e6).round() / 1e3,
+            "log_batch_records_mean": (mean(delta("holdfast_wal_batch_records_sum", &self.previous), batches) * 10.0).round() / 10.0,
+            "requests_shed": delta("holdfast_requests_shed_total", &self.previous),
+        });
+        let mut figures = figures;
+        if self.previous.is_empty() {
+            // The first sample's counters hold the server's whole life, not a second of the drill.
+            for field in ["log_syncs", "log_sync_ms_mean", "log_batch_records_mean", "requests_shed"] {
+                figures[field] = Value::Null;
+            }
+        }
+        self.previous = COUNTERS.iter().map(|name| (*name, now.get(*name).copied().unwrap_or(0.0))).collect();
+        figures
+    }
+}
+
+/// Each metric of interest summed over its labels.
+fn totals(text: &str) -> HashMap<&'static str, f64> {
+    let mut totals = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let name = series.split('{').next().unwrap_or(series);
+        if let (Some(known), Ok(v)) =
+            (COUNTERS.iter().chain(&GAUGES).find(|n| **n == name), value.parse::<f64>())
+        {
+            *totals.entry(*known).or_insert(0.0) += v;
+        }
+    }
+    totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_second_shows_what_happened_in_it() {
+        let mut s = Sampler::default();
+        let first = "holdfast_wal_sync_seconds_sum 0.5\nholdfast_wal_sync_seconds_count 100\n\
+                     holdfast_wal_batch_records_sum 400\nholdfast_wal_batch_records_count 100\n\
+                     holdfast_requests_shed_total{route=\"join\"} 3\nholdfast_requests_shed_total{route=\"poll\"} 4\n\
+                     # HELP holdfast_live_reservations x\nholdfast_live_reservations 7\n";
+        let f = s.figures(first);
+        assert_eq!(
+            (f["log_syncs"].clone(), f["live_reservations"].as_f64()),
+            (Value::Null, Some(7.0)),
+            "{f}"
+        );
+        let second = "holdfast_wal_sync_seconds_sum 0.8\nholdfast_wal_sync_seconds_count 200\n\
+                      holdfast_wal_batch_records_sum 1400\nholdfast_wal_batch_records_count 200\n\
+                      holdfast_requests_shed_total{route=\"join\"} 5\nholdfast_requests_shed_total{route=\"poll\"} 4\n";
+        let f = s.figures(second);
+        assert_eq!((f["log_syncs"].as_f64(), f["log_sync_ms_mean"].as_f64()), (Some(100.0), Some(3.0)));
+        assert_eq!(
+            (f["log_batch_records_mean"].as_f64(), f["requests_shed"].as_f64()),
+            (Some(10.0), Some(2.0))
+        );
+    }
+}
