@@ -25,6 +25,7 @@ pub mod files;
 pub mod http;
 mod integral;
 pub mod limits;
+mod object_only;
 pub mod orders;
 pub mod reconcile;
 pub mod serve;

@@ -88,8 +88,9 @@ fn too_large(max: usize) -> Problem {
     Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail).close()
 }
 
+/// A body the API describes as an object, read as one (an array of its fields is refused).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    serde_json::from_slice::<crate::object_only::ObjectOnly<T>>(bytes).map(|o| o.0).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Data => "invalid field",
             serde_json::error::Category::Syntax | serde_json::error::Category::Io => "malformed JSON",

@@ -25,6 +25,7 @@ pub struct ItemIn {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reserve {
+    #[serde(deserialize_with = "crate::object_only::list")]
     pub items: Vec<ItemIn>,
     #[serde(deserialize_with = "integral::int")]
     pub ttl_ms: u64,

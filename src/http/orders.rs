@@ -24,7 +24,7 @@ pub const PAY_WITHIN_MS_DEFAULT: u64 = 15 * 60 * 1000;
 #[serde(deny_unknown_fields)]
 struct PlaceIn {
     user_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::object_only::optional_list")]
     items: Option<Vec<LineIn>>,
     #[serde(default)]
     cart_id: Option<String>,
@@ -165,6 +165,7 @@ impl Handler<'_> {
         if body.cart_id.is_some() {
             return Err(Problem::invalid("cart_id: this server has no carts; send items"));
         }
+        super::routes::admission_form(body.admission.as_deref())?;
         let items = body.items.as_deref().ok_or_else(|| Problem::invalid("items: required"))?;
         if items.is_empty() || items.len() > ITEMS_PER_RESERVATION_MAX {
             return Err(Problem::invalid(format!("items: 1 to {ITEMS_PER_RESERVATION_MAX} lines")));

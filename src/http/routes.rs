@@ -721,6 +721,17 @@ pub(super) fn unkeyed<B>(req: &Request<B>, why: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// An admission's form, checked whether or not the sale has a waiting room: the description states
+/// it for every request, and a client that sends a malformed one has a bug worth hearing about.
+pub(super) fn admission_form(admission: Option<&str>) -> Result<(), Problem> {
+    match admission {
+        Some(a) if a.is_empty() || a.len() > 1024 || !a.bytes().all(|b| b.is_ascii_graphic()) => Err(
+            Problem::invalid("admission: 1 to 1024 visible ASCII characters, as the waiting room gave it"),
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn reserve_request(body: &dto::Reserve, key: Option<IdempotencyKey>) -> Result<ReserveRequest, Problem> {
     let items = body
         .items
@@ -731,6 +742,7 @@ fn reserve_request(body: &dto::Reserve, key: Option<IdempotencyKey>) -> Result<R
             Ok(Item { sku, qty: *qty })
         })
         .collect::<Result<Vec<_>, Problem>>()?;
+    admission_form(body.admission.as_deref())?;
     let user = UserId::new(&body.user_id).map_err(|e| Problem::invalid(format!("user_id: {e}")))?;
     let sale = match &body.sale_id {
         Some(sale) => Some(SaleId::new(sale).map_err(|e| Problem::invalid(format!("sale_id: {e}")))?),

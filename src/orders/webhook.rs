@@ -127,9 +127,7 @@ pub fn verify(
             let (k, v) =
                 entry.trim().split_once('=').ok_or(Refusal::Malformed("an entry is not key=value"))?;
             match k {
-                "t" if t.is_none() => {
-                    t = Some(v.parse::<u64>().map_err(|_| Refusal::Malformed("t is not a time"))?)
-                }
+                "t" if t.is_none() => t = Some(digits(v).ok_or(Refusal::Malformed("t is not a time"))?),
                 "t" => return Err(Refusal::Malformed("t is given twice")),
                 "v1" => {
                     let sig = unhex(v)
@@ -172,7 +170,7 @@ pub fn verify(
     if id.is_empty() || id.len() > 256 {
         return Err(Refusal::Malformed("webhook-id is empty or too long"));
     }
-    let t = ts.parse::<u64>().map_err(|_| Refusal::Malformed("webhook-timestamp is not a time"))?;
+    let t = digits(ts).ok_or(Refusal::Malformed("webhook-timestamp is not a time"))?;
     let mut sigs = Vec::new();
     for (n, entry) in sig.split(' ').filter(|e| !e.is_empty()).enumerate() {
         if n >= ENTRIES_MAX {
@@ -205,6 +203,12 @@ pub fn verify(
     }
 }
 
+/// Seconds written as digits only: `u64`'s parser would also take a leading `+`, which neither
+/// scheme's grammar has.
+fn digits(text: &str) -> Option<u64> {
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
+}
+
 /// A payment event, as far as orders need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -225,11 +229,13 @@ struct EventIn {
     id: String,
     #[serde(rename = "type")]
     kind: String,
+    #[serde(deserialize_with = "crate::object_only::one")]
     data: DataIn,
 }
 
 #[derive(serde::Deserialize)]
 struct DataIn {
+    #[serde(deserialize_with = "crate::object_only::one")]
     object: ObjectIn,
 }
 
@@ -270,7 +276,9 @@ pub fn status_of_object(status: &str) -> Option<super::PaymentStatus> {
 
 /// Reads an event. An event of a type orders act on must carry its amount and currency.
 pub fn parse(body: &[u8]) -> Result<Event, String> {
-    let e: EventIn = serde_json::from_slice(body).map_err(|e| format!("not a payment event: {e}"))?;
+    let e: EventIn = serde_json::from_slice::<crate::object_only::ObjectOnly<EventIn>>(body)
+        .map(|o| o.0)
+        .map_err(|e| format!("not a payment event: {e}"))?;
     let text_ok = |s: &str| (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
     if !text_ok(&e.id) || !text_ok(&e.kind) || !text_ok(&e.data.object.id) {
         return Err("id, type and data.object.id must be 1 to 255 visible ASCII characters".into());

@@ -59,6 +59,11 @@ fn cases(id: &str) -> Vec<Case> {
         post("truncated JSON", r, r#"{"items":[{"sku":"tee""#, bad, invalid),
         post("trailing garbage", r, &format!("{}xyz", reserve(r#"[{"sku":"tee","qty":1}]"#)), bad, invalid),
         post("a JSON array", r, "[]", bad, invalid),
+        post("the fields as an array", r, r#"[[{"sku":"tee","qty":1}],60000,"u1"]"#, bad, invalid),
+        post("an item as an array", r, &reserve(r#"[["tee",1]]"#), bad, invalid),
+        post("an empty admission", r, &format!(r#"{{"items":[{{"sku":"tee","qty":1}}],{TTL},"admission":""}}"#), bad, invalid),
+        post("an admission with a space", r, &format!(r#"{{"items":[{{"sku":"tee","qty":1}}],{TTL},"admission":"a b"}}"#), bad, invalid),
+        post("a member named twice", r, &format!(r#"{{"items":[{{"sku":"tee","qty":1}}],{TTL},"ttl_ms":5000}}"#), bad, invalid),
         post("JSON null", r, "null", bad, invalid),
         post("invalid UTF-8 escape", r, r#"{"items":"\ud800"}"#, bad, invalid),
         // Wrong types.
@@ -122,6 +127,8 @@ fn cases(id: &str) -> Vec<Case> {
             code: invalid,
         },
         // Stock administration.
+        Case { what: "on_hand as an array", bytes: request("PUT", "/v1/skus/tee", &[], Some("[7]")), status: bad, code: invalid },
+        Case { what: "a sale as an array", bytes: request("PUT", "/v1/sales/noon", &[], Some(r#"[2,["tee"]]"#)), status: bad, code: invalid },
         Case { what: "negative on_hand", bytes: request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand":-1}"#)), status: bad, code: invalid },
         Case { what: "on_hand too large", bytes: request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand":1099511627777}"#)), status: bad, code: invalid },
         Case { what: "SKU path with a bad byte", bytes: request("PUT", "/v1/skus/te%20e", &[], Some(r#"{"on_hand":1}"#)), status: bad, code: invalid },
@@ -171,7 +178,9 @@ fn cases(id: &str) -> Vec<Case> {
         Case { what: "an encoded slash", bytes: request("GET", "/v1/skus/a%2Fb", &[], None), status: 400, code: "invalid_request" },
         Case { what: "an encoding that is not UTF-8", bytes: request("GET", "/v1/skus/%FF", &[], None), status: 400, code: "invalid_request" },
         post("commit with a body", &commit, r#"{"force":true}"#, bad, invalid),
+        post("commit with an array body", &commit, "[]", bad, invalid),
         post("extend with ttl zero", &extend, r#"{"ttl_ms":0}"#, bad, invalid),
+        post("extend with its fields as an array", &extend, "[120000]", bad, invalid),
         post("extend without ttl", &extend, "{}", bad, invalid),
         // Size, type, method and route.
         post("oversized body by Content-Length", r, &big, 413, "payload_too_large"),

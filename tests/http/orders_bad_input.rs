@@ -275,6 +275,25 @@ fn cases(s: &TestServer, f: &Fixture) -> Vec<Case> {
             "signature_malformed",
         ),
         case(
+            "webhook-timestamp with a plus sign",
+            hook(
+                &[
+                    ("webhook-id", "msg_1"),
+                    ("webhook-timestamp", &format!("+{t}")),
+                    ("webhook-signature", &std_good),
+                ],
+                &pay_open,
+            ),
+            bad,
+            "signature_malformed",
+        ),
+        case(
+            "t with a plus sign",
+            hook(&[("Stripe-Signature", &good.replacen("t=", "t=+", 1))], &pay_open),
+            bad,
+            "signature_malformed",
+        ),
+        case(
             "an empty webhook-id",
             hook(
                 &[("webhook-id", ""), ("webhook-timestamp", &t), ("webhook-signature", &std_good)],
@@ -308,6 +327,20 @@ fn cases(s: &TestServer, f: &Fixture) -> Vec<Case> {
         // Bodies, signed.
         case("malformed JSON, signed", signed("{not json"), bad, invalid),
         case("a JSON array, signed", signed("[]"), bad, invalid),
+        case(
+            "an event as an array of its fields, signed",
+            signed(r#"["evt_a","payment_intent.succeeded",[["pi_1",1999,"usd",{"order_id":"x"}]]]"#),
+            bad,
+            invalid,
+        ),
+        case(
+            "data.object as an array, signed",
+            signed(
+                r#"{"id":"evt_b","type":"payment_intent.succeeded","data":{"object":["pi_1",1999,"usd"]}}"#,
+            ),
+            bad,
+            invalid,
+        ),
         case("a success without an amount", signed(no_amount), bad, invalid),
         case("order_id not a string", signed(numeric_order), bad, invalid),
         case("an empty event id", signed(&empty_id), bad, invalid),
