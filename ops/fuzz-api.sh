@@ -46,7 +46,7 @@ trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$data"' EX
 
 echo "== schemathesis $version against 127.0.0.1:$port for at most ${budget}s"
 # The budget ends generation; the hard limit only guards the suite against a fuzzer that hangs.
-SCHEMATHESIS_HOOKS=hooks PYTHONPATH=ops/schemathesis timeout --kill-after=10 $((budget + 180)) \
+SCHEMATHESIS_HOOKS=hooks PYTHONPATH=ops/schemathesis timeout --kill-after=10 $((budget + 360)) \
     "$venv/bin/schemathesis" --config-file ops/schemathesis/schemathesis.toml run \
     "http://127.0.0.1:$port/openapi.json" --wait-for-schema 30 --max-time "$budget" \
     -H "Authorization: Bearer $admin"

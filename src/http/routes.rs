@@ -456,6 +456,7 @@ impl Handler<'_> {
     }
 
     async fn put_sku(&self, sku: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
+        not_a_dot_segment("a SKU", sku)?;
         let sku = SkuId::new(sku)?;
         unkeyed(
             &req,
@@ -717,6 +718,17 @@ pub(super) fn unkeyed<B>(req: &Request<B>, why: &str) -> Result<(), Problem> {
         let route = req.uri().path();
         let shown: String = route.chars().take(100).collect();
         return Err(Problem::invalid(format!("{shown} takes no Idempotency-Key: {why}")));
+    }
+    Ok(())
+}
+
+/// `.` and `..` are names by the alphabet, but every URL library rewrites them out of a path, so a
+/// SKU or sale of that name could be created by hand and then never reached: refused when created.
+pub(super) fn not_a_dot_segment(what: &str, name: &str) -> Result<(), Problem> {
+    if matches!(name, "." | "..") {
+        return Err(Problem::invalid(format!(
+            "{what} may not be named {name:?}: URL libraries remove it from paths, so no client could reach it"
+        )));
     }
     Ok(())
 }

@@ -154,6 +154,7 @@ impl Handler<'_> {
     }
 
     pub(super) async fn put_sale(&self, sale: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
+        super::routes::not_a_dot_segment("a sale", sale)?;
         let sale = SaleId::new(sale)?;
         super::routes::unkeyed(&req, "it sets the sale's settings to the values sent")?;
         let body: dto::SetSale = self.body(&req)?;

@@ -127,6 +127,8 @@ fn cases(id: &str) -> Vec<Case> {
             code: invalid,
         },
         // Stock administration.
+        Case { what: "a SKU named ..", bytes: request("PUT", "/v1/skus/..", &[], Some(r#"{"on_hand":1}"#)), status: bad, code: invalid },
+        Case { what: "a sale named .", bytes: request("PUT", "/v1/sales/.", &[], Some(r#"{"per_user_limit":1}"#)), status: bad, code: invalid },
         Case { what: "on_hand as an array", bytes: request("PUT", "/v1/skus/tee", &[], Some("[7]")), status: bad, code: invalid },
         Case { what: "a sale as an array", bytes: request("PUT", "/v1/sales/noon", &[], Some(r#"[2,["tee"]]"#)), status: bad, code: invalid },
         Case { what: "negative on_hand", bytes: request("PUT", "/v1/skus/tee", &[], Some(r#"{"on_hand":-1}"#)), status: bad, code: invalid },
