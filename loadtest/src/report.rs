@@ -17,6 +17,15 @@ fn quantiles_ms(h: &Histogram<u64>, scale_to_ms: f64) -> Value {
     })
 }
 
+/// The percentiles a latency distribution is drawn at (100: the maximum).
+const PERCENTILES: [f64; 8] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0];
+
+/// A route's latency at each of `PERCENTILES`, in ms: its distribution as a percentile curve.
+fn distribution(h: &Histogram<u64>) -> Value {
+    let at = |p: f64| (h.value_at_quantile(p / 100.0) as f64).round() / 1000.0;
+    json!(PERCENTILES.iter().map(|&p| json!({"percentile": p, "ms": at(p)})).collect::<Vec<_>>())
+}
+
 /// Pairs (a, b) with a joined strictly before b but b admitted strictly before a (never admitted: last).
 /// Counted by merge sort over the admission times in order of joining: O(n log n).
 pub fn inversions(mut pairs: Vec<(u64, u64)>) -> (u64, u64) {
@@ -87,6 +96,7 @@ pub fn build(
             .map(|((_, st), n)| (st.to_string(), *n))
             .collect();
         v["statuses"] = json!(by_status);
+        v["distribution"] = distribution(&h);
         routes.insert(name.to_string(), v);
     }
     let mut classes = serde_json::Map::new();
@@ -289,6 +299,18 @@ pub fn html(report: &Value) -> String {
         &[("available", stock("available")), ("reserved", stock("reserved")), ("sold", stock("sold"))],
     ));
     page.push_str(&chart("Throughput by route", "req/s", &per_route));
+    let curves: Vec<(&str, Vec<f64>)> = ROUTES
+        .iter()
+        .map(|name| {
+            let points = report["routes"][name]["distribution"].as_array().cloned().unwrap_or_default();
+            (*name, points.iter().map(|p| p["ms"].as_f64().unwrap_or(0.0)).collect())
+        })
+        .collect();
+    page.push_str(&chart(
+        "Latency distribution by route: at p50, p75, p90, p95, p99, p99.9, p99.99 and the maximum, left to right",
+        "ms",
+        &curves,
+    ));
     page.push_str("<h2>Buyers and the crowd (latency in ms)</h2><table><tr><th>class</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
     for name in CLASSES {
         let r = &report["classes"][name];

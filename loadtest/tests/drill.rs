@@ -96,6 +96,13 @@ fn a_fifo_drill_of_5000_shoppers_sells_every_unit_in_order_and_verifies() {
     assert_eq!(stocks.first().map(|s| s["sold"].as_u64()), Some(Some(0)));
     assert!(stocks.iter().any(|s| s["reserved"].as_u64() > Some(0)), "holds seen");
     assert!(timeline.iter().any(|t| t["server"]["log_syncs"].as_f64() > Some(0.0)), "the log seen syncing");
+    // Each route's latency distribution: a percentile curve that never falls, ending at the maximum.
+    let curve: Vec<f64> = (r["routes"]["reserve"]["distribution"].as_array().expect("a distribution").iter())
+        .map(|p| p["ms"].as_f64().expect("ms"))
+        .collect();
+    assert_eq!(curve.len(), 8, "{curve:?}");
+    assert!(curve.windows(2).all(|w| w[0] <= w[1]), "{curve:?}");
+    assert!((curve[7] - r["routes"]["reserve"]["max"].as_f64().expect("max")).abs() < 0.01, "{curve:?}");
     assert!(
         r["outcomes"]["sold_out"].as_u64().unwrap_or(0) > 4_000,
         "the rest told sold out: {}",
