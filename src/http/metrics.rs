@@ -107,6 +107,8 @@ impl FlushObserver for WalMetrics {
 
 pub struct Metrics {
     registry: Registry,
+    /// The process's own figures, under their customary unprefixed names.
+    process: Registry,
     pub requests: Hot<RequestLabels, Counter>,
     pub latency: Hot<RouteLabels, Histogram>,
     pub outcomes: Hot<OutcomeLabels, Counter>,
@@ -211,6 +213,11 @@ impl Metrics {
         });
         let mut m = Self {
             registry: Registry::with_prefix("holdfast"),
+            process: {
+                let mut r = Registry::default();
+                r.register_collector(Box::new(super::process::ProcessCollector));
+                r
+            },
             requests: Hot::new(Family::default()),
             latency: Hot::new(Family::new_with_constructor(latency_histogram as fn() -> Histogram)),
             outcomes: Hot::new(Family::default()),
@@ -474,7 +481,10 @@ impl Metrics {
         self.snapshot_age_seconds.set(since as f64 / 1000.0);
         self.ready.set(i64::from(ready));
         let mut text = String::with_capacity(16 * 1024);
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        encode_registry(&mut text, &self.registry)
+            .and_then(|()| encode_registry(&mut text, &self.process))
+            .and_then(|()| encode_eof(&mut text))
             .expect("writing to a String does not fail");
         text
     }

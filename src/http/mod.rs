@@ -17,6 +17,7 @@ pub mod limit;
 pub mod metrics;
 pub mod openapi;
 mod orders;
+mod process;
 mod routes;
 mod sales;
 

@@ -96,3 +96,24 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
         assert!(exprs.iter().any(|e| e.contains(wanted)), "the dashboard does not show {wanted}");
     }
 }
+
+/// The server's CPU and memory under the names every Prometheus client gives them, so a drill (and a
+/// dashboard) reads them from the scrape; one exposition, ended once.
+#[test]
+fn the_process_figures_are_exported_under_their_customary_names() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let s = guarded(dir.path());
+    let admin = bearer(ADMIN);
+    let text = s.send(request("GET", "/metrics", &[("Authorization", admin.as_str())], None)).text();
+    let value = |name: &str| {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+        line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("a number")
+    };
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6, "more than a megabyte resident");
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(text.contains("# TYPE process_cpu_seconds counter\n"), "a counter");
+    assert_eq!(text.matches("# EOF").count(), 1, "one exposition");
+    assert!(text.ends_with("# EOF\n"));
+}
