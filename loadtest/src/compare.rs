@@ -33,7 +33,7 @@ pub struct CompareArgs {
     /// Only these workloads (hot, spread, reserve-commit, sold-out).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Where the results go: DIR/compare.json and DIR/compare.md.
+    /// Where the results go: DIR/compare.json, DIR/compare.md and DIR/compare.html.
     #[arg(long, default_value = "compare-report")]
     out: std::path::PathBuf,
 }
@@ -708,6 +708,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
     drop(servers);
     let _ = std::fs::remove_dir_all(&scratch);
     let report = json!({
+        "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "machine": servers::machine(),
         "connections": args.connections,
         "seconds": args.seconds,
@@ -720,18 +721,19 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
     std::fs::write(args.out.join("compare.json"), serde_json::to_string_pretty(&report)?)?;
     let table = markdown(&report);
     std::fs::write(args.out.join("compare.md"), &table)?;
+    std::fs::write(args.out.join("compare.html"), crate::compare_page::html(&report))?;
     println!("{table}");
     Ok(clean)
 }
 
 fn markdown(r: &Value) -> String {
     let mut out = format!(
-        "Machine: {}. {} connections, {} s per run after 1 s of warm-up, load generator on the same machine. \
+        "{}. Machine: {}. {} connections, {} s per run after 1 s of warm-up, load generator on the same machine. \
          CPU/op: CPU time of the system's server processes (and of the load generator) over the run ÷ operations; \
          stolen: the share of the machine's CPU time the hypervisor took meanwhile.\n\n\
          | workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU/op µs | client CPU/op µs | stolen % | holdfast ÷ system |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
-        r["machine"].as_str().unwrap_or(""), r["connections"], r["seconds"]
+        r["date"].as_str().unwrap_or(""), r["machine"].as_str().unwrap_or(""), r["connections"], r["seconds"]
     );
     let results = r["results"].as_array().cloned().unwrap_or_default();
     for row in &results {

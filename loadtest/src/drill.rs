@@ -103,13 +103,15 @@ pub struct Shopper {
 pub struct Second {
     pub requests: [u64; ROUTES.len()],
     pub errors: u64,
+    /// Answers other than 2xx by (route, status), and requests with no answer (status 0).
+    pub not_ok: BTreeMap<(usize, u16), u64>,
     /// Crowd requests the server shed (503 overloaded: the shopper retries after Retry-After), and
     /// crowd requests that got no answer in time (retried).
     pub shed: u64,
     pub unanswered_crowd: u64,
     /// Commits refused 410 though sent before their hold's deadline (see `Shopper::expired_in_flight`).
     pub expired_in_flight: u64,
-    pub latency: Option<Histogram<u64>>,
+    pub route_latency: [Option<Histogram<u64>>; ROUTES.len()],
     pub class_latency: [Option<Histogram<u64>>; CLASSES.len()],
     pub arrived: u64,
     pub waiting: u64,
@@ -175,7 +177,10 @@ impl Stats {
         match reply.map(|r| r.status) {
             Some(status) => {
                 second.requests[route] += 1;
-                second.latency.get_or_insert_with(histogram).saturating_record(micros);
+                second.route_latency[route].get_or_insert_with(histogram).saturating_record(micros);
+                if !(200..300).contains(&status) {
+                    *second.not_ok.entry((route, status)).or_default() += 1;
+                }
                 second.class_latency[class].get_or_insert_with(histogram).saturating_record(micros);
                 // The crowd being shed is the server doing as it should: the shopper comes back.
                 let shed = status == 503 && class == 1;
@@ -195,11 +200,13 @@ impl Stats {
             // unanswered call is one.
             None if class == 1 => {
                 second.unanswered_crowd += 1;
+                *second.not_ok.entry((route, 0)).or_default() += 1;
                 drop(timeline);
                 self.unanswered_crowd.fetch_add(1, Relaxed);
             }
             None => {
                 second.errors += 1;
+                *second.not_ok.entry((route, 0)).or_default() += 1;
                 drop(timeline);
                 self.errors.fetch_add(1, Relaxed);
             }

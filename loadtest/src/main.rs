@@ -6,12 +6,15 @@
 mod checkout;
 mod client;
 mod compare;
+mod compare_page;
 mod cpu;
 mod diff;
 mod drill;
 mod pacer;
+mod plot;
 mod provider;
 mod report;
+mod report_page;
 mod sample;
 mod scenario;
 mod servers;
@@ -267,7 +270,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         let report = report::build(&drill, &shoppers, &checks, (wall, sale), &args.target, &stock);
         std::fs::create_dir_all(&args.report)?;
         std::fs::write(args.report.join("report.json"), serde_json::to_string_pretty(&report)?)?;
-        std::fs::write(args.report.join("report.html"), report::html(&report))?;
+        std::fs::write(args.report.join("report.html"), report_page::html(&report))?;
         summary(&report);
         let passed = checks.iter().all(|c| c.ok);
         for c in checks.iter().filter(|c| !c.ok) {
@@ -321,7 +324,7 @@ fn not_started(args: &Args, scenario: &Scenario, e: &anyhow::Error) -> anyhow::R
     });
     std::fs::create_dir_all(&args.report)?;
     std::fs::write(args.report.join("report.json"), serde_json::to_string_pretty(&report)?)?;
-    std::fs::write(args.report.join("report.html"), report::html(&report))?;
+    std::fs::write(args.report.join("report.html"), report_page::html(&report))?;
     eprintln!("VERIFICATION FAILED: drill_started: {e:#}");
     Ok(false)
 }

@@ -1,12 +1,11 @@
 //! The drill's report: figures per route, outcomes, waiting times, fairness, the verification against
-//! the server, and a timeline; written as JSON and as a self-contained HTML page with SVG charts.
+//! the server, and a timeline second by second; written as JSON (the page is `report_page.rs`).
 
 use crate::drill::{Drill, Shopper, CLASSES, ROUTES};
 use crate::verify::Check;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 fn quantiles_ms(h: &Histogram<u64>, scale_to_ms: f64) -> Value {
     let q = |q: f64| (h.value_at_quantile(q) as f64 * scale_to_ms * 1000.0).round() / 1000.0;
@@ -134,6 +133,8 @@ pub fn build(
         .collect();
     let (inverted, compared) = inversions(pairs);
     let timeline = stats.timeline.lock().clone();
+    // The shoppers' counts are running totals: each second shows its own arrivals and admissions.
+    let (mut arrived_before, mut admitted_before) = (0, 0);
     let series: Vec<Value> = timeline
         .iter()
         .enumerate()
@@ -141,7 +142,30 @@ pub fn build(
             let q = |h: &Option<Histogram<u64>>, q: f64| {
                 h.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
             };
-            let p99 = q(&s.latency, 0.99);
+            let mut all: Option<Histogram<u64>> = None;
+            for h in s.route_latency.iter().flatten() {
+                let _ = all.get_or_insert_with(|| Histogram::new_from(h)).add(h);
+            }
+            let p99 = q(&all, 0.99);
+            let by_route: serde_json::Map<String, Value> = ROUTES
+                .iter()
+                .zip(&s.route_latency)
+                .map(|(name, h)| {
+                    let n = h.as_ref().map_or(0, |h| h.len());
+                    (name.to_string(), json!({"count": n, "p50_ms": q(h, 0.5), "p99_ms": q(h, 0.99)}))
+                })
+                .collect();
+            let not_ok: BTreeMap<String, u64> = s
+                .not_ok
+                .iter()
+                .map(|((route, status), n)| {
+                    let what = if *status == 0 { "no answer".to_owned() } else { status.to_string() };
+                    (format!("{} {what}", ROUTES[*route]), *n)
+                })
+                .collect();
+            let arrivals = s.arrived.saturating_sub(arrived_before);
+            let admissions = s.admitted.saturating_sub(admitted_before);
+            (arrived_before, admitted_before) = (arrived_before.max(s.arrived), admitted_before.max(s.admitted));
             let by_class: serde_json::Map<String, Value> = CLASSES
                 .iter()
                 .enumerate()
@@ -151,16 +175,18 @@ pub fn build(
                     (name.to_string(), json!({"count": n, "p50_ms": q(h, 0.5), "p99_ms": q(h, 0.99)}))
                 })
                 .collect();
-            json!({"t": t, "requests": s.requests, "errors": s.errors, "shed": s.shed,
+            json!({"t": t, "requests": s.requests, "routes": by_route, "errors": s.errors, "not_ok": not_ok, "shed": s.shed,
                    "crowd_unanswered": s.unanswered_crowd, "expired_in_flight": s.expired_in_flight,
                    "p99_ms": p99,
                    "classes": by_class,
+                   "arrivals": arrivals, "admissions": admissions,
                    "arrived": s.arrived, "waiting": s.waiting, "admitted": s.admitted, "done": s.done,
                    "stock": s.stock, "server": s.server})
         })
         .collect();
     let polls_peak = timeline.iter().map(|s| s.requests[1]).max().unwrap_or(0);
     json!({
+        "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "target": target,
         "scenario": drill.scenario,
         "wall_secs": (wall_secs * 1000.0).round() / 1000.0,
@@ -192,187 +218,6 @@ pub fn build(
         },
         "timeline": series,
     })
-}
-
-const COLORS: [&str; 6] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
-
-/// A line chart as inline SVG.
-fn chart(title: &str, unit: &str, series: &[(&str, Vec<f64>)]) -> String {
-    let (w, h, pad) = (760.0, 220.0, 40.0);
-    let len = series.iter().map(|s| s.1.len()).max().unwrap_or(0).max(2);
-    let top = series.iter().flat_map(|s| s.1.iter().copied()).fold(0.0f64, f64::max).max(1e-9);
-    let mut svg = format!(
-        r#"<h3>{title}</h3><svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">"#
-    );
-    let _ = write!(
-        svg,
-        r##"<rect x="{pad}" y="10" width="{}" height="{}" fill="none" stroke="#ccc"/>"##,
-        w - 2.0 * pad,
-        h - pad - 10.0
-    );
-    let _ = write!(
-        svg,
-        r##"<text x="2" y="18" font-size="11">{top:.0} {unit}</text><text x="2" y="{}" font-size="11">0</text>"##,
-        h - pad
-    );
-    let _ = write!(
-        svg,
-        r##"<text x="{}" y="{}" font-size="11">{} s</text>"##,
-        w - pad - 20.0,
-        h - pad + 14.0,
-        len - 1
-    );
-    for (k, (name, values)) in series.iter().enumerate() {
-        let color = COLORS[k % COLORS.len()];
-        let points: Vec<String> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let x = pad + (w - 2.0 * pad) * i as f64 / (len - 1) as f64;
-                let y = h - pad - (h - pad - 10.0) * v / top;
-                format!("{x:.1},{y:.1}")
-            })
-            .collect();
-        let _ = write!(
-            svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-            points.join(" ")
-        );
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="{}" font-size="11" fill="{color}">{name}</text>"#,
-            pad + 90.0 * k as f64,
-            h - 8.0
-        );
-    }
-    svg.push_str("</svg>");
-    svg
-}
-
-pub fn html(report: &Value) -> String {
-    let timeline = report["timeline"].as_array().cloned().unwrap_or_default();
-    let col = |f: &dyn Fn(&Value) -> f64| timeline.iter().map(f).collect::<Vec<f64>>();
-    let per_route: Vec<(&str, Vec<f64>)> = ROUTES
-        .iter()
-        .enumerate()
-        .map(|(r, name)| (*name, col(&|t: &Value| t["requests"][r].as_f64().unwrap_or(0.0))))
-        .collect();
-    let mut page = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>holdfast drill</title>\
-         <style>body{font-family:sans-serif;margin:2em;max-width:900px}table{border-collapse:collapse}\
-         td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}.bad{color:#c00}.ok{color:#080}</style></head><body>",
-    );
-    let passed = report["verification"]["passed"].as_bool().unwrap_or(false);
-    let _ = write!(
-        page,
-        "<h1>holdfast drill: {} users, {} units</h1><p>target {} · wall {} s, from the opening {} s (goal {} s) · verification <b class=\"{}\">{}</b></p>",
-        report["users"], report["scenario"]["units"], report["target"], report["wall_secs"], report["sale_secs"], report["goal_secs"],
-        if passed { "ok" } else { "bad" }, if passed { "passed" } else { "FAILED" }
-    );
-    page.push_str("<h2>Verification</h2><table><tr><th>check</th><th>ok</th><th>evidence</th></tr>");
-    for c in report["verification"]["checks"].as_array().into_iter().flatten() {
-        let ok = c["ok"].as_bool().unwrap_or(false);
-        let _ = write!(
-            page,
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td style=\"text-align:left\">{}</td></tr>",
-            c["name"].as_str().unwrap_or(""),
-            if ok { "ok" } else { "bad" },
-            ok,
-            escape(c["detail"].as_str().unwrap_or(""))
-        );
-    }
-    page.push_str("</table><h2>Routes (latency in ms, from when each request was meant to go)</h2><table><tr><th>route</th><th>count</th><th>per s</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
-    for name in ROUTES {
-        let r = &report["routes"][name];
-        let _ = write!(page, "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            r["count"], r["per_s"], r["p50"], r["p90"], r["p99"], r["p99_9"], r["max"]);
-    }
-    let w = &report["waiting_ms"];
-    let _ = write!(page, "</table><h2>Outcomes</h2><pre>{}</pre><h2>Waiting room</h2><p>admitted {} ({} /s) · wait p50 {} ms, p90 {} ms, p99 {} ms, max {} ms · polls peak {} /s · fairness: {} of {} pairs admitted out of joining order</p>",
-        escape(&serde_json::to_string_pretty(&report["outcomes"]).unwrap_or_default()),
-        report["admitted"], report["admitted_per_s"], w["p50"], w["p90"], w["p99"], w["max"], report["polls_per_s_peak"],
-        report["fairness"]["later_admitted_before_earlier"], report["fairness"]["pairs_compared"]);
-    let stock = |field: &'static str| col(&move |t: &Value| t["stock"][field].as_f64().unwrap_or(0.0));
-    page.push_str(&chart(
-        "Units of the SKU, second by second",
-        "units",
-        &[("available", stock("available")), ("reserved", stock("reserved")), ("sold", stock("sold"))],
-    ));
-    page.push_str(&chart("Throughput by route", "req/s", &per_route));
-    let curves: Vec<(&str, Vec<f64>)> = ROUTES
-        .iter()
-        .map(|name| {
-            let points = report["routes"][name]["distribution"].as_array().cloned().unwrap_or_default();
-            (*name, points.iter().map(|p| p["ms"].as_f64().unwrap_or(0.0)).collect())
-        })
-        .collect();
-    page.push_str(&chart(
-        "Latency distribution by route: at p50, p75, p90, p95, p99, p99.9, p99.99 and the maximum, left to right",
-        "ms",
-        &curves,
-    ));
-    page.push_str("<h2>Buyers and the crowd (latency in ms)</h2><table><tr><th>class</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
-    for name in CLASSES {
-        let r = &report["classes"][name];
-        let _ = write!(
-            page,
-            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            r["count"], r["p50"], r["p90"], r["p99"], r["p99_9"], r["max"]
-        );
-    }
-    let _ = write!(page, "</table><p>crowd requests shed by the server (503, retried after Retry-After): {} · crowd requests unanswered in time (retried): {} · commits refused 410 though sent before the deadline: {}</p>",
-        report["crowd_shed"], report["crowd_unanswered"], report["expired_in_flight"]);
-    let by_class = |class: &'static str, q: &'static str| {
-        col(&move |t: &Value| t["classes"][class][q].as_f64().unwrap_or(0.0))
-    };
-    page.push_str(&chart(
-        "Latency p99 by class, second by second",
-        "ms",
-        &[("buyers p99", by_class("buyers", "p99_ms")), ("crowd p99", by_class("crowd", "p99_ms"))],
-    ));
-    page.push_str(&chart(
-        "Crowd requests shed or unanswered (both retried), and commits lost in flight, per second",
-        "per s",
-        &[
-            ("shed", col(&|t: &Value| t["shed"].as_f64().unwrap_or(0.0))),
-            ("unanswered", col(&|t: &Value| t["crowd_unanswered"].as_f64().unwrap_or(0.0))),
-            ("commits lost in flight", col(&|t: &Value| t["expired_in_flight"].as_f64().unwrap_or(0.0))),
-        ],
-    ));
-    page.push_str(&chart(
-        "Buyers' latency, second by second",
-        "ms",
-        &[("buyers p50", by_class("buyers", "p50_ms")), ("buyers p99", by_class("buyers", "p99_ms"))],
-    ));
-    let server = |field: &'static str| col(&move |t: &Value| t["server"][field].as_f64().unwrap_or(0.0));
-    page.push_str(&chart(
-        "The server's log: mean sync latency and records per sync, second by second",
-        "ms / records",
-        &[
-            ("sync latency (ms)", server("log_sync_ms_mean")),
-            ("records per sync", server("log_batch_records_mean")),
-        ],
-    ));
-    page.push_str(&chart(
-        "The server's live reservations and open connections",
-        "count",
-        &[("live reservations", server("live_reservations")), ("connections", server("connections_open"))],
-    ));
-    page.push_str(&chart(
-        "Queue",
-        "shoppers",
-        &[
-            ("waiting", col(&|t: &Value| t["waiting"].as_f64().unwrap_or(0.0))),
-            ("admitted", col(&|t: &Value| t["admitted"].as_f64().unwrap_or(0.0))),
-            ("done", col(&|t: &Value| t["done"].as_f64().unwrap_or(0.0))),
-        ],
-    ));
-    page.push_str("</body></html>\n");
-    page
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]

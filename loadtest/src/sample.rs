@@ -1,6 +1,7 @@
 //! The server's side of a drill, once a second on a connection of its own: the SKU's units
 //! (available, reserved, sold) and the server's own figures from `/metrics` (live reservations, log
-//! syncs and their mean latency and batch size, open connections, requests shed).
+//! syncs and their mean latency and batch size, open connections, requests shed, and the server
+//! process's CPU share and resident memory).
 
 use crate::client::Client;
 use serde_json::{json, Value};
@@ -10,16 +11,20 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct Sampler {
     previous: HashMap<&'static str, f64>,
+    /// When the previous sample was read: CPU time over wall time is the server's CPU share.
+    previous_at: Option<std::time::Instant>,
 }
 
-const COUNTERS: [&str; 5] = [
+const COUNTERS: [&str; 6] = [
+    "process_cpu_seconds_total",
     "holdfast_wal_sync_seconds_sum",
     "holdfast_wal_sync_seconds_count",
     "holdfast_wal_batch_records_sum",
     "holdfast_wal_batch_records_count",
     "holdfast_requests_shed_total",
 ];
-const GAUGES: [&str; 2] = ["holdfast_live_reservations", "holdfast_connections_open"];
+const GAUGES: [&str; 3] =
+    ["holdfast_live_reservations", "holdfast_connections_open", "process_resident_memory_bytes"];
 
 impl Sampler {
     /// `{"available", "reserved", "sold"}` of the SKU, and the server's figures for the last second;
@@ -33,13 +38,19 @@ impl Sampler {
             _ => Value::Null,
         };
         let server = match client.get("/metrics".to_owned()).await {
-            Ok(r) if r.status == 200 => self.figures(&String::from_utf8_lossy(&r.body)),
+            Ok(r) if r.status == 200 => {
+                let now = std::time::Instant::now();
+                let elapsed = self.previous_at.map_or(0.0, |at| now.duration_since(at).as_secs_f64());
+                self.previous_at = Some(now);
+                self.figures(&String::from_utf8_lossy(&r.body), elapsed)
+            }
             _ => Value::Null,
         };
         (stock, server)
     }
 
-    fn figures(&mut self, text: &str) -> Value {
+    /// The figures of a scrape `elapsed` seconds after the previous one.
+    fn figures(&mut self, text: &str, elapsed: f64) -> Value {
         let now = totals(text);
         let delta = |name: &str, previous: &HashMap<&'static str, f64>| {
             now.get(name).copied().unwrap_or(0.0) - previous.get(name).copied().unwrap_or(0.0)
@@ -54,11 +65,16 @@ impl Sampler {
             "log_sync_ms_mean": (mean(delta("holdfast_wal_sync_seconds_sum", &self.previous), syncs) * 1e6).round() / 1e3,
             "log_batch_records_mean": (mean(delta("holdfast_wal_batch_records_sum", &self.previous), batches) * 10.0).round() / 10.0,
             "requests_shed": delta("holdfast_requests_shed_total", &self.previous),
+            // 100 is one core busy all second.
+            "cpu_percent": (mean(delta("process_cpu_seconds_total", &self.previous), elapsed) * 1000.0).round() / 10.0,
+            "rss_mb": now.get("process_resident_memory_bytes").map(|b| (b / 1e5).round() / 10.0),
         });
         let mut figures = figures;
         if self.previous.is_empty() {
             // The first sample's counters hold the server's whole life, not a second of the drill.
-            for field in ["log_syncs", "log_sync_ms_mean", "log_batch_records_mean", "requests_shed"] {
+            for field in
+                ["log_syncs", "log_sync_ms_mean", "log_batch_records_mean", "requests_shed", "cpu_percent"]
+            {
                 figures[field] = Value::Null;
             }
         }
@@ -92,8 +108,9 @@ mod tests {
         let first = "holdfast_wal_sync_seconds_sum 0.5\nholdfast_wal_sync_seconds_count 100\n\
                      holdfast_wal_batch_records_sum 400\nholdfast_wal_batch_records_count 100\n\
                      holdfast_requests_shed_total{route=\"join\"} 3\nholdfast_requests_shed_total{route=\"poll\"} 4\n\
-                     # HELP holdfast_live_reservations x\nholdfast_live_reservations 7\n";
-        let f = s.figures(first);
+                     # HELP holdfast_live_reservations x\nholdfast_live_reservations 7\n\
+                     process_cpu_seconds_total 10.0\nprocess_resident_memory_bytes 52428800\n";
+        let f = s.figures(first, 0.0);
         assert_eq!(
             (f["log_syncs"].clone(), f["live_reservations"].as_f64()),
             (Value::Null, Some(7.0)),
@@ -101,12 +118,14 @@ mod tests {
         );
         let second = "holdfast_wal_sync_seconds_sum 0.8\nholdfast_wal_sync_seconds_count 200\n\
                       holdfast_wal_batch_records_sum 1400\nholdfast_wal_batch_records_count 200\n\
-                      holdfast_requests_shed_total{route=\"join\"} 5\nholdfast_requests_shed_total{route=\"poll\"} 4\n";
-        let f = s.figures(second);
+                      holdfast_requests_shed_total{route=\"join\"} 5\nholdfast_requests_shed_total{route=\"poll\"} 4\n\
+                      process_cpu_seconds_total 10.75\nprocess_resident_memory_bytes 62914560\n";
+        let f = s.figures(second, 0.5);
         assert_eq!((f["log_syncs"].as_f64(), f["log_sync_ms_mean"].as_f64()), (Some(100.0), Some(3.0)));
         assert_eq!(
             (f["log_batch_records_mean"].as_f64(), f["requests_shed"].as_f64()),
             (Some(10.0), Some(2.0))
         );
+        assert_eq!((f["cpu_percent"].as_f64(), f["rss_mb"].as_f64()), (Some(150.0), Some(62.9)), "{f}");
     }
 }

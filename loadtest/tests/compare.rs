@@ -1,5 +1,5 @@
 //! The comparison end to end, briefly: every system and workload runs without an error, and the
-//! table and JSON are written. (Its figures come from longer runs; this proves the command works.)
+//! table, JSON and page are written. (Its figures come from longer runs; this proves the command works.)
 
 use std::process::Command;
 
@@ -30,4 +30,10 @@ fn compare_runs_every_system_and_workload_without_errors() {
     assert!(paced.iter().any(|p| p["system"] == "holdfast" && p["errors"] == 0), "{paced:?}");
     let table = std::fs::read_to_string(out.path().join("compare.md")).expect("markdown");
     assert!(table.contains("| hot | redis-aof |") && table.contains("Paced at half of holdfast"), "{table}");
+    // The page: a chart each of throughput, CPU per operation, the ratios, latency and paced latency,
+    // every one drawn (ops/render-reports.sh checks them in a browser).
+    let page = std::fs::read_to_string(out.path().join("compare.html")).expect("compare.html");
+    assert_eq!(page.matches("<figure class=\"chart\">").count(), 5, "{page}");
+    assert_eq!(page.matches("<svg").count(), 5, "{page}");
+    assert!(!page.contains("not drawn") && page.contains(report["date"].as_str().expect("a date")));
 }

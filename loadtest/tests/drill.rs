@@ -72,7 +72,7 @@ fn run_drill(order: &str, users: &str, units: &str) -> serde_json::Value {
     let json: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     assert!(status.success(), "the drill failed its verification: {}", json["verification"]);
     let html = std::fs::read_to_string(report.join("report.html")).expect("an HTML report");
-    assert!(html.contains("<svg") && html.contains("passed"));
+    assert!(html.contains("<svg") && html.contains("Verification passed") && !html.contains("not drawn"));
     json
 }
 
@@ -96,6 +96,22 @@ fn a_fifo_drill_of_5000_shoppers_sells_every_unit_in_order_and_verifies() {
     assert_eq!(stocks.first().map(|s| s["sold"].as_u64()), Some(Some(0)));
     assert!(stocks.iter().any(|s| s["reserved"].as_u64() > Some(0)), "holds seen");
     assert!(timeline.iter().any(|t| t["server"]["log_syncs"].as_f64() > Some(0.0)), "the log seen syncing");
+    // The server process's CPU and memory, from its own /metrics.
+    assert!(timeline.iter().any(|t| t["server"]["cpu_percent"].as_f64() > Some(0.0)), "the server's CPU");
+    assert!(timeline.iter().all(|t| t["server"].is_null() || t["server"]["rss_mb"].as_f64() > Some(1.0)));
+    // Each second's requests by route, with their latency, add up to its requests; the seconds'
+    // admissions add up to the shoppers admitted.
+    for t in timeline {
+        let by_route: Vec<u64> = ["join", "poll", "reserve", "commit", "release"]
+            .iter()
+            .map(|r| t["routes"][r]["count"].as_u64().expect("a count"))
+            .collect();
+        assert_eq!(serde_json::json!(by_route), t["requests"], "{t}");
+        let reserves = by_route[2];
+        assert!(reserves == 0 || t["routes"]["reserve"]["p99_ms"].as_f64() > Some(0.0), "{t}");
+    }
+    let admissions: u64 = timeline.iter().map(|t| t["admissions"].as_u64().expect("admissions")).sum();
+    assert_eq!(admissions, r["admitted"].as_u64().expect("admitted"), "admissions per second add up");
     // Each route's latency distribution: a percentile curve that never falls, ending at the maximum.
     let curve: Vec<f64> = (r["routes"]["reserve"]["distribution"].as_array().expect("a distribution").iter())
         .map(|p| p["ms"].as_f64().expect("ms"))
