@@ -52,6 +52,8 @@ const FIGURES: &[(&str, &str, Better)] = &[
     ("holds expired while committing", "/expired_in_flight", Better::Lower),
     ("polls per second at peak", "/polls_per_s_peak", Better::Neither),
     ("later joiners admitted first (share)", "/fairness/fraction", Better::Lower),
+    ("server CPU, mean (% of a core)", "/server/cpu_percent_mean", Better::Lower),
+    ("server resident memory, peak (MB)", "/server/rss_mb_peak", Better::Lower),
 ];
 
 #[derive(Clone, Copy)]

@@ -185,6 +185,9 @@ pub fn build(
         })
         .collect();
     let polls_peak = timeline.iter().map(|s| s.requests[1]).max().unwrap_or(0);
+    let server_figure = |field: &'static str| series.iter().filter_map(move |t| t["server"][field].as_f64());
+    let cpu_mean =
+        server_figure("cpu_percent").sum::<f64>() / server_figure("cpu_percent").count().max(1) as f64;
     json!({
         "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "target": target,
@@ -205,6 +208,12 @@ pub fn build(
         "admitted_peak_per_s": admitted_peak,
         "waiting_ms": quantiles_ms(&waits, 1.0),
         "polls_per_s_peak": polls_peak,
+        // The server process over the drill, from its /metrics (null where it did not answer).
+        "server": {
+            "cpu_percent_mean": (server_figure("cpu_percent").count() > 0).then(|| (cpu_mean * 10.0).round() / 10.0),
+            "cpu_percent_peak": server_figure("cpu_percent").reduce(f64::max),
+            "rss_mb_peak": server_figure("rss_mb").reduce(f64::max),
+        },
         "fairness": {
             "order": drill.scenario.order,
             "later_admitted_before_earlier": inverted,

@@ -91,10 +91,13 @@ fn tiles(report: &Value) -> String {
         ("reserve p99", route("reserve", "p99"), "ms"),
         ("commit p99", route("commit", "p99"), "ms"),
         ("wait p99", report["waiting_ms"]["p99"].clone(), "ms"),
+        ("server CPU, mean", report["server"]["cpu_percent_mean"].clone(), "% of a core"),
+        ("server memory, peak", report["server"]["rss_mb_peak"].clone(), "MB"),
     ];
     let mut out = String::from("<div class=\"tiles\">");
     for (what, v, unit) in tiles {
-        let _ = write!(out, "<div class=\"tile\">{what}<b>{} <small>{unit}</small></b></div>", text(&v));
+        let shown = if v.is_null() { "–".to_owned() } else { escape(&text(&v)) };
+        let _ = write!(out, "<div class=\"tile\">{what}<b>{shown} <small>{unit}</small></b></div>");
     }
     out.push_str("</div>");
     out

@@ -99,6 +99,10 @@ fn a_fifo_drill_of_5000_shoppers_sells_every_unit_in_order_and_verifies() {
     // The server process's CPU and memory, from its own /metrics.
     assert!(timeline.iter().any(|t| t["server"]["cpu_percent"].as_f64() > Some(0.0)), "the server's CPU");
     assert!(timeline.iter().all(|t| t["server"].is_null() || t["server"]["rss_mb"].as_f64() > Some(1.0)));
+    assert!(
+        r["server"]["rss_mb_peak"].as_f64() > Some(1.0)
+            && r["server"]["cpu_percent_mean"].as_f64() > Some(0.0)
+    );
     // Each second's requests by route, with their latency, add up to its requests; the seconds'
     // admissions add up to the shoppers admitted.
     for t in timeline {
