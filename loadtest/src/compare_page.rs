@@ -15,6 +15,12 @@ pub fn html(r: &Value) -> String {
     let systems: Vec<&str> =
         r["systems"].as_array().into_iter().flatten().filter_map(|s| s["name"].as_str()).collect();
     let results = r["results"].as_array().cloned().unwrap_or_default();
+    // A run's label, marked when it had errors: its figures are not those of a clean run.
+    let label = |row: &Value| {
+        let errors = row["errors"].as_u64().unwrap_or(0);
+        let mark = if errors > 0 { format!(" ({errors} errors)") } else { String::new() };
+        format!("{} · {}{mark}", text(&row["workload"]), text(&row["system"]))
+    };
     let paced = r["paced_at_half_holdfast_max"].as_array().cloned().unwrap_or_default();
     let mut page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>holdfast compared</title>\
@@ -26,8 +32,10 @@ pub fn html(r: &Value) -> String {
         r["connections"],
         r["seconds"]
     );
+    // What ran: the systems and workloads with a result (a run may pick some).
+    let ran = |kind: &str, name: &Value| results.iter().chain(&paced).any(|row| row[kind] == *name);
     page.push_str("<h2>What ran</h2><table><tr><th>system</th><th>what it is</th></tr>");
-    for s in r["systems"].as_array().into_iter().flatten() {
+    for s in r["systems"].as_array().into_iter().flatten().filter(|s| ran("system", &s["name"])) {
         let _ = write!(
             page,
             "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
@@ -36,7 +44,7 @@ pub fn html(r: &Value) -> String {
         );
     }
     page.push_str("</table><table><tr><th>workload</th><th>what it does</th></tr>");
-    for w in r["workloads"].as_array().into_iter().flatten() {
+    for w in r["workloads"].as_array().into_iter().flatten().filter(|w| ran("workload", &w["name"])) {
         let _ = write!(
             page,
             "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
@@ -50,8 +58,8 @@ pub fn html(r: &Value) -> String {
         results
             .iter()
             .map(|row| Bar {
-                label: format!("{} · {}", text(&row["workload"]), text(&row["system"])),
-                value: row[field].as_f64().unwrap_or(0.0),
+                label: label(row),
+                value: row[field].as_f64().unwrap_or(f64::NAN),
                 group: group(row),
             })
             .collect()
@@ -100,9 +108,9 @@ pub fn html(r: &Value) -> String {
     let latency: Vec<Bar> = results
         .iter()
         .flat_map(|row| {
-            let label = format!("{} · {}", text(&row["workload"]), text(&row["system"]));
+            let label = label(row);
             [("p50", "p50_ms", 0), ("p99", "p99_ms", 1), ("p99.9", "p99_9_ms", 2)].map(|(q, field, group)| {
-                Bar { label: format!("{label} {q}"), value: row[field].as_f64().unwrap_or(0.0), group }
+                Bar { label: format!("{label} {q}"), value: row[field].as_f64().unwrap_or(f64::NAN), group }
             })
         })
         .collect();
@@ -128,7 +136,7 @@ pub fn html(r: &Value) -> String {
                 [("p50", "p50_ms", 0), ("p99", "p99_ms", 1), ("p99.9", "p99_9_ms", 2)].map(
                     |(q, field, group)| Bar {
                         label: format!("{} {q}", text(&row["system"])),
-                        value: row[field].as_f64().unwrap_or(0.0),
+                        value: row[field].as_f64().unwrap_or(f64::NAN),
                         group,
                     },
                 )

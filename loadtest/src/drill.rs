@@ -117,6 +117,8 @@ pub struct Second {
     pub waiting: u64,
     pub admitted: u64,
     pub done: u64,
+    /// Whether the shoppers' counts and the server's side were sampled at the end of this second.
+    pub sampled: bool,
     /// The server's side at the end of the second (`sample.rs`): the SKU's units and its own figures.
     pub stock: Value,
     pub server: Value,
@@ -612,20 +614,37 @@ impl Drill {
         }
     }
 
-    /// Samples the shoppers' counts into the timeline and prints a line a second until `done`.
-    /// Once a second: the shoppers' figures, and the server's read on `observer`, a connection of its
-    /// own so that the crowd's queue does not delay the sample.
+    /// Samples the shoppers' counts into the timeline and prints a line a second until `done`, then
+    /// samples once more: the last, partial second. At the end of each second of the drill: the
+    /// shoppers' figures, and the server's read on `observer`, a connection of its own so that the
+    /// crowd's queue does not delay the sample. A sample that runs late skips the ticks it missed
+    /// (the seconds stay unsampled) rather than catching up with samples milliseconds apart.
     pub async fn progress(
         self: Arc<Self>,
-        done: tokio::sync::watch::Receiver<bool>,
+        mut done: tokio::sync::watch::Receiver<bool>,
         quiet: bool,
         observer: Client,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let first = tokio::time::Instant::from_std(self.start + Duration::from_secs(1));
+        let mut tick = tokio::time::interval_at(first, Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_requests = 0u64;
         let mut sampler = crate::sample::Sampler::default();
-        while !*done.borrow() {
-            tick.tick().await;
+        loop {
+            let last = *done.borrow()
+                || tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = done.changed() => true,
+                };
+            // A tick at k s after the start closes second k - 1; the last sample is of the second
+            // under way.
+            let elapsed = Instant::now().saturating_duration_since(self.start);
+            let s = if last {
+                elapsed.as_secs()
+            } else {
+                (elapsed.as_secs_f64().round() as u64).saturating_sub(1)
+            };
+            let s = s as usize;
             let (stock, server) = sampler.sample(&observer, &self.scenario.sku).await;
             let st = &self.stats;
             let (arrived, waiting, admitted, finished) = (
@@ -634,7 +653,6 @@ impl Drill {
                 st.admitted.load(Relaxed),
                 st.done.load(Relaxed),
             );
-            let s = st.second(Instant::now(), self.start);
             let requests: u64 = {
                 let mut timeline = st.timeline.lock();
                 if timeline.len() <= s {
@@ -643,7 +661,7 @@ impl Drill {
                 let second = &mut timeline[s];
                 (second.arrived, second.waiting, second.admitted, second.done) =
                     (arrived, waiting, admitted, finished);
-                (second.stock, second.server) = (stock, server);
+                (second.stock, second.server, second.sampled) = (stock, server, true);
                 timeline.iter().map(|t| t.requests.iter().sum::<u64>()).sum()
             };
             if !quiet {
@@ -655,6 +673,9 @@ impl Drill {
                 );
             }
             last_requests = requests;
+            if last {
+                return;
+            }
         }
     }
 

@@ -250,7 +250,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         let started = Instant::now();
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let observer = client::Client::new(addr, 1, timeout);
-        let progress = tokio::spawn(drill.clone().progress(done_rx, args.quiet, observer));
+        let mut progress = tokio::spawn(drill.clone().progress(done_rx, args.quiet, observer));
         // Each shopper stops itself at the deadline, keeping what it saw.
         let tasks: Vec<_> = (0..users).map(|i| tokio::spawn(drill.clone().shopper(i))).collect();
         let mut shoppers = Vec::with_capacity(users as usize);
@@ -260,7 +260,11 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         let wall = started.elapsed().as_secs_f64();
         let sale = std::time::Instant::now().saturating_duration_since(drill.opening).as_secs_f64();
         let _ = done_tx.send(true);
-        progress.abort();
+        // The last sample (the second under way) is bounded by the observer's request timeout;
+        // the drill waits for it at most a few seconds.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut progress).await.is_err() {
+            progress.abort();
+        }
         let (stock, states) = end_state(&drill, &shoppers).await;
         let errors = drill.stats.errors.load(std::sync::atomic::Ordering::Relaxed);
         let end = verify::EndState { stock: &stock, states: &states };

@@ -83,11 +83,30 @@ pub fn short(v: f64) -> String {
     }
 }
 
+/// Beyond this a figure is not drawn: no drill measures it, and plotters would loop on an axis that
+/// spans it (a lying or broken server's scrape must not hang the report).
+const SANE: f64 = 1e15;
+
+/// Whether `v` can be drawn: finite, within `SANE`, and positive on a log scale.
+fn sane(v: f64, scale: Scale) -> bool {
+    v.is_finite() && v.abs() <= SANE && (scale == Scale::Linear || v > 0.0)
+}
+
+/// A log axis from `low` to `top` with room above for the legend: ticks at powers of 2 over a narrow
+/// span (a decade would leave one label), of 10 over a wide one; at most twelve decades.
+fn log_axis(low: f64, top: f64) -> plotters::coord::combinators::LogCoord<f64> {
+    let (low, top) = if low.is_finite() && top.is_finite() && low > 0.0 { (low, top) } else { (0.1, 10.0) };
+    let low = (low / 1.5).max(top / 1e12);
+    let top = (top * 4.0).max(low * 10.0);
+    let base = if top / low < 1000.0 { 2.0 } else { 10.0 };
+    (low..top).log_scale().base(base).into()
+}
+
 /// Lines over the drill's seconds, x in seconds since it began.
 pub fn timeline(title: &str, tells: &str, y_unit: &str, lines: &[Line], scale: Scale) -> String {
     figure(title, tells, |svg| {
         let seconds = lines.iter().map(|l| l.values.len()).max().unwrap_or(0).max(2) as f64 - 1.0;
-        let drawn = |v: &Option<f64>| v.filter(|v| v.is_finite() && (scale == Scale::Linear || *v > 0.0));
+        let drawn = |v: &Option<f64>| v.filter(|v| sane(*v, scale));
         let values = || lines.iter().flat_map(|l| l.values.iter().filter_map(drawn));
         let top = values().fold(0.0f64, f64::max);
         let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
@@ -97,15 +116,15 @@ pub fn timeline(title: &str, tells: &str, y_unit: &str, lines: &[Line], scale: S
         let x_range = 0.0..seconds;
         match scale {
             Scale::Linear => {
-                let mut chart = builder.build_cartesian_2d(x_range, 0.0..(top * 1.08).max(1.0))?;
+                // A quarter's headroom: the legend sits there, above the data.
+                let bottom = values().fold(0.0f64, f64::min);
+                let mut chart = builder.build_cartesian_2d(x_range, bottom..(top * 1.3).max(1.0))?;
                 mesh(&mut chart, "seconds since the drill began", y_unit)?;
                 draw_lines(&mut chart, lines, drawn)
             }
             Scale::Log => {
                 let low = values().fold(f64::INFINITY, f64::min);
-                let (low, top) = if low.is_finite() { (low / 1.5, top * 1.5) } else { (0.1, 10.0) };
-                let mut chart =
-                    builder.build_cartesian_2d(x_range, (low..top.max(low * 10.0)).log_scale())?;
+                let mut chart = builder.build_cartesian_2d(x_range, log_axis(low, top))?;
                 mesh(&mut chart, "seconds since the drill began", &format!("{y_unit} (log scale)"))?;
                 draw_lines(&mut chart, lines, drawn)
             }
@@ -207,12 +226,12 @@ pub fn percentiles(title: &str, tells: &str, curves: &[(&str, Vec<(f64, f64)>)])
             .flat_map(|(_, c)| c.iter().filter(|(p, _)| *p < 100.0).map(|(p, _)| nines(*p, 0.0)))
             .fold(1.0f64, f64::max)
             .round();
-        let ms = || curves.iter().flat_map(|(_, c)| c.iter().map(|(_, ms)| *ms)).filter(|v| *v > 0.0);
+        let ms =
+            || curves.iter().flat_map(|(_, c)| c.iter().map(|(_, ms)| *ms)).filter(|v| sane(*v, Scale::Log));
         let (low, top) = (ms().fold(f64::INFINITY, f64::min), ms().fold(0.0f64, f64::max));
-        let (low, top) = if low.is_finite() { (low / 1.5, (top * 1.5).max(low * 10.0)) } else { (0.1, 10.0) };
         // A tick at each whole step: 50%, 90%, 99%… and the maximum.
         let label = move |x: &f64| match *x {
-            x if (x - x.round()).abs() > 0.01 => String::new(),
+            x if (x - x.round()).abs() > 0.01 || x > last + 1.5 => String::new(),
             x if x > last + 0.5 => "max".to_owned(),
             x if x < 0.5 => "50%".to_owned(),
             x if x < 1.5 => "90%".to_owned(),
@@ -224,7 +243,8 @@ pub fn percentiles(title: &str, tells: &str, curves: &[(&str, Vec<(f64, f64)>)])
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(64)
-            .build_cartesian_2d(-0.1..last + 1.1, (low..top).log_scale())?;
+            // Room on the right of the maximum for the legend.
+            .build_cartesian_2d(-0.1..last + 2.4, log_axis(low, top))?;
         chart
             .configure_mesh()
             .x_desc("percentile of requests (each step to the right is ten times rarer)")
@@ -234,14 +254,17 @@ pub fn percentiles(title: &str, tells: &str, curves: &[(&str, Vec<(f64, f64)>)])
             .bold_line_style(GRID)
             .light_line_style(WHITE)
             .axis_style(AXIS)
-            .x_labels(last as usize + 2)
+            .x_labels(last as usize + 4)
             .x_label_formatter(&label)
             .y_label_formatter(&|v| short(*v))
             .draw()?;
         for (k, (name, curve)) in curves.iter().enumerate() {
             let style = color(k).stroke_width(2);
-            let points: Vec<(f64, f64)> =
-                curve.iter().filter(|(_, ms)| *ms > 0.0).map(|&(p, ms)| (nines(p, last), ms)).collect();
+            let points: Vec<(f64, f64)> = curve
+                .iter()
+                .filter(|(_, ms)| sane(*ms, Scale::Log))
+                .map(|&(p, ms)| (nines(p, last), ms))
+                .collect();
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color(k).filled())))?;
             chart
                 .draw_series(LineSeries::new(points, style))?
@@ -250,7 +273,7 @@ pub fn percentiles(title: &str, tells: &str, curves: &[(&str, Vec<(f64, f64)>)])
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::UpperRight)
             .label_font(FONT)
             .background_style(WHITE.mix(0.85))
             .border_style(AXIS)
@@ -271,7 +294,8 @@ pub struct Bar {
 pub fn bars(title: &str, tells: &str, unit: &str, bars: &[Bar], groups: &[&str]) -> String {
     figure(title, tells, |svg| {
         let n = bars.len().max(1);
-        let top = bars.iter().map(|b| b.value).fold(0.0f64, f64::max).max(1e-9);
+        let top =
+            bars.iter().map(|b| b.value).filter(|v| sane(*v, Scale::Linear)).fold(0.0f64, f64::max).max(1e-9);
         let widest = bars.iter().map(|b| b.label.chars().count()).max().unwrap_or(4) as u32;
         let height = (70 + 26 * n as u32).max(140);
         let root = SVGBackend::with_string(svg, (SIZE.0, height)).into_drawing_area();
@@ -305,12 +329,15 @@ pub fn bars(title: &str, tells: &str, unit: &str, bars: &[Bar], groups: &[&str])
             .draw()?;
         for (i, bar) in bars.iter().enumerate() {
             let (y0, y1) = (SegmentValue::Exact(row(i)), SegmentValue::Exact(row(i) + 1));
-            let mut rect = Rectangle::new([(0.0, y0), (bar.value, y1)], color(bar.group).filled());
+            // A figure that was not measured (NaN) or cannot be drawn is said so, not drawn as 0.
+            let measured = sane(bar.value, Scale::Linear) && bar.value >= 0.0;
+            let value = if measured { bar.value } else { 0.0 };
+            let mut rect = Rectangle::new([(0.0, y0), (value, y1)], color(bar.group).filled());
             rect.set_margin(4, 4, 0, 0);
             chart.draw_series(std::iter::once(rect))?;
             chart.draw_series(std::iter::once(Text::new(
-                format!(" {}", short(bar.value)),
-                (bar.value, SegmentValue::CenterOf(row(i))),
+                if measured { format!(" {}", short(value)) } else { " not measured".to_owned() },
+                (value, SegmentValue::CenterOf(row(i))),
                 TextStyle::from(FONT.into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
             )))?;
         }
@@ -346,6 +373,21 @@ mod tests {
             assert_eq!(short(v), want);
         }
         assert_eq!(short(2_000_000.0), "2M");
+    }
+
+    #[test]
+    fn absurd_values_are_left_out_not_drawn_forever() {
+        // A lying server's 1.5e308 once made a log axis end at infinity, and plotters loop on it.
+        let lines =
+            [Line { name: "x", values: vec![Some(1.0), Some(1.5e308), Some(f64::INFINITY), Some(-1.0)] }];
+        for scale in [Scale::Linear, Scale::Log] {
+            let svg = timeline("t", "", "u", &lines, scale);
+            assert!(!svg.contains("not drawn"), "{svg}");
+        }
+        let curve = percentiles("p", "", &[("r", vec![(50.0, 1.0), (99.0, 1.5e308), (100.0, f64::NAN)])]);
+        assert!(curve.contains("50%"), "{curve}");
+        let b = bars("b", "", "u", &[Bar { label: "x".into(), value: f64::NAN, group: 0 }], &["g"]);
+        assert!(b.contains("not measured"), "{b}");
     }
 
     #[test]

@@ -163,9 +163,14 @@ pub fn build(
                     (format!("{} {what}", ROUTES[*route]), *n)
                 })
                 .collect();
-            let arrivals = s.arrived.saturating_sub(arrived_before);
-            let admissions = s.admitted.saturating_sub(admitted_before);
-            (arrived_before, admitted_before) = (arrived_before.max(s.arrived), admitted_before.max(s.admitted));
+            // A second left unsampled (a late sample skipped it) has no counts; the next sampled
+            // second's arrivals and admissions include its.
+            let counted = |n: u64| s.sampled.then_some(n);
+            let arrivals = counted(s.arrived.saturating_sub(arrived_before));
+            let admissions = counted(s.admitted.saturating_sub(admitted_before));
+            if s.sampled {
+                (arrived_before, admitted_before) = (s.arrived, s.admitted);
+            }
             let by_class: serde_json::Map<String, Value> = CLASSES
                 .iter()
                 .enumerate()
@@ -180,7 +185,8 @@ pub fn build(
                    "p99_ms": p99,
                    "classes": by_class,
                    "arrivals": arrivals, "admissions": admissions,
-                   "arrived": s.arrived, "waiting": s.waiting, "admitted": s.admitted, "done": s.done,
+                   "arrived": counted(s.arrived), "waiting": counted(s.waiting),
+                   "admitted": counted(s.admitted), "done": counted(s.done),
                    "stock": s.stock, "server": s.server})
         })
         .collect();

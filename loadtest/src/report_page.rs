@@ -21,14 +21,14 @@ pub fn html(report: &Value) -> String {
     let mut page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>holdfast drill: {} shoppers</title>\
          <style>{STYLE}</style></head><body>",
-        report["users"]
+        report["scenario"]["users"]
     );
     let _ = write!(
         page,
         "<h1>holdfast drill: {} shoppers, {} units</h1><p>{} · target {} · {} order, {} admitted a second, holds of {} ms</p>",
-        report["users"],
+        report["scenario"]["users"],
         report["scenario"]["units"],
-        text(&report["date"]),
+        if report["date"].is_null() { "not started".to_owned() } else { text(&report["date"]) },
         escape(&text(&report["target"])),
         text(&report["scenario"]["order"]),
         report["scenario"]["admission_rate"],
@@ -47,6 +47,15 @@ pub fn html(report: &Value) -> String {
     page.push_str("<h2>The waiting room</h2>");
     page.push_str(&waiting_room(report, &timeline));
     page.push_str("<h2>The server's side, read from its /metrics each second</h2>");
+    let read = timeline.iter().filter(|t| t["server"].is_object()).count();
+    if read < timeline.len() {
+        let _ = write!(
+            page,
+            "<p class=\"bad\">The server's /metrics answered in {read} of the drill's {} seconds; \
+             the rest are gaps below.</p>",
+            timeline.len()
+        );
+    }
     page.push_str(&server(&timeline));
     page.push_str("</body></html>\n");
     page
@@ -132,16 +141,18 @@ fn sale(report: &Value, timeline: &[Value]) -> String {
     let bars: Vec<Bar> = outcomes
         .into_iter()
         .map(|(label, value)| {
-            let group = usize::from(label == "error" || label == "none");
+            // A shopper the drill's deadline stopped, or with no outcome, failed as an error did.
+            let group = usize::from(matches!(label.as_str(), "error" | "none" | "deadline"));
             Bar { label, value, group }
         })
         .collect();
     out.push_str(&plot::bars(
         "How each shopper's visit ended.",
-        "Bought, told sold out, gave up or let the hold run out, as the shopper saw it; errors are a failure.",
+        "Bought, told sold out, gave up or let the hold run out, as the shopper saw it; an error, a shopper \
+         still going at the drill's deadline, or none, is a failure.",
         "shoppers",
         &bars,
-        &["outcome", "error or no outcome"],
+        &["outcome", "a failure"],
     ));
     let routes = |names: &[&'static str]| -> Vec<Line<'static>> {
         names
@@ -150,14 +161,15 @@ fn sale(report: &Value, timeline: &[Value]) -> String {
             .collect()
     };
     out.push_str(&plot::timeline(
-        "Requests per second, buyers.",
-        "Admitted shoppers' reserves, commits and releases: what the sale is made of.",
+        "Requests answered per second, buyers.",
+        "Admitted shoppers' reserves, commits and releases: what the sale is made of. Requests that got no \
+         answer are under \"Answers other than 2xx\".",
         "requests/s",
         &routes(&["reserve", "commit", "release"]),
         Scale::Linear,
     ));
     out.push_str(&plot::timeline(
-        "Requests per second, the crowd.",
+        "Requests answered per second, the crowd.",
         "Joins to the waiting room and the waiting shoppers' polls: usually far more than the buyers' requests.",
         "requests/s",
         &routes(&["join", "poll"]),

@@ -57,16 +57,21 @@ impl Sampler {
         };
         let syncs = delta("holdfast_wal_sync_seconds_count", &self.previous);
         let batches = delta("holdfast_wal_batch_records_count", &self.previous);
-        let mean = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
+        // A mean of nothing is no figure (null, drawn as a gap), not zero.
+        let mean = |sum: f64, n: f64| (n > 0.0).then(|| sum / n);
+        let cpu = delta("process_cpu_seconds_total", &self.previous);
+        // Only what the server exports, over long enough to be read (the kernel counts CPU in 10 ms
+        // ticks), and not across a restart (a counter that went back).
+        let cpu_known = now.contains_key("process_cpu_seconds_total") && elapsed >= 0.5 && cpu >= 0.0;
         let figures = json!({
             "live_reservations": now.get("holdfast_live_reservations"),
             "connections_open": now.get("holdfast_connections_open"),
             "log_syncs": syncs,
-            "log_sync_ms_mean": (mean(delta("holdfast_wal_sync_seconds_sum", &self.previous), syncs) * 1e6).round() / 1e3,
-            "log_batch_records_mean": (mean(delta("holdfast_wal_batch_records_sum", &self.previous), batches) * 10.0).round() / 10.0,
+            "log_sync_ms_mean": mean(delta("holdfast_wal_sync_seconds_sum", &self.previous), syncs).map(|m| (m * 1e6).round() / 1e3),
+            "log_batch_records_mean": mean(delta("holdfast_wal_batch_records_sum", &self.previous), batches).map(|m| (m * 10.0).round() / 10.0),
             "requests_shed": delta("holdfast_requests_shed_total", &self.previous),
             // 100 is one core busy all second.
-            "cpu_percent": (mean(delta("process_cpu_seconds_total", &self.previous), elapsed) * 1000.0).round() / 10.0,
+            "cpu_percent": mean(cpu, elapsed).filter(|_| cpu_known).map(|c| (c * 1000.0).round() / 10.0),
             "rss_mb": now.get("process_resident_memory_bytes").map(|b| (b / 1e5).round() / 10.0),
         });
         let mut figures = figures;
@@ -127,5 +132,18 @@ mod tests {
             (Some(10.0), Some(2.0))
         );
         assert_eq!((f["cpu_percent"].as_f64(), f["rss_mb"].as_f64()), (Some(150.0), Some(62.9)), "{f}");
+        // No syncs: no mean latency (a gap, not 0 ms); no CPU metric, or a restart: no CPU figure.
+        let third = "holdfast_wal_sync_seconds_sum 0.8\nholdfast_wal_sync_seconds_count 200\n";
+        let f = s.figures(third, 1.0);
+        assert_eq!(
+            (f["log_sync_ms_mean"].clone(), f["cpu_percent"].clone()),
+            (Value::Null, Value::Null),
+            "{f}"
+        );
+        assert_eq!(s.figures("process_cpu_seconds_total 20.0\n", 1.0)["cpu_percent"].as_f64(), Some(2000.0));
+        let f = s.figures("process_cpu_seconds_total 1.0\n", 1.0);
+        assert_eq!(f["cpu_percent"], Value::Null, "a counter that went back: {f}");
+        let f = s.figures("process_cpu_seconds_total 1.5\n", 0.01);
+        assert_eq!(f["cpu_percent"], Value::Null, "too short to read: {f}");
     }
 }
