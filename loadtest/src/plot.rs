@@ -271,13 +271,7 @@ pub fn percentiles(title: &str, tells: &str, curves: &[(&str, Vec<(f64, f64)>)])
                 .label(*name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(FONT)
-            .background_style(WHITE.mix(0.85))
-            .border_style(AXIS)
-            .draw()?;
+        legend(&mut chart)?;
         root.present()?;
         Ok(())
     })

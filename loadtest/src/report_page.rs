@@ -184,7 +184,7 @@ fn sale(report: &Value, timeline: &[Value]) -> String {
             }
         }
     }
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|kind| std::cmp::Reverse(kind.1));
     kinds.truncate(8);
     let lines: Vec<Line> = kinds
         .iter()
