@@ -1,15 +1,9 @@
 //! `compare.html`: the comparison as one self-contained page — throughput, CPU per operation and
 //! latency per system and workload as bar charts, the ratios, the paced run, the date and the machine.
 
-use crate::plot::{self, escape, Bar};
+use crate::plot::{self, escape, text, Bar, STYLE};
 use serde_json::Value;
 use std::fmt::Write;
-
-const STYLE: &str =
-    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:900px;color:#222;padding:0 1em}\
-h2{margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}\
-td,th{border:1px solid #ddd;padding:3px 9px;text-align:right}th{background:#f6f6f6}td.l{text-align:left}\
-figure{margin:1.2em 0}.bad{color:#b00}";
 
 pub fn html(r: &Value) -> String {
     let systems: Vec<&str> =
@@ -34,25 +28,21 @@ pub fn html(r: &Value) -> String {
     );
     // What ran: the systems and workloads with a result (a run may pick some).
     let ran = |kind: &str, name: &Value| results.iter().chain(&paced).any(|row| row[kind] == *name);
-    page.push_str("<h2>What ran</h2><table><tr><th>system</th><th>what it is</th></tr>");
-    for s in r["systems"].as_array().into_iter().flatten().filter(|s| ran("system", &s["name"])) {
-        let _ = write!(
-            page,
-            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
-            text(&s["name"]),
-            text(&s["what"])
-        );
+    page.push_str("<h2>What ran</h2>");
+    for (kind, list, what) in [("system", "systems", "what it is"), ("workload", "workloads", "what it does")]
+    {
+        let _ = write!(page, "<table><tr><th>{kind}</th><th>{what}</th></tr>");
+        for item in r[list].as_array().into_iter().flatten().filter(|item| ran(kind, &item["name"])) {
+            let _ = write!(
+                page,
+                "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+                text(&item["name"]),
+                text(&item["what"])
+            );
+        }
+        page.push_str("</table>");
     }
-    page.push_str("</table><table><tr><th>workload</th><th>what it does</th></tr>");
-    for w in r["workloads"].as_array().into_iter().flatten().filter(|w| ran("workload", &w["name"])) {
-        let _ = write!(
-            page,
-            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
-            text(&w["name"]),
-            text(&w["what"])
-        );
-    }
-    page.push_str("</table><h2>Throughput and cost</h2>");
+    page.push_str("<h2>Throughput and cost</h2>");
     let group = |row: &Value| systems.iter().position(|s| row["system"] == *s).unwrap_or(0);
     let rows = |field: &str| -> Vec<Bar> {
         results
@@ -105,22 +95,14 @@ pub fn html(r: &Value) -> String {
         ));
     }
     page.push_str("<h2>Latency</h2>");
-    let latency: Vec<Bar> = results
-        .iter()
-        .flat_map(|row| {
-            let label = label(row);
-            [("p50", "p50_ms", 0), ("p99", "p99_ms", 1), ("p99.9", "p99_9_ms", 2)].map(|(q, field, group)| {
-                Bar { label: format!("{label} {q}"), value: row[field].as_f64().unwrap_or(f64::NAN), group }
-            })
-        })
-        .collect();
+    let latency: Vec<Bar> = results.iter().flat_map(|row| percentile_bars(row, &label(row))).collect();
     page.push_str(&plot::bars(
         "Latency percentiles, closed loop.",
         "Less is better. In a closed loop latency is the other face of throughput; the paced run below is \
          the fairer view of latency.",
         "ms",
         &latency,
-        &["p50", "p99", "p99.9"],
+        &PERCENTILES.map(|(name, _)| name),
     ));
     page.push_str(&table(&results, true));
     if let Some(first) = paced.first() {
@@ -130,24 +112,14 @@ pub fn html(r: &Value) -> String {
              request's scheduled time, each system that sustains that rate.</p>",
             first["rate"]
         );
-        let bars: Vec<Bar> = paced
-            .iter()
-            .flat_map(|row| {
-                [("p50", "p50_ms", 0), ("p99", "p99_ms", 1), ("p99.9", "p99_9_ms", 2)].map(
-                    |(q, field, group)| Bar {
-                        label: format!("{} {q}", text(&row["system"])),
-                        value: row[field].as_f64().unwrap_or(f64::NAN),
-                        group,
-                    },
-                )
-            })
-            .collect();
+        let bars: Vec<Bar> =
+            paced.iter().flat_map(|row| percentile_bars(row, &text(&row["system"]))).collect();
         page.push_str(&plot::bars(
             "Latency at the same offered rate.",
             "Less is better.",
             "ms",
             &bars,
-            &["p50", "p99", "p99.9"],
+            &PERCENTILES.map(|(name, _)| name),
         ));
         page.push_str(&table(&paced, false));
     }
@@ -155,8 +127,15 @@ pub fn html(r: &Value) -> String {
     page
 }
 
-fn text(v: &Value) -> String {
-    escape(&v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+/// The latency percentiles drawn, each with its field in a run's row; each its own colour.
+const PERCENTILES: [(&str, &str); 3] = [("p50", "p50_ms"), ("p99", "p99_ms"), ("p99.9", "p99_9_ms")];
+
+/// A run's latency at each of `PERCENTILES`, as bars labelled `label`.
+fn percentile_bars(row: &Value, label: &str) -> [Bar; 3] {
+    std::array::from_fn(|k| {
+        let (name, field) = PERCENTILES[k];
+        Bar { label: format!("{label} {name}"), value: row[field].as_f64().unwrap_or(f64::NAN), group: k }
+    })
 }
 
 /// Every figure of every run, as `compare.md` has them.

@@ -351,6 +351,21 @@ pub fn bars(title: &str, tells: &str, unit: &str, bars: &[Bar], groups: &[&str])
     })
 }
 
+/// The stylesheet of the report pages (`report_page.rs`, `compare_page.rs`).
+pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:900px;color:#222;padding:0 1em}\
+h2{margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}\
+td,th{border:1px solid #ddd;padding:3px 9px;text-align:right}th{background:#f6f6f6}td.l{text-align:left}\
+.bad{color:#b00}.ok{color:#070}figure{margin:1.2em 0}figcaption{margin-bottom:.3em;max-width:860px}\
+.verdict{padding:.8em 1.2em;border-radius:6px;margin:1em 0}.verdict.ok{background:#e8f5e9;border:2px solid #2e7d32}\
+.verdict.bad{background:#fdecea;border:2px solid #c62828}.verdict h2{border:0;margin:0 0 .4em}\
+.tiles{display:flex;flex-wrap:wrap;gap:.6em}.tile{border:1px solid #ddd;border-radius:6px;padding:.5em .9em}\
+.tile b{display:block;font-size:1.4em}";
+
+/// A JSON value as page text, escaped: a string without its quotes, anything else as JSON.
+pub fn text(v: &serde_json::Value) -> String {
+    escape(&v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+}
+
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

@@ -3,18 +3,9 @@
 //! Charts are SVG drawn by `plot.rs`; the page loads nothing and runs no script.
 
 use crate::drill::{CLASSES, ROUTES};
-use crate::plot::{self, escape, Bar, Line, Scale};
+use crate::plot::{self, escape, text, Bar, Line, Scale, STYLE};
 use serde_json::Value;
 use std::fmt::Write;
-
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:900px;color:#222;padding:0 1em}\
-h2{margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}\
-td,th{border:1px solid #ddd;padding:3px 9px;text-align:right}th{background:#f6f6f6}td.l{text-align:left}\
-.bad{color:#b00}.ok{color:#070}figure{margin:1.2em 0}figcaption{margin-bottom:.3em;max-width:860px}\
-.verdict{padding:.8em 1.2em;border-radius:6px;margin:1em 0}.verdict.ok{background:#e8f5e9;border:2px solid #2e7d32}\
-.verdict.bad{background:#fdecea;border:2px solid #c62828}.verdict h2{border:0;margin:0 0 .4em}\
-.tiles{display:flex;flex-wrap:wrap;gap:.6em}.tile{border:1px solid #ddd;border-radius:6px;padding:.5em .9em}\
-.tile b{display:block;font-size:1.4em}";
 
 pub fn html(report: &Value) -> String {
     let timeline = report["timeline"].as_array().cloned().unwrap_or_default();
@@ -29,7 +20,7 @@ pub fn html(report: &Value) -> String {
         report["scenario"]["users"],
         report["scenario"]["units"],
         if report["date"].is_null() { "not started".to_owned() } else { text(&report["date"]) },
-        escape(&text(&report["target"])),
+        text(&report["target"]),
         text(&report["scenario"]["order"]),
         report["scenario"]["admission_rate"],
         report["scenario"]["hold_ttl_ms"],
@@ -56,13 +47,9 @@ pub fn html(report: &Value) -> String {
             timeline.len()
         );
     }
-    page.push_str(&server(&timeline));
+    page.push_str(&panels(&timeline, Some("server"), &SERVER));
     page.push_str("</body></html>\n");
     page
-}
-
-fn text(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
 }
 
 /// The verification as a block a reader cannot miss: passed or failed, and each check's evidence.
@@ -105,7 +92,7 @@ fn tiles(report: &Value) -> String {
     ];
     let mut out = String::from("<div class=\"tiles\">");
     for (what, v, unit) in tiles {
-        let shown = if v.is_null() { "–".to_owned() } else { escape(&text(&v)) };
+        let shown = if v.is_null() { "–".to_owned() } else { text(&v) };
         let _ = write!(out, "<div class=\"tile\">{what}<b>{shown} <small>{unit}</small></b></div>");
     }
     out.push_str("</div>");
@@ -118,19 +105,16 @@ fn column(timeline: &[Value], pick: impl Fn(&Value) -> &Value) -> Vec<Option<f64
 }
 
 fn sale(report: &Value, timeline: &[Value]) -> String {
-    let stock = |f: &'static str| column(timeline, move |t| &t["stock"][f]);
-    let mut out = plot::timeline(
-        "Units of the SKU.",
-        "Available falls as shoppers reserve; a hold that runs out or is released puts its units back; \
-         sold only rises. The three add up to the stock every second.",
-        "units",
-        &[
-            Line { name: "available", values: stock("available") },
-            Line { name: "reserved", values: stock("reserved") },
-            Line { name: "sold", values: stock("sold") },
-        ],
-        Scale::Linear,
-    );
+    let units = Panel {
+        title: "Units of the SKU.",
+        tells:
+            "Available falls as shoppers reserve; a hold that runs out or is released puts its units back; \
+                sold only rises. The three add up to the stock every second.",
+        unit: "units",
+        lines: &[("available", "available"), ("reserved", "reserved"), ("sold", "sold")],
+        scale: Scale::Linear,
+    };
+    let mut out = panels(timeline, Some("stock"), &[units]);
     let mut outcomes: Vec<(String, f64)> = report["outcomes"]
         .as_object()
         .into_iter()
@@ -308,83 +292,103 @@ fn waiting_room(report: &Value, timeline: &[Value]) -> String {
         report["crowd_unanswered"],
         report["expired_in_flight"],
     );
-    out.push_str(&plot::timeline(
-        "Arrivals and admissions per second.",
-        "Shoppers arrive in a storm; the room lets them in at its admission rate.",
-        "shoppers/s",
-        &[
-            Line { name: "arrivals", values: column(timeline, |t| &t["arrivals"]) },
-            Line { name: "admissions", values: column(timeline, |t| &t["admissions"]) },
-        ],
-        Scale::Linear,
-    ));
-    out.push_str(&plot::timeline(
-        "Shoppers waiting, admitted so far, and done so far.",
-        "Waiting rises with the storm and drains at the admission rate; done catches up with arrived.",
-        "shoppers",
-        &[
-            Line { name: "waiting", values: column(timeline, |t| &t["waiting"]) },
-            Line { name: "admitted", values: column(timeline, |t| &t["admitted"]) },
-            Line { name: "done", values: column(timeline, |t| &t["done"]) },
-        ],
-        Scale::Linear,
-    ));
-    out.push_str(&plot::timeline(
-        "Crowd requests shed or unanswered (both retried), and commits lost in flight, per second.",
-        "Shedding the crowd keeps buyers fast; a commit lost in flight is a failure.",
-        "requests/s",
-        &[
-            Line { name: "shed", values: column(timeline, |t| &t["shed"]) },
-            Line { name: "unanswered", values: column(timeline, |t| &t["crowd_unanswered"]) },
-            Line { name: "commits lost in flight", values: column(timeline, |t| &t["expired_in_flight"]) },
-        ],
-        Scale::Linear,
-    ));
+    out.push_str(&panels(timeline, None, &WAITING_ROOM));
     out
 }
 
-fn server(timeline: &[Value]) -> String {
-    let figure = |f: &'static str| column(timeline, move |t| &t["server"][f]);
-    let mut out = plot::timeline(
-        "CPU of the server process.",
-        "100% is one core busy all second; the server's own figure (process_cpu_seconds_total).",
-        "% of one core",
-        &[Line { name: "CPU", values: figure("cpu_percent") }],
-        Scale::Linear,
-    );
-    out.push_str(&plot::timeline(
-        "Resident memory of the server process.",
-        "Memory grows with live holds and connections, and should fall back as they end.",
-        "MB",
-        &[Line { name: "resident memory", values: figure("rss_mb") }],
-        Scale::Linear,
-    ));
-    out.push_str(&plot::timeline(
-        "The log's mean sync latency.",
-        "How long one group commit took to reach the disk: every acknowledged request waits for one.",
-        "ms",
-        &[Line { name: "mean sync", values: figure("log_sync_ms_mean") }],
-        Scale::Linear,
-    ));
-    out.push_str(&plot::timeline(
-        "Log syncs per second and records per sync.",
-        "Under load, more records share each sync (group commit), so syncs stay few.",
-        "count",
-        &[
-            Line { name: "syncs", values: figure("log_syncs") },
-            Line { name: "records per sync", values: figure("log_batch_records_mean") },
-        ],
-        Scale::Log,
-    ));
-    out.push_str(&plot::timeline(
-        "Live reservations and open connections.",
-        "Holds live at once, and the connections the server holds open.",
-        "count",
-        &[
-            Line { name: "live reservations", values: figure("live_reservations") },
-            Line { name: "connections", values: figure("connections_open") },
-        ],
-        Scale::Linear,
-    ));
+/// A chart of figures from the timeline: its title, what it tells, its unit, its lines (each a name
+/// and the field it draws), its scale.
+struct Panel {
+    title: &'static str,
+    tells: &'static str,
+    unit: &'static str,
+    lines: &'static [(&'static str, &'static str)],
+    scale: Scale,
+}
+
+/// The panels' charts, their fields read each second from `group` (the top level for None).
+fn panels(timeline: &[Value], group: Option<&str>, panels: &[Panel]) -> String {
+    let mut out = String::new();
+    for panel in panels {
+        let lines: Vec<Line> = panel
+            .lines
+            .iter()
+            .map(|&(name, field)| Line {
+                name,
+                values: column(timeline, |t| match group {
+                    Some(group) => &t[group][field],
+                    None => &t[field],
+                }),
+            })
+            .collect();
+        out.push_str(&plot::timeline(panel.title, panel.tells, panel.unit, &lines, panel.scale));
+    }
     out
 }
+
+const WAITING_ROOM: [Panel; 3] = [
+    Panel {
+        title: "Arrivals and admissions per second.",
+        tells: "Shoppers arrive in a storm; the room lets them in at its admission rate.",
+        unit: "shoppers/s",
+        lines: &[("arrivals", "arrivals"), ("admissions", "admissions")],
+        scale: Scale::Linear,
+    },
+    Panel {
+        title: "Shoppers waiting, admitted so far, and done so far.",
+        tells: "Waiting rises with the storm and drains at the admission rate; done catches up with arrived.",
+        unit: "shoppers",
+        lines: &[("waiting", "waiting"), ("admitted", "admitted"), ("done", "done")],
+        scale: Scale::Linear,
+    },
+    Panel {
+        title: "Crowd requests shed or unanswered (both retried), and commits lost in flight, per second.",
+        tells: "Shedding the crowd keeps buyers fast; a commit lost in flight is a failure.",
+        unit: "requests/s",
+        lines: &[
+            ("shed", "shed"),
+            ("unanswered", "crowd_unanswered"),
+            ("commits lost in flight", "expired_in_flight"),
+        ],
+        scale: Scale::Linear,
+    },
+];
+
+/// The server's side, from its `/metrics` (`sample.rs`).
+const SERVER: [Panel; 5] = [
+    Panel {
+        title: "CPU of the server process.",
+        tells: "100% is one core busy all second; the server's own figure (process_cpu_seconds_total).",
+        unit: "% of one core",
+        lines: &[("CPU", "cpu_percent")],
+        scale: Scale::Linear,
+    },
+    Panel {
+        title: "Resident memory of the server process.",
+        tells: "Memory grows with live holds and connections, and should fall back as they end.",
+        unit: "MB",
+        lines: &[("resident memory", "rss_mb")],
+        scale: Scale::Linear,
+    },
+    Panel {
+        title: "The log's mean sync latency.",
+        tells: "How long one group commit took to reach the disk: every acknowledged request waits for one.",
+        unit: "ms",
+        lines: &[("mean sync", "log_sync_ms_mean")],
+        scale: Scale::Linear,
+    },
+    Panel {
+        title: "Log syncs per second and records per sync.",
+        tells: "Under load, more records share each sync (group commit), so syncs stay few.",
+        unit: "count",
+        lines: &[("syncs", "log_syncs"), ("records per sync", "log_batch_records_mean")],
+        scale: Scale::Log,
+    },
+    Panel {
+        title: "Live reservations and open connections.",
+        tells: "Holds live at once, and the connections the server holds open.",
+        unit: "count",
+        lines: &[("live reservations", "live_reservations"), ("connections", "connections_open")],
+        scale: Scale::Linear,
+    },
+];
