@@ -1,4 +1,5 @@
-//! Memory per live single-item reservation, at one million of them: `cargo bench --bench memory`.
+//! Memory per live single-item reservation, at one million of them, and per cart of three items, at
+//! one million carts: `cargo bench --bench memory`.
 //!
 //! Two figures: the bytes the engine has allocated (exact, counted by a wrapper around mimalloc) and the
 //! growth of resident memory (what the machine pays, allocator overhead included; it varies from run to
@@ -69,4 +70,25 @@ fn main() {
         per(resident_bytes() - resident),
     );
     assert_eq!(engine.active_reservations(), LIVE);
+    carts(&engine, &reqs);
+}
+
+/// A million carts of three priced lines, keyed by 32-character session ids.
+fn carts(engine: &Engine, reqs: &[ReserveRequest]) {
+    let (allocated, resident) = (ALLOCATED.load(Relaxed), resident_bytes());
+    for i in 0..LIVE {
+        let cart = CartId::new(&format!("sess-{i:027}")).expect("valid");
+        for line in 0..3 {
+            let sku = reqs[(i * 3 + line) % reqs.len()].items[0].sku.clone();
+            let edit = holdfast::carts::ItemEdit { sku, qty: 1 + line as u32, unit_price: Some(1_999) };
+            engine.set_cart_item(&cart, &edit, T0, &mut ()).expect("a cart line");
+        }
+    }
+    let per = |bytes: usize| bytes as f64 / LIVE as f64;
+    println!(
+        "memory/cart: {:.1} bytes allocated, {:.1} bytes resident, per cart of 3 lines at {LIVE} carts",
+        per(ALLOCATED.load(Relaxed) - allocated),
+        per(resident_bytes() - resident),
+    );
+    assert_eq!(engine.carts().lock().len(), LIVE);
 }

@@ -208,6 +208,13 @@ pub struct ServeArgs {
     /// 503 until old ones age out.
     #[arg(long, env = "HOLDFAST_ORDERS_MAX", default_value_t = 2_000_000)]
     pub orders_max: usize,
+    /// Carts held at once; a new cart beyond it is refused (409 carts_full), never made room for by
+    /// dropping another.
+    #[arg(long, env = "HOLDFAST_CARTS_MAX", default_value_t = 2_000_000)]
+    pub carts_max: usize,
+    /// How long a cart is kept after its last edit.
+    #[arg(long, env = "HOLDFAST_CART_IDLE", value_parser = duration, default_value = "30days")]
+    pub cart_idle: Duration,
     /// Payment event ids remembered at once (64 bytes each); webhooks beyond it get 503.
     #[arg(long, env = "HOLDFAST_PAYMENT_EVENTS_MAX", default_value_t = 4_000_000)]
     pub payment_events_max: usize,
@@ -380,6 +387,8 @@ impl ServeArgs {
             payment_event_retention_ms: ms(self.payment_event_retention),
             payment_events_max: self.payment_events_max,
             orders_max: self.orders_max,
+            carts_max: self.carts_max,
+            cart_idle_ms: ms(self.cart_idle),
             commit_grace_ms: ms(self.commit_grace),
             ..EngineConfig::default()
         };

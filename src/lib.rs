@@ -10,6 +10,7 @@
 //! - [`config`]: `holdfast serve` settings from flags, environment and a TOML file.
 //! - [`reconcile`]: Postgres: migrations, the mirror of the log, drift checks, warm-start, restocks.
 //! - [`orders`]: orders and payment webhooks, the checkout saga, in the engine's log.
+//! - [`carts`]: carts keyed by the caller's id, merged and checked out, in the engine's log.
 //! - [`admin`]: `holdfast wal …` and `holdfast snapshot …`, the SRE tools for a data directory.
 //! - `sync`: the locks and atomics the engine uses, swapped for loom's under `--cfg holdfast_loom`.
 //!
@@ -17,6 +18,7 @@
 //! the engine; `durable` is where they meet; `http` knows the engine's types only to convert them.
 
 pub mod admin;
+pub mod carts;
 pub mod clock;
 pub mod config;
 pub mod durable;

@@ -14,6 +14,12 @@ pub const SALE_BYTES_MAX: usize = 64;
 /// Bytes of a user id and of an idempotency key.
 pub const USER_BYTES_MAX: usize = 128;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// Bytes of a cart id.
+pub const CART_BYTES_MAX: usize = 128;
+/// Items (distinct SKUs) in one cart: a cart checks out as one reservation.
+pub const CART_ITEMS_MAX: usize = ITEMS_PER_RESERVATION_MAX;
+/// Carts merged into a cart that it remembers, so that a retried merge is a repeat and not a 404.
+pub const CART_MERGES_REMEMBERED: usize = 16;
 /// Characters of the free-text reason of a stock adjustment (characters, not bytes, as JSON Schema's
 /// maxLength counts them).
 pub const REASON_CHARS_MAX: usize = 256;

@@ -283,6 +283,24 @@ fn expire_orders(d: &Durable, app: &App) {
     }
 }
 
+/// Removes carts idle past `--cart-idle` (as many passes as it takes).
+fn expire_carts(d: &Durable, app: &App) {
+    loop {
+        match d.carts_tick(app.clock.now_ms()) {
+            Ok(logged) => {
+                app.metrics.carts_expired.inc_by(logged.value as u64);
+                if logged.value < crate::durable::CARTS_PER_TICK {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, "cart expiry could not be logged; retrying next tick");
+                return;
+            }
+        }
+    }
+}
+
 /// A fatal error seen by a ticker, and the wake-up of the task waiting for one.
 #[derive(Default)]
 struct Fatal {
@@ -320,6 +338,7 @@ impl Tickers {
                 while !stop.load(Ordering::Relaxed) {
                     // Orders first: an order's hold is expired as the order's step, with the order.
                     expire_orders(&d, &app);
+                    expire_carts(&d, &app);
                     match d.expire_due(app.clock.now_ms()) {
                         Ok(expired) => {
                             app.metrics.expired.inc_by(expired.value.len() as u64);

@@ -33,7 +33,35 @@ pub fn kind(record: &Record) -> &'static str {
         Record::Released { .. } => "released",
         Record::Expired { .. } => "expired",
         Record::Order(_) => "order",
+        Record::Cart(_) => "cart",
     }
+}
+
+/// A cart step's own fields (a checkout's order is shown beside them).
+fn cart_fields(c: &crate::carts::CartRecord) -> Map<String, Value> {
+    use crate::carts::CartStep;
+    let mut m = Map::new();
+    m.insert("cart".into(), json!(c.cart.as_str()));
+    m.insert("step".into(), json!(crate::durable::codec::cart_step_name(&c.step)));
+    let line = |sku: &crate::engine::SkuId, qty: u32, price: Option<u64>| json!({"sku": sku.as_str(), "qty": qty, "unit_price": price});
+    match &c.step {
+        CartStep::ItemSet { sku, qty, unit_price } => {
+            m.insert("sku".into(), json!(sku.as_str()));
+            m.insert("qty".into(), json!(qty));
+            if let Some(p) = unit_price {
+                m.insert("unit_price".into(), json!(p));
+            }
+        }
+        CartStep::ItemRemoved { sku } => {
+            m.insert("sku".into(), json!(sku.as_str()));
+        }
+        CartStep::Merged { from, items } => {
+            m.insert("from".into(), json!(from.as_str()));
+            m.insert("items".into(), items.iter().map(|i| line(&i.sku, i.qty, i.unit_price)).collect());
+        }
+        CartStep::Removed(_) => {}
+    }
+    m
 }
 
 /// An order step's own fields (the reservation record it carries is shown beside them).
@@ -79,8 +107,9 @@ fn order_fields(o: &crate::orders::OrderRecord) -> Map<String, Value> {
     m
 }
 
-pub const KINDS: [&str; 13] = [
+pub const KINDS: [&str; 14] = [
     "order",
+    "cart",
     "stock_set",
     "stock_adjusted",
     "sale_set",
@@ -176,6 +205,18 @@ pub fn record_json(lsn: u64, record: &Record) -> Value {
                 put("reservation", inner);
             }
         }
+        Record::Cart(c) => {
+            for (k, v) in cart_fields(c) {
+                put(&k, v);
+            }
+            if let Some(inner) = &c.inner {
+                let mut inner = record_json(lsn, inner);
+                if let Value::Object(fields) = &mut inner {
+                    fields.remove("lsn");
+                }
+                put("order", inner);
+            }
+        }
     }
     Value::Object(m)
 }
@@ -236,6 +277,19 @@ pub fn record_line(lsn: u64, record: &Record) -> String {
                     kind(inner),
                     record_line(lsn, inner).split("  ").last().unwrap_or("")
                 ));
+            }
+            line.join(" ")
+        }
+        Record::Cart(c) => {
+            let fields = cart_fields(c);
+            let mut line: Vec<String> = (fields.iter())
+                .map(|(k, v)| match v {
+                    Value::String(s) if k == "cart" || k == "step" => s.clone(),
+                    v => format!("{k}={v}"),
+                })
+                .collect();
+            if let Some(inner) = &c.inner {
+                line.push(format!("[{}]", record_line(lsn, inner).split("  ").last().unwrap_or("").trim()));
             }
             line.join(" ")
         }
@@ -306,8 +360,23 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// No filter given: every record matches.
+    pub fn is_empty(&self) -> bool {
+        let Filter { sku, reservation, user, sale, order } = self;
+        sku.is_none() && reservation.is_none() && user.is_none() && sale.is_none() && order.is_none()
+    }
+
     /// `related` holds the ids of reservations seen to match (a commit names only its id).
     pub fn matches(&self, record: &Record, related: &mut std::collections::HashSet<u64>) -> bool {
+        // A checkout is judged by the order it placed; other cart steps name no SKU's stock,
+        // reservation, user or sale.
+        let record = match record {
+            Record::Cart(c) => match &c.inner {
+                Some(inner) => inner,
+                None => return self.is_empty(),
+            },
+            r => r,
+        };
         if let Some(want) = &self.order {
             // The order's records, and every record of the reservations they made (the engine's
             // own expiry of one names only the reservation).

@@ -11,7 +11,9 @@ use crate::engine::{
 };
 use rkyv::rancor;
 
+mod carts;
 mod orders;
+pub use carts::cart_step_name;
 pub use orders::step_name;
 
 pub const RECORD_MAGIC: [u8; 4] = *b"HFRC";
@@ -46,6 +48,8 @@ enum LogRecord {
     StockAdjustedKeyed(Box<LogAdjustKeyed>),
     // An order's step with the reservation record it made (`orders.rs`).
     Order(Box<orders::LogOrder>),
+    // A cart's step, with the order a checkout placed (`carts.rs`).
+    Cart(Box<carts::LogCart>),
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
@@ -179,6 +183,7 @@ fn to_log(record: &Record) -> LogRecord {
             LogRecord::QueueAdmitted { sale: s(sale), count: *count, at_ms: *at_ms }
         }
         Record::Order(o) => LogRecord::Order(Box::new(orders::to_log_order(o))),
+        Record::Cart(c) => LogRecord::Cart(Box::new(carts::to_log_cart(c))),
     }
 }
 
@@ -218,6 +223,8 @@ fn tags(record: &Record) -> [u64; 2] {
     };
     match record {
         Record::Order(o) => [o.reservation.as_ref().map_or(0, of), o.order.0.tag()],
+        // A checkout's: its order's.
+        Record::Cart(c) => c.inner.as_ref().map_or([0, 0], tags),
         other => [of(other), 0],
     }
 }
@@ -361,6 +368,7 @@ fn from_archived(r: &ArchivedLogRecord, tags: [u64; 2]) -> Result<Record, Invali
             at_ms: at_ms.to_native(),
         },
         ArchivedLogRecord::Order(o) => Record::Order(Box::new(orders::from_archived_order(o, tags)?)),
+        ArchivedLogRecord::Cart(c) => Record::Cart(Box::new(carts::from_archived_cart(c, tags)?)),
     })
 }
 
@@ -386,7 +394,14 @@ pub const STATE_MAGIC: [u8; 4] = *b"HFST";
 /// Version 3 added the SKUs each sale covers and the keys of stock adjustments.
 /// Version 4 added orders and the payment events remembered.
 /// Version 5 added the tags of reservation ids (`ReservationId::tag`); before it every tag is 0.
-pub const STATE_FORMAT_VERSION: u32 = 5;
+/// Version 6 added carts.
+pub const STATE_FORMAT_VERSION: u32 = 6;
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapStateV6 {
+    v5: SnapStateV5,
+    carts: Vec<carts::SnapCart>,
+}
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapStateV5 {
@@ -530,6 +545,15 @@ fn state_code(state: crate::engine::ReservationState) -> u8 {
 pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
     let mut out = Vec::new();
     prefix(&mut out, STATE_MAGIC, STATE_FORMAT_VERSION);
+    let snap = SnapStateV6 { v5: snap_v5(state), carts: carts::snap_carts(&state.carts) };
+    out.extend_from_slice(
+        &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
+    );
+    out
+}
+
+/// Everything but carts: version 5 of the snapshot, which version 6 wraps.
+fn snap_v5(state: &crate::engine::EngineState) -> SnapStateV5 {
     let v4 =
         SnapStateV4 { v3: snap_v3(state), orders: orders::snap_orders(&state.orders, &state.payment_events) };
     let tags = SnapTags {
@@ -537,11 +561,7 @@ pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
         keys: state.keys.iter().map(|k| k.id.tag()).collect(),
         orders: state.orders.iter().map(|o| (o.id.0.tag(), o.reservation.tag())).collect(),
     };
-    let snap = SnapStateV5 { v4, tags };
-    out.extend_from_slice(
-        &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
-    );
-    out
+    SnapStateV5 { v4, tags }
 }
 
 /// Everything but orders: version 3 of the snapshot, which version 4 wraps.
@@ -649,7 +669,7 @@ fn adjust_key(k: &ArchivedSnapAdjustKey) -> Result<crate::engine::RememberedAdju
 pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, DecodeError> {
     use crate::engine::{EngineState, RememberedKey, ReservationState, ReservationView, Stock};
     let found = payload.get(4..8).map_or(0, |v| u32::from_le_bytes(v.try_into().expect("4 bytes")));
-    let (mut adjust_keys, mut sale_skus, mut orders, mut tags) = (None, None, None, None);
+    let (mut adjust_keys, mut sale_skus, mut orders, mut tags, mut carts) = (None, None, None, None, None);
     let (snap, rooms) = match found {
         1 => {
             let body = unprefix(payload, STATE_MAGIC, 1, "snapshot")?;
@@ -677,8 +697,16 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
             (&v3.v2.base, Some(&v3.v2.rooms))
         }
         _ => {
-            let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
-            let v5 = rkyv::access::<ArchivedSnapStateV5, rancor::Error>(body).map_err(bad)?;
+            // Version 6 is version 5 with carts.
+            let v5 = if found == 5 {
+                let body = unprefix(payload, STATE_MAGIC, 5, "snapshot")?;
+                rkyv::access::<ArchivedSnapStateV5, rancor::Error>(body).map_err(bad)?
+            } else {
+                let body = unprefix(payload, STATE_MAGIC, STATE_FORMAT_VERSION, "snapshot")?;
+                let v6 = rkyv::access::<ArchivedSnapStateV6, rancor::Error>(body).map_err(bad)?;
+                carts = Some(&v6.carts);
+                &v6.v5
+            };
             tags = Some(&v5.tags);
             let v4 = &v5.v4;
             orders = Some(&v4.orders);
@@ -786,6 +814,9 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
     }
     if let Some(tags) = tags {
         tag_ids(&mut state, tags)?;
+    }
+    if let Some(carts) = carts {
+        state.carts = carts::carts_from(carts)?;
     }
     Ok(state)
 }

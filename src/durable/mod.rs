@@ -12,6 +12,8 @@
 pub mod codec;
 pub mod settings;
 
+use crate::carts::{Cart, CartError, ItemEdit, Merge};
+use crate::engine::CartId;
 use crate::engine::{
     Adjusted, ConfigError, Engine, EngineConfig, EngineState, IdempotencyKey, Joined, QueueError, Reason,
     Record, RecordSink, ReservationError, ReservationId, ReserveError, ReserveRequest, Reserved, RoomConfig,
@@ -208,6 +210,9 @@ pub struct Durable {
 
 /// Orders the timer ends per pass (it holds the orders' lock meanwhile; the next pass takes the rest).
 pub const ORDERS_PER_TICK: usize = 512;
+
+/// Idle carts the timer expires per pass (it holds the carts' lock meanwhile).
+pub const CARTS_PER_TICK: usize = 512;
 
 /// Records handed from the log's scan to the applier at a time.
 const REPLAY_BATCH: usize = 1024;
@@ -645,6 +650,45 @@ impl Durable {
     /// The orders' timers (see `Engine::orders_tick`): how late each cancelled order was.
     pub fn orders_tick(&self, now_ms: u64) -> Result<Logged<Vec<u64>>, Refused<OrderError>> {
         self.logged(OrderError::LogRefused, |sink| self.engine.orders_tick(now_ms, ORDERS_PER_TICK, sink))
+    }
+
+    pub fn set_cart_item(
+        &self,
+        cart: &CartId,
+        edit: &ItemEdit,
+        now_ms: u64,
+    ) -> Result<Logged<Cart>, Refused<CartError>> {
+        self.logged(CartError::LogRefused, |sink| self.engine.set_cart_item(cart, edit, now_ms, sink))
+    }
+
+    pub fn delete_cart(&self, cart: &CartId, now_ms: u64) -> Result<Logged<()>, Refused<CartError>> {
+        self.logged(CartError::LogRefused, |sink| self.engine.delete_cart(cart, now_ms, sink))
+    }
+
+    pub fn merge_carts(
+        &self,
+        into: &CartId,
+        from: &CartId,
+        now_ms: u64,
+    ) -> Result<Logged<(Cart, Merge)>, Refused<CartError>> {
+        self.logged(CartError::LogRefused, |sink| self.engine.merge_carts(into, from, now_ms, sink))
+    }
+
+    pub fn checkout_cart(
+        &self,
+        cart: &CartId,
+        template: &OrderRequest,
+        expected_sale: Option<Option<&SaleId>>,
+        now_ms: u64,
+    ) -> Result<Logged<(Order, bool)>, Refused<CartError>> {
+        self.logged(CartError::LogRefused, |sink| {
+            self.engine.checkout_cart(cart, template, expected_sale, now_ms, sink)
+        })
+    }
+
+    /// Expires idle carts (see `Engine::carts_tick`): how many.
+    pub fn carts_tick(&self, now_ms: u64) -> Result<Logged<usize>, Refused<CartError>> {
+        self.logged(CartError::LogRefused, |sink| self.engine.carts_tick(now_ms, CARTS_PER_TICK, sink))
     }
 
     /// Runs a periodic engine task that does as much as the log takes and cannot otherwise fail.

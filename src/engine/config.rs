@@ -36,6 +36,11 @@ pub struct EngineConfig {
     /// its arrival: see [`Engine::judged_at`](super::Engine::judged_at). Units of an expired hold
     /// return within this plus one expiry tick.
     pub commit_grace_ms: u64,
+    /// Carts held at once; a new cart beyond it is refused (`carts_full`), never made room for by
+    /// dropping another.
+    pub carts_max: usize,
+    /// How long a cart is kept after its last edit.
+    pub cart_idle_ms: u64,
     /// The key of reservation ids' tags (SipHash-2-4 of the id's sequence, see `ids.rs`). None: a
     /// random key drawn by each engine, which is what a server wants; tests fix it so that a
     /// workload's records repeat from run to run. Tags are kept in the log, so the key need not
@@ -67,6 +72,8 @@ impl Default for EngineConfig {
             // (`--commit-grace`) defaults to COMMIT_GRACE_MS.
             commit_grace_ms: 0,
             id_tag_key: None,
+            carts_max: 2_000_000,
+            cart_idle_ms: 30 * 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -121,6 +128,9 @@ impl EngineConfig {
         }
         if self.orders_max == 0 || self.payment_events_max == 0 {
             return fail("order and payment event bounds must be at least 1".into());
+        }
+        if self.carts_max == 0 || self.cart_idle_ms == 0 {
+            return fail("carts_max and cart_idle_ms must be at least 1".into());
         }
         if self.idempotency_keys_max == 0 || self.active_per_shard_max == 0 {
             return fail("table bounds must be at least 1".into());

@@ -3,7 +3,8 @@
 //! record is read back from the log.
 
 use crate::limits::{
-    IDEMPOTENCY_KEY_BYTES_MAX, REASON_CHARS_MAX, SALE_BYTES_MAX, SKU_BYTES_MAX, USER_BYTES_MAX,
+    CART_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX, REASON_CHARS_MAX, SALE_BYTES_MAX, SKU_BYTES_MAX,
+    USER_BYTES_MAX,
 };
 use std::borrow::Borrow;
 use std::fmt;
@@ -52,6 +53,11 @@ impl std::error::Error for NameError {}
 /// SKU and sale ids go into URL paths and metric labels: a conservative alphabet.
 fn is_id_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+}
+
+/// Cart ids are user or session ids that go into URL paths: the id alphabet and `@` (emails).
+fn is_cart_byte(b: u8) -> bool {
+    is_id_byte(b) || b == b'@'
 }
 
 /// User ids and idempotency keys come from other systems (UUIDs, emails, opaque tokens): any visible ASCII.
@@ -120,6 +126,11 @@ name_type!(
 name_type!(
     /// A buyer, as the checkout service names them: 1 to 128 bytes of visible ASCII.
     UserId, "user_id", USER_BYTES_MAX, is_token_byte
+);
+name_type!(
+    /// A cart, as the caller names it (a user id or a session id): 1 to 128 bytes of
+    /// `[A-Za-z0-9._:@-]`, so that it can stand in a URL path as it is.
+    CartId, "cart_id", CART_BYTES_MAX, is_cart_byte
 );
 name_type!(
     /// A client's idempotency key: 1 to 128 bytes of visible ASCII.

@@ -23,7 +23,9 @@ mod stock;
 mod types;
 
 pub use config::{ConfigError, EngineConfig, COMMIT_GRACE_MS};
-pub use ids::{IdText, IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId};
+pub use ids::{
+    CartId, IdText, IdempotencyKey, NameError, NameProblem, Reason, ReservationId, SaleId, SkuId, UserId,
+};
 pub use queue::{
     Joined, QueueError, QueueOrder, QueueState, QueueView, RoomConfig, RoomState, RoomTick, RoomView,
     ADMIT_PER_S_MAX, SESSION_MS_MAX, SESSION_MS_MIN,
@@ -68,6 +70,8 @@ pub struct Engine {
     /// Orders (`crate::orders`): their lock comes before every engine lock, and the plain reserve
     /// path never takes it.
     orders: parking_lot::Mutex<crate::orders::Book>,
+    /// Carts (`crate::carts`): their lock comes before the orders' (a checkout places an order).
+    carts: parking_lot::Mutex<crate::carts::Carts>,
     /// The key ids' tags are derived with (`EngineConfig::id_tag_key`).
     tag_key: u128,
 }
@@ -92,6 +96,7 @@ impl Engine {
             sale_book: Mutex::new(Default::default()),
             sku_sale: papaya::HashMap::builder().hasher(Default::default()).build(),
             orders: Default::default(),
+            carts: Default::default(),
             config,
         })
     }
@@ -103,6 +108,11 @@ impl Engine {
     /// The orders, under their lock (taken before any engine lock, never after).
     pub fn orders(&self) -> &parking_lot::Mutex<crate::orders::Book> {
         &self.orders
+    }
+
+    /// The carts, under their lock (taken before the orders' and any engine lock, never after).
+    pub fn carts(&self) -> &parking_lot::Mutex<crate::carts::Carts> {
+        &self.carts
     }
 
     /// A SKU's shard: a fixed hash of its name, so that it does not change between runs.

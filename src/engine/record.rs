@@ -76,6 +76,8 @@ pub enum Record {
     },
     /// An order's transition, with the reservation record it made (see `orders::book`).
     Order(Box<crate::orders::OrderRecord>),
+    /// A cart's edit, merge or end, with the order a checkout placed (see `carts::book`).
+    Cart(Box<crate::carts::CartRecord>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +110,7 @@ impl Record {
             | Record::Expired { at_ms, .. } => *at_ms,
             Record::Reserved(r) => r.created_at_ms,
             Record::Order(o) => o.at_ms,
+            Record::Cart(c) => c.at_ms,
         }
     }
 }

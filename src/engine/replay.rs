@@ -70,10 +70,22 @@ impl Engine {
                 let mut book = self.orders.lock();
                 match &order.reservation {
                     None => {}
-                    Some(Record::Order(_)) => return fail(format!("{} nests an order record", order.order)),
+                    Some(Record::Order(_) | Record::Cart(_)) => {
+                        return fail(format!("{} nests an order or cart record", order.order))
+                    }
                     Some(inner) => self.apply(inner)?,
                 }
                 book.apply(order).map_err(|detail| ReplayError { detail })?;
+            }
+            Record::Cart(cart) => {
+                // The carts' lock first, as on the live path; a checkout's order inside it.
+                let mut carts = self.carts.lock();
+                match &cart.inner {
+                    None => {}
+                    Some(order @ Record::Order(_)) => self.apply(order)?,
+                    Some(_) => return fail(format!("cart {} nests a record other than an order", cart.cart)),
+                }
+                carts.apply(cart).map_err(|detail| ReplayError { detail })?;
             }
         }
         Ok(())

@@ -30,6 +30,8 @@ pub struct EngineState {
     pub orders: Vec<crate::orders::Order>,
     /// Payment event ids remembered (hash, when seen), oldest first.
     pub payment_events: Vec<(u128, u64)>,
+    /// Carts, by id.
+    pub carts: Vec<crate::carts::Cart>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +107,7 @@ impl Engine {
         state.orders = orders.into_iter().filter(kept).collect();
         let live = |&(_, at): &(u128, u64)| at.saturating_add(c.payment_event_retention_ms) > now_ms;
         state.payment_events = events.into_iter().filter(live).collect();
+        state.carts = self.carts.lock().export();
         state
     }
 
@@ -188,6 +191,7 @@ impl Engine {
                 )));
             }
         }
+        *engine.carts.lock() = crate::carts::Carts::restore(&state.carts).map_err(fail)?;
         engine.check_consistency().map_err(fail)?;
         Ok(engine)
     }

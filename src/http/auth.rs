@@ -62,7 +62,12 @@ const OPS: &[Role] = &[Role::Admin, Role::Ops];
 pub fn rule(route: Route) -> Rule {
     match route {
         Route::PutSku | Route::AdjustSku | Route::PutSale => Rule::Roles(ADMIN),
-        Route::GetSku | Route::GetSale | Route::GetReservation | Route::GetOrder => Rule::Roles(READ),
+        Route::GetSku | Route::GetSale | Route::GetReservation | Route::GetOrder | Route::GetCart => {
+            Rule::Roles(READ)
+        }
+        Route::DeleteCart | Route::PutCartItem | Route::DeleteCartItem | Route::MergeCart => {
+            Rule::Roles(CHECKOUT)
+        }
         Route::Reserve => Rule::RolesOrAdmitted(CHECKOUT),
         Route::Commit | Route::Release | Route::Extend => Rule::Roles(CHECKOUT),
         Route::PlaceOrder | Route::AttachPayment | Route::CancelOrder => Rule::Roles(CHECKOUT),

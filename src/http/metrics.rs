@@ -122,6 +122,11 @@ pub struct Metrics {
     pub orders_settled_by_status: Counter,
     pub status_checks_failed: Counter,
     open_orders: Gauge,
+    /// Carts and their lines, read when scraped; merges and idle expiries counted.
+    carts: Gauge,
+    cart_items: Gauge,
+    pub cart_merges: Counter,
+    pub carts_expired: Counter,
     room_waiting: Family<SaleLabels, Gauge>,
     room_admitted: Family<SaleLabels, Counter>,
     room_sold_out: Family<SaleLabels, Counter>,
@@ -230,6 +235,10 @@ impl Metrics {
             orders_settled_by_status: Counter::default(),
             status_checks_failed: Counter::default(),
             open_orders: Gauge::default(),
+            carts: Gauge::default(),
+            cart_items: Gauge::default(),
+            cart_merges: Counter::default(),
+            carts_expired: Counter::default(),
             room_waiting: Family::default(),
             room_admitted: Family::default(),
             room_sold_out: Family::default(),
@@ -289,6 +298,14 @@ impl Metrics {
             m.status_checks_failed.clone(),
         );
         r.register("orders_open", "Orders awaiting a payment's outcome", m.open_orders.clone());
+        r.register("carts", "Carts held", m.carts.clone());
+        r.register("cart_items", "Lines in all carts", m.cart_items.clone());
+        r.register(
+            "cart_merges",
+            "Guest carts merged into another (repeats not counted)",
+            m.cart_merges.clone(),
+        );
+        r.register("carts_expired", "Carts removed after their idle time", m.carts_expired.clone());
         r.register("waitroom_waiting", "Shoppers waiting in each sale's queue", m.room_waiting.clone());
         r.register("waitroom_admitted", "Shoppers admitted, by sale", m.room_admitted.clone());
         r.register(
@@ -453,6 +470,12 @@ impl Metrics {
             let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
             gauge(&self.live_reservations, d.engine().active_reservations() as u64);
             gauge(&self.open_orders, d.engine().orders().lock().open_count() as u64);
+            let (carts, items) = {
+                let carts = d.engine().carts().lock();
+                (carts.len(), carts.items())
+            };
+            gauge(&self.carts, carts as u64);
+            gauge(&self.cart_items, items as u64);
             gauge(&self.appended_lsn, d.wal().appended_lsn());
             gauge(&self.acked_lsn, d.wal().acked_lsn());
             let (lsn, at_ms) = d.last_snapshot();

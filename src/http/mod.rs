@@ -10,6 +10,7 @@
 
 pub mod auth;
 mod body;
+mod carts;
 mod conn;
 mod dto;
 mod error;

@@ -3,9 +3,10 @@
 
 use super::error::{self, Problem};
 use super::routes::{idempotency_key, json, unkeyed, Handler, Reply};
+use crate::carts::CartError;
 use crate::clock::rfc3339;
 use crate::durable::Refused;
-use crate::engine::{SaleId, SkuId, UserId};
+use crate::engine::{CartId, SaleId, SkuId, UserId};
 use crate::limits::ITEMS_PER_RESERVATION_MAX;
 use crate::orders::webhook::{self, Headers, Refusal};
 use crate::orders::{
@@ -113,7 +114,7 @@ fn order_id(text: &str) -> Result<OrderId, Problem> {
     })
 }
 
-fn order_error(e: &Refused<OrderError>, skus: &[&str]) -> Problem {
+pub(super) fn order_error(e: &Refused<OrderError>, skus: &[&str]) -> Problem {
     let e = match e {
         Refused::Log(e) => return error::log_error(e),
         Refused::Engine(e) => e,
@@ -162,12 +163,15 @@ impl Handler<'_> {
         let key = idempotency_key(req)?.ok_or_else(|| {
             Problem::invalid("Idempotency-Key is required: a retried order must not buy twice")
         })?;
-        if body.cart_id.is_some() {
-            return Err(Problem::invalid("cart_id: this server has no carts; send items"));
-        }
         super::routes::admission_form(body.admission.as_deref())?;
-        let items = body.items.as_deref().ok_or_else(|| Problem::invalid("items: required"))?;
-        if items.is_empty() || items.len() > ITEMS_PER_RESERVATION_MAX {
+        let items = match (body.items.as_deref(), &body.cart_id) {
+            (Some(_), Some(_)) => return Err(Problem::invalid("items and cart_id: send one of them")),
+            (None, None) => return Err(Problem::invalid("items (or cart_id): required")),
+            // A cart's checkout: its lines are the cart's, read under the carts' lock.
+            (None, Some(_)) => &[][..],
+            (Some(items), None) => items,
+        };
+        if body.cart_id.is_none() && (items.is_empty() || items.len() > ITEMS_PER_RESERVATION_MAX) {
             return Err(Problem::invalid(format!("items: 1 to {ITEMS_PER_RESERVATION_MAX} lines")));
         }
         let lines = (items.iter().enumerate())
@@ -203,6 +207,10 @@ impl Handler<'_> {
     pub(super) async fn place_order(&self, req: Request<Bytes>) -> Result<Reply, Problem> {
         let body: PlaceIn = self.body(&req)?;
         let request = self.order_request(&body, &req)?;
+        if let Some(cart) = &body.cart_id {
+            let cart = super::carts::cart_id(cart)?;
+            return self.check_out_cart(&cart, &body, &request).await;
+        }
         let skus: Vec<&str> = request.lines.iter().map(|l| l.sku.as_str()).collect();
         // A retry of a placed order is answered before any admission check, as a reserve's is.
         let known = self.d.engine().order_by_key(&request.key, self.now_ms).map(|o| o.placed.fingerprint);
@@ -223,16 +231,40 @@ impl Handler<'_> {
         };
         let logged = self.counted("place_order", logged.map_err(|e| order_error(&e, &skus)))?;
         self.synced(logged.lsn).await?;
-        let (order, replayed) = &logged.value;
-        let mut response = json(StatusCode::CREATED, &order_out(order));
-        let headers = response.headers_mut();
-        if let Ok(location) = HeaderValue::from_str(&format!("/v1/orders/{}", order.id)) {
-            headers.insert(header::LOCATION, location);
-        }
-        if *replayed {
-            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-        }
-        Ok(response)
+        Ok(placed(&logged.value))
+    }
+
+    /// `POST /v1/orders {"cart_id"}`: the cart's lines at their prices, the cart removed with the
+    /// order placed (one record). Admission is checked for the sale the cart's SKUs fall in.
+    async fn check_out_cart(
+        &self,
+        cart: &CartId,
+        body: &PlaceIn,
+        template: &OrderRequest,
+    ) -> Result<Reply, Problem> {
+        let engine = self.d.engine();
+        let skus: Vec<SkuId> = match engine.carts().lock().get(cart.as_str()) {
+            Some(c) => c.items.iter().map(|i| i.sku.clone()).collect(),
+            None => Vec::new(),
+        };
+        let names: Vec<&str> = skus.iter().map(|s| s.as_str()).collect();
+        let known = engine.order_by_key(&template.key, self.now_ms).is_some();
+        let logged = match engine.sale_for(skus.iter(), template.sale.as_ref()) {
+            Ok(sale) if !known => {
+                if let Some(sale) = &sale {
+                    self.check_admission(sale, &body.user_id, body.admission.as_deref())?;
+                }
+                self.d.checkout_cart(cart, template, Some(sale.as_ref()), self.now_ms)
+            }
+            _ => self.d.checkout_cart(cart, template, None, self.now_ms),
+        };
+        let logged = logged.map_err(|e| match e {
+            Refused::Engine(CartError::Order(e)) => order_error(&Refused::Engine(e), &names),
+            e => super::carts::cart_error(&e),
+        });
+        let logged = self.counted("checkout_cart", logged)?;
+        self.synced(logged.lsn).await?;
+        Ok(placed(&logged.value))
     }
 
     pub(super) async fn get_order(&self, id: &str) -> Result<Reply, Problem> {
@@ -388,4 +420,17 @@ fn signature_problem(r: &Refusal) -> Problem {
             "no active webhook secret signed this body",
         ),
     }
+}
+
+/// 201 with the order placed (and `Idempotent-Replayed` on a repeat).
+fn placed((order, replayed): &(Order, bool)) -> Reply {
+    let mut response = json(StatusCode::CREATED, &order_out(order));
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/orders/{}", order.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    if *replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
 }

@@ -42,6 +42,11 @@ pub enum Route {
     AttachPayment,
     CancelOrder,
     PaymentWebhook,
+    GetCart,
+    DeleteCart,
+    PutCartItem,
+    DeleteCartItem,
+    MergeCart,
     Metrics,
     Healthz,
     Readyz,
@@ -49,7 +54,7 @@ pub enum Route {
 }
 
 /// Every route, for the OpenAPI check and the metrics' labels.
-pub const ROUTES: [Route; 21] = [
+pub const ROUTES: [Route; 26] = [
     Route::PutSku,
     Route::GetSku,
     Route::AdjustSku,
@@ -67,6 +72,11 @@ pub const ROUTES: [Route; 21] = [
     Route::AttachPayment,
     Route::CancelOrder,
     Route::PaymentWebhook,
+    Route::GetCart,
+    Route::DeleteCart,
+    Route::PutCartItem,
+    Route::DeleteCartItem,
+    Route::MergeCart,
     Route::Metrics,
     Route::Healthz,
     Route::Readyz,
@@ -94,6 +104,11 @@ impl Route {
             Route::AttachPayment => "POST /v1/orders/{id}/payment",
             Route::CancelOrder => "POST /v1/orders/{id}/cancel",
             Route::PaymentWebhook => "POST /v1/webhooks/payments",
+            Route::GetCart => "GET /v1/carts/{cart}",
+            Route::DeleteCart => "DELETE /v1/carts/{cart}",
+            Route::PutCartItem => "PUT /v1/carts/{cart}/items/{sku}",
+            Route::DeleteCartItem => "DELETE /v1/carts/{cart}/items/{sku}",
+            Route::MergeCart => "POST /v1/carts/{cart}/merge",
             Route::Metrics => "GET /metrics",
             Route::Healthz => "GET /healthz",
             Route::Readyz => "GET /readyz",
@@ -123,6 +138,7 @@ impl Route {
             return Err(no_route(path));
         }
         let (get, put, post) = (method == Method::GET, method == Method::PUT, method == Method::POST);
+        let delete = method == Method::DELETE;
         let (route, param, allowed) = match parts {
             [Some("v1"), Some("skus"), Some(sku), None, None] if !sku.is_empty() => {
                 let route = if get { Some(Route::GetSku) } else { put.then_some(Route::PutSku) };
@@ -157,6 +173,22 @@ impl Route {
                     _ => return Err(no_route(path)),
                 };
                 (post.then_some(route), id, "POST")
+            }
+            [Some("v1"), Some("carts"), Some(cart), None, None] if !cart.is_empty() => {
+                let route = if get { Some(Route::GetCart) } else { delete.then_some(Route::DeleteCart) };
+                (route, cart, "GET, DELETE")
+            }
+            [Some("v1"), Some("carts"), Some(cart), Some("merge"), None] if !cart.is_empty() => {
+                (post.then_some(Route::MergeCart), cart, "POST")
+            }
+            [Some("v1"), Some("carts"), Some(cart), Some("items"), Some(sku)]
+                if !cart.is_empty() && !sku.is_empty() =>
+            {
+                // The route's parameter is the whole `cart/items/sku`; the handler splits it.
+                let param = path.strip_prefix("/v1/carts/").unwrap_or_default();
+                let route =
+                    if put { Some(Route::PutCartItem) } else { delete.then_some(Route::DeleteCartItem) };
+                (route, param, "PUT, DELETE")
             }
             [Some("v1"), Some("webhooks"), Some("payments"), None, None] => {
                 (post.then_some(Route::PaymentWebhook), "", "POST")
@@ -374,6 +406,10 @@ async fn dispatch(
         Route::AttachPayment => h.attach_payment(&param, req).await,
         Route::CancelOrder => h.cancel_order(&param, req).await,
         Route::PaymentWebhook => h.payment_webhook(req).await,
+        Route::GetCart => h.get_cart(&param).await,
+        Route::DeleteCart => h.delete_cart(&param, req).await,
+        Route::PutCartItem | Route::DeleteCartItem => h.set_cart_item(&param, req).await,
+        Route::MergeCart => h.merge_cart(&param, req).await,
         Route::Metrics | Route::Healthz | Route::Readyz | Route::OpenApi => unreachable!("answered above"),
     }
 }

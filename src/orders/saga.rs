@@ -201,7 +201,19 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<(Order, bool), OrderError> {
-        let fingerprint = req.fingerprint();
+        self.place_order_as(req, req.fingerprint(), expected_sale, now_ms, sink)
+    }
+
+    /// `place_order` with the digest a repeat is compared by (a cart's checkout names the cart, not
+    /// its lines: see `carts::checkout_fingerprint`).
+    pub(crate) fn place_order_as(
+        &self,
+        req: &OrderRequest,
+        fingerprint: u128,
+        expected_sale: Option<Option<&SaleId>>,
+        now_ms: u64,
+        sink: &mut impl RecordSink,
+    ) -> Result<(Order, bool), OrderError> {
         let mut book = self.book_at(now_ms);
         if let Some(order) = book.by_key(&req.key) {
             if order.placed.fingerprint != fingerprint {

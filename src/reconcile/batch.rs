@@ -457,6 +457,12 @@ impl Changes {
                 }
                 self.orders.add(l, o);
             }
+            // Carts are not mirrored; a checkout's order is, as any order.
+            Record::Cart(c) => {
+                if let Some(inner) = &c.inner {
+                    self.add(lsn, inner);
+                }
+            }
             Record::StockSet { .. }
             | Record::StockAdjusted { .. }
             | Record::SaleSet { .. }

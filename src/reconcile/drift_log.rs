@@ -60,6 +60,7 @@ fn events_of(record: &Record) -> (Option<String>, Option<String>) {
         _ => None,
     };
     match record {
+        Record::Cart(c) => c.inner.as_ref().map_or((None, None), events_of),
         Record::Order(o) => (
             o.reservation.as_ref().and_then(reservation),
             Some(format!("order {} {}", o.order, codec::step_name(&o.step))),

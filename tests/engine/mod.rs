@@ -1,3 +1,4 @@
+mod carts_model;
 mod concurrency;
 mod late_commit;
 mod model;

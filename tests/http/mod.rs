@@ -4,6 +4,7 @@
 mod api;
 pub mod auth;
 mod bad_input;
+mod carts;
 pub mod harness;
 mod ids;
 mod keys;

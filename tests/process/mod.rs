@@ -3,6 +3,7 @@
 //! the same data directory, and after every kill opens the directory itself and checks every printed
 //! operation against what recovery finds.
 
+mod carts;
 mod orders;
 
 use holdfast::durable::Durable;

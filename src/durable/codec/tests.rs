@@ -98,7 +98,7 @@ fn a_keyed_adjustment_round_trips_and_an_unkeyed_one_keeps_the_first_layout() {
 }
 
 #[test]
-fn a_state_with_adjustment_keys_sale_skus_and_orders_round_trips_as_version_5() {
+fn a_state_with_adjustment_keys_sale_skus_orders_and_carts_round_trips_as_version_6() {
     use crate::engine::{EngineState, RememberedAdjustKey, Stock};
     let stock = Stock { on_hand: 20, available: 16, reserved: 4, sold: 0 };
     let key = IdempotencyKey::new("po-77").expect("valid");
@@ -108,11 +108,33 @@ fn a_state_with_adjustment_keys_sale_skus_and_orders_round_trips_as_version_5() 
     state.sale_skus.push((sale, vec![SkuId::new("tee").expect("valid")]));
     state.orders.push(sample_order());
     state.payment_events.push((u128::MAX - 1, 77));
+    let item = |sku: &str, qty, unit_price| crate::carts::CartItem {
+        sku: SkuId::new(sku).expect("valid"),
+        qty,
+        unit_price,
+    };
+    state.carts.push(crate::carts::Cart {
+        id: crate::engine::CartId::new("ann@example.com").expect("valid"),
+        items: vec![item("mug", 1, None), item("tee", 2, Some(1_500))],
+        created_at_ms: 5,
+        touched_at_ms: 8,
+        merged_from: vec![crate::engine::CartId::new("sess-1").expect("valid")],
+    });
     let bytes = encode_state(&state);
-    assert_eq!(bytes[4], 5);
+    assert_eq!(bytes[4], 6);
     let words = aligned(&bytes);
     let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..bytes.len()]);
     assert_eq!(decoded.expect("decodes"), state);
+
+    // A version 5 snapshot (written before carts) still reads, with none.
+    let mut v5 = Vec::new();
+    prefix(&mut v5, STATE_MAGIC, 5);
+    v5.extend_from_slice(&rkyv::to_bytes::<rancor::Error>(&snap_v5(&state)).expect("serialises"));
+    let words = aligned(&v5);
+    let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..v5.len()]).expect("decodes");
+    let carts = std::mem::take(&mut state.carts);
+    assert_eq!(decoded, state);
+    assert_eq!(carts.len(), 1);
 
     // A version 3 snapshot (written before orders) still reads, with none.
     let mut v3 = Vec::new();
@@ -348,4 +370,28 @@ fn a_snapshot_keeps_every_ids_tag_and_a_version_4_one_reads_with_none() {
     assert_eq!(decoded.reservations[0].id, ReservationId::from_parts(id.raw(), 0).expect("valid"));
     assert_eq!(decoded.keys[0].id.tag(), 0);
     assert_eq!((decoded.orders[0].id.0.tag(), decoded.orders[0].reservation.tag()), (0, 0));
+}
+
+#[test]
+fn cart_records_round_trip_with_a_checkout_carrying_its_order_and_its_tags() {
+    use crate::carts::{CartItem, CartRecord, CartStep, Ending};
+    use crate::engine::CartId;
+    let cart = CartId::new("ann@example.com").expect("valid");
+    let tee = SkuId::new("tee").expect("valid");
+    let step =
+        |step, inner| Record::Cart(Box::new(CartRecord { cart: cart.clone(), step, inner, at_ms: 42 }));
+    let line = CartItem { sku: tee.clone(), qty: 3, unit_price: Some(1_500) };
+    let placed = order_sample()[0].clone();
+    let records = [
+        step(CartStep::ItemSet { sku: tee.clone(), qty: 3, unit_price: Some(1_500) }, None),
+        step(CartStep::ItemSet { sku: tee.clone(), qty: 1, unit_price: None }, None),
+        step(CartStep::ItemRemoved { sku: tee.clone() }, None),
+        step(CartStep::Merged { from: CartId::new("sess-1").expect("valid"), items: vec![line] }, None),
+        step(CartStep::Removed(Ending::Deleted), None),
+        step(CartStep::Removed(Ending::Expired), None),
+        step(CartStep::Removed(Ending::CheckedOut), Some(placed)),
+    ];
+    for record in records {
+        assert_eq!(round_trip(&record), Ok(record));
+    }
 }
