@@ -349,6 +349,19 @@ pub fn order_json(o: &crate::orders::Order) -> Value {
     out
 }
 
+/// A cart as the log tools show it.
+pub fn cart_json(c: &crate::carts::Cart) -> Value {
+    json!({
+        "id": c.id.as_str(),
+        "items": c.items.iter()
+            .map(|i| json!({"sku": i.sku.as_str(), "qty": i.qty, "unit_price": i.unit_price}))
+            .collect::<Vec<_>>(),
+        "created_at": time(c.created_at_ms),
+        "updated_at": time(c.touched_at_ms),
+        "merged_from": c.merged_from.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+    })
+}
+
 /// Whether a record concerns a SKU, a reservation, a user or a sale (the filters of dump and trace).
 #[derive(Default)]
 pub struct Filter {
@@ -357,17 +370,30 @@ pub struct Filter {
     pub user: Option<String>,
     pub sale: Option<String>,
     pub order: Option<String>,
+    pub cart: Option<String>,
 }
 
 impl Filter {
     /// No filter given: every record matches.
     pub fn is_empty(&self) -> bool {
-        let Filter { sku, reservation, user, sale, order } = self;
-        sku.is_none() && reservation.is_none() && user.is_none() && sale.is_none() && order.is_none()
+        let Filter { sku, reservation, user, sale, order, cart } = self;
+        [sku, reservation, user, sale, order, cart].iter().all(|f| f.is_none())
     }
 
     /// `related` holds the ids of reservations seen to match (a commit names only its id).
     pub fn matches(&self, record: &Record, related: &mut std::collections::HashSet<u64>) -> bool {
+        if let Some(want) = &self.cart {
+            return match record {
+                Record::Cart(c) => {
+                    let from = match &c.step {
+                        crate::carts::CartStep::Merged { from, .. } => Some(from.as_str()),
+                        _ => None,
+                    };
+                    c.cart.as_str() == want || from == Some(want.as_str())
+                }
+                _ => false,
+            };
+        }
         // A checkout is judged by the order it placed; other cart steps name no SKU's stock,
         // reservation, user or sale.
         let record = match record {

@@ -175,6 +175,9 @@ struct DumpArgs {
     /// An order (`ord_…`): its steps and its reservations' records.
     #[arg(long)]
     order: Option<String>,
+    /// A cart: its edits, merges (into it or from it) and its end.
+    #[arg(long)]
+    cart: Option<String>,
     /// Keep printing records as they are appended, like `tail -f`.
     #[arg(long)]
     follow: bool,
@@ -204,6 +207,9 @@ struct ReplayArgs {
     /// person (refund_due, payment_mismatch).
     #[arg(long)]
     order: Vec<String>,
+    /// These carts (repeatable), as they were.
+    #[arg(long)]
+    cart: Vec<String>,
     /// Write the JSON here instead of standard output.
     #[arg(long)]
     output: Option<PathBuf>,

@@ -173,6 +173,7 @@ pub(super) fn dump(args: &DumpArgs, out: &mut Out<'_>) -> anyhow::Result<()> {
         user: args.user.clone(),
         sale: args.sale.clone(),
         order: args.order.clone(),
+        cart: args.cart.clone(),
     };
     let mut related = HashSet::new();
     let mut last = args.from_lsn.unwrap_or(1).saturating_sub(1);
@@ -229,6 +230,7 @@ pub(super) fn trace(args: &TraceArgs, out: &mut Out<'_>) -> anyhow::Result<()> {
         user: args.user.clone(),
         sale: None,
         order: args.order.clone(),
+        cart: None,
     };
     let mut related = HashSet::new();
     let mut found = 0u64;

@@ -89,6 +89,10 @@ pub(super) fn replay(args: &ReplayArgs, out: &mut Out<'_>) -> anyhow::Result<()>
         })
         .map(describe::order_json)
         .collect();
+    let carts: Vec<Value> = (state.carts.iter())
+        .filter(|c| args.cart.iter().any(|want| want == c.id.as_str()))
+        .map(describe::cart_json)
+        .collect();
     let report = json!({
         "lsn": at.0,
         "at": (at.1 > 0).then(|| time(at.1)),
@@ -96,6 +100,8 @@ pub(super) fn replay(args: &ReplayArgs, out: &mut Out<'_>) -> anyhow::Result<()>
         "skus": skus,
         "reservations": reservations,
         "orders": orders,
+        "cart_count": state.carts.len(),
+        "carts": carts,
     });
     let text = serde_json::to_string_pretty(&report)?;
     match &args.output {

@@ -3,6 +3,7 @@
 //! documented, replay equal to the engine's state at several LSNs and times, trace equal to the
 //! workload's history.
 
+mod carts;
 mod orders;
 
 use holdfast::durable::Durable;
