@@ -34,30 +34,40 @@ pub fn kind(record: &Record) -> &'static str {
         Record::Expired { .. } => "expired",
         Record::Order(_) => "order",
         Record::Cart(_) => "cart",
+        Record::CartHold { .. } => "cart_hold",
     }
 }
 
-/// A cart step's own fields (a checkout's order is shown beside them).
+/// A cart line as the tools show it: with its hold's reservation and deadline, if held.
+fn cart_line(i: &crate::carts::CartItem) -> Value {
+    let mut line = json!({"sku": i.sku.as_str(), "qty": i.qty, "unit_price": i.unit_price});
+    if let Some(h) = i.hold {
+        line["hold"] =
+            json!({"id": h.id.to_string(), "expires_at": time(h.expires_at_ms), "since": time(h.since_ms)});
+    }
+    line
+}
+
+/// A cart step's own fields (the holds and the order it made are shown beside them).
 fn cart_fields(c: &crate::carts::CartRecord) -> Map<String, Value> {
     use crate::carts::CartStep;
     let mut m = Map::new();
     m.insert("cart".into(), json!(c.cart.as_str()));
     m.insert("step".into(), json!(crate::durable::codec::cart_step_name(&c.step)));
-    let line = |sku: &crate::engine::SkuId, qty: u32, price: Option<u64>| json!({"sku": sku.as_str(), "qty": qty, "unit_price": price});
     match &c.step {
-        CartStep::ItemSet { sku, qty, unit_price } => {
-            m.insert("sku".into(), json!(sku.as_str()));
-            m.insert("qty".into(), json!(qty));
-            if let Some(p) = unit_price {
-                m.insert("unit_price".into(), json!(p));
-            }
+        CartStep::ItemSet(item) => {
+            m.insert("line".into(), cart_line(item));
+        }
+        CartStep::ItemMoved { from, item } => {
+            m.insert("from".into(), json!(from.as_str()));
+            m.insert("line".into(), cart_line(item));
         }
         CartStep::ItemRemoved { sku } => {
             m.insert("sku".into(), json!(sku.as_str()));
         }
         CartStep::Merged { from, items } => {
             m.insert("from".into(), json!(from.as_str()));
-            m.insert("items".into(), items.iter().map(|i| line(&i.sku, i.qty, i.unit_price)).collect());
+            m.insert("items".into(), items.iter().map(cart_line).collect());
         }
         CartStep::Removed(_) => {}
     }
@@ -107,9 +117,10 @@ fn order_fields(o: &crate::orders::OrderRecord) -> Map<String, Value> {
     m
 }
 
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 15] = [
     "order",
     "cart",
+    "cart_hold",
     "stock_set",
     "stock_adjusted",
     "sale_set",
@@ -168,6 +179,10 @@ pub fn record_json(lsn: u64, record: &Record) -> Value {
             put("user", json!(user.as_str()));
         }
         Record::QueueOpened { sale, .. } => put("sale", json!(sale.as_str())),
+        Record::CartHold { sale, hold_ms, .. } => {
+            put("sale", json!(sale.as_str()));
+            put("cart_hold_ms", json!(hold_ms));
+        }
         Record::QueueAdmitted { sale, count, .. } => {
             put("sale", json!(sale.as_str()));
             put("count", json!(count));
@@ -209,12 +224,19 @@ pub fn record_json(lsn: u64, record: &Record) -> Value {
             for (k, v) in cart_fields(c) {
                 put(&k, v);
             }
-            if let Some(inner) = &c.inner {
-                let mut inner = record_json(lsn, inner);
-                if let Value::Object(fields) = &mut inner {
+            let mut holds = Vec::new();
+            for inner in &c.inner {
+                let mut shown = record_json(lsn, inner);
+                if let Value::Object(fields) = &mut shown {
                     fields.remove("lsn");
                 }
-                put("order", inner);
+                match inner {
+                    Record::Order(_) => put("order", shown),
+                    _ => holds.push(shown),
+                }
+            }
+            if !holds.is_empty() {
+                put("holds", Value::Array(holds));
             }
         }
     }
@@ -244,6 +266,7 @@ pub fn record_line(lsn: u64, record: &Record) -> String {
         ),
         Record::QueueJoined { sale, user, .. } => format!("{} user={}", sale.as_str(), user.as_str()),
         Record::QueueOpened { sale, .. } => sale.as_str().to_owned(),
+        Record::CartHold { sale, hold_ms, .. } => format!("{} cart_hold_ms={hold_ms}", sale.as_str()),
         Record::QueueAdmitted { sale, count, .. } => format!("{} count={count}", sale.as_str()),
         Record::Reserved(r) => {
             let what: Vec<String> = r.items.iter().map(|i| format!("{}x{}", i.qty, i.sku.as_str())).collect();
@@ -288,8 +311,9 @@ pub fn record_line(lsn: u64, record: &Record) -> String {
                     v => format!("{k}={v}"),
                 })
                 .collect();
-            if let Some(inner) = &c.inner {
-                line.push(format!("[{}]", record_line(lsn, inner).split("  ").last().unwrap_or("").trim()));
+            for inner in &c.inner {
+                let shown = record_line(lsn, inner);
+                line.push(format!("[{}: {}]", kind(inner), shown.split("  ").last().unwrap_or("").trim()));
             }
             line.join(" ")
         }
@@ -394,15 +418,22 @@ impl Filter {
                 _ => false,
             };
         }
-        // A checkout is judged by the order it placed; other cart steps name no SKU's stock,
+        // A cart's step is judged by the holds and the order it made (every one of them, so that
+        // the reservations they name are followed); a step without any names no SKU's stock,
         // reservation, user or sale.
-        let record = match record {
-            Record::Cart(c) => match &c.inner {
-                Some(inner) => inner,
-                None => return self.is_empty(),
-            },
-            r => r,
-        };
+        if let Record::Cart(c) = record {
+            if c.inner.is_empty() {
+                return self.is_empty();
+            }
+            let mut hit = false;
+            for r in &c.inner {
+                hit |= self.matches(r, related);
+            }
+            return hit;
+        }
+        if let Record::CartHold { sale, .. } = record {
+            return self.is_empty() || self.sale.as_deref() == Some(sale.as_str());
+        }
         if let Some(want) = &self.order {
             // The order's records, and every record of the reservations they made (the engine's
             // own expiry of one names only the reservation).

@@ -2,7 +2,7 @@
 //! by `apply`, from records decided under the engine's rules (`ops.rs`), so that the live path and
 //! replay share one code path and reproduce the same carts.
 
-use crate::engine::{CartId, Record, SkuId};
+use crate::engine::{CartId, Record, ReservationId, SaleId, SkuId};
 use crate::limits::CART_MERGES_REMEMBERED;
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,6 +13,18 @@ pub struct CartItem {
     pub qty: u32,
     /// The price the shopper saw when adding it, in the currency's minor unit: what checkout charges.
     pub unit_price: Option<u64>,
+    /// The soft hold on its units, in a sale with `cart_hold_ms` (the engine's reservation; it may
+    /// have lapsed since: the engine expires it like any hold).
+    pub hold: Option<Hold>,
+}
+
+/// A cart line's hold: its reservation, its deadline, and when the line was first held (edits renew
+/// the hold, never past `since_ms + hold_ms_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub id: ReservationId,
+    pub expires_at_ms: u64,
+    pub since_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,14 +73,18 @@ impl Ending {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CartStep {
-    /// A SKU's line set to `qty` (at least 1), creating the cart if it did not exist.
-    ItemSet {
-        sku: SkuId,
-        qty: u32,
-        unit_price: Option<u64>,
-    },
+    /// A SKU's line set (qty at least 1), creating the cart if it did not exist. With a hold, the
+    /// record's `inner` holds its `Reserved` (after the end of the line's earlier hold, if any).
+    ItemSet(CartItem),
+    /// With the end of the line's hold in `inner`, if it had one still active.
     ItemRemoved {
         sku: SkuId,
+    },
+    /// A held line of the cart `from` moved into the record's cart (replacing its line of that SKU),
+    /// its holds ended and the line's new hold reserved in `inner`: one line of a merge with holds.
+    ItemMoved {
+        from: CartId,
+        item: CartItem,
     },
     /// `from` merged into the record's cart: `items` is the cart's lines after the merge (quantities
     /// added and capped when it was decided), and `from` is gone.
@@ -83,19 +99,21 @@ pub enum CartStep {
 pub struct CartRecord {
     pub cart: CartId,
     pub step: CartStep,
-    /// The record the step made in another part of the engine, applied before the step: a checkout's
-    /// order (`Record::Order` with its `Placed`).
-    pub inner: Option<Record>,
+    /// The records the step made in the engine, applied before the step, in order: holds ended and
+    /// reserved, and a checkout's order (`Record::Order` with its `Placed`) last.
+    pub inner: Vec<Record>,
     pub at_ms: u64,
 }
 
 /// A record that cannot follow the carts it was applied to.
 pub type CartsError = String;
 
-/// Every cart, and when each falls idle.
+/// Every cart, when each falls idle, and the sales whose SKUs a cart holds.
 #[derive(Default)]
 pub struct Carts {
     carts: HashMap<CartId, Cart, foldhash::fast::RandomState>,
+    /// Sale → `cart_hold_ms`: adding its SKUs to a cart reserves them for that long.
+    hold_ms: HashMap<SaleId, u64, foldhash::fast::RandomState>,
     /// Carts by the time they expire (`touched_at_ms + idle`), kept as `touched_at_ms`.
     by_touch: BTreeSet<(u64, CartId)>,
     items: usize,
@@ -133,23 +151,20 @@ impl Carts {
     /// Applies one step. A record's `inner` was applied already.
     pub fn apply(&mut self, r: &CartRecord) -> Result<(), CartsError> {
         match &r.step {
-            CartStep::ItemSet { sku, qty, unit_price } => {
-                if *qty == 0 {
-                    return Err(format!("cart {} sets {sku} to 0", r.cart));
+            CartStep::ItemSet(line) => self.set_line(&r.cart, line, r.at_ms)?,
+            CartStep::ItemMoved { from, item } => {
+                if *from == r.cart {
+                    return Err(format!("cart {} moved a line from itself", r.cart));
                 }
-                let cart = self.touch(&r.cart, r.at_ms);
-                let line = CartItem { sku: sku.clone(), qty: *qty, unit_price: *unit_price };
-                let added = match cart.items.binary_search_by(|i| i.sku.cmp(sku)) {
-                    Ok(at) => {
-                        cart.items[at] = line;
-                        false
-                    }
-                    Err(at) => {
-                        cart.items.insert(at, line);
-                        true
-                    }
+                let Some(guest) = self.carts.get_mut(from) else {
+                    return Err(format!("cart {from} moved from but not known"));
                 };
-                self.items += usize::from(added);
+                let Ok(at) = guest.items.binary_search_by(|i| i.sku.cmp(&item.sku)) else {
+                    return Err(format!("cart {from} has no {} to move", item.sku));
+                };
+                guest.items.remove(at);
+                self.items -= 1;
+                self.set_line(&r.cart, item, r.at_ms)?;
             }
             CartStep::ItemRemoved { sku } => {
                 let Some(cart) = self.carts.get(&r.cart) else {
@@ -181,13 +196,52 @@ impl Carts {
                 self.items = self.items - before + items.len();
             }
             CartStep::Removed(ending) => {
-                if *ending == Ending::CheckedOut && !matches!(r.inner, Some(Record::Order(_))) {
+                if *ending == Ending::CheckedOut && !matches!(r.inner.last(), Some(Record::Order(_))) {
                     return Err(format!("cart {} checked out without its order", r.cart));
                 }
                 self.remove(&r.cart).ok_or_else(|| format!("cart {} removed but not known", r.cart))?;
             }
         }
         Ok(())
+    }
+
+    fn set_line(&mut self, cart: &CartId, line: &CartItem, at_ms: u64) -> Result<(), CartsError> {
+        if line.qty == 0 {
+            return Err(format!("cart {cart} sets {} to 0", line.sku));
+        }
+        let cart = self.touch(cart, at_ms);
+        let added = match cart.items.binary_search_by(|i| i.sku.cmp(&line.sku)) {
+            Ok(at) => {
+                cart.items[at] = line.clone();
+                false
+            }
+            Err(at) => {
+                cart.items.insert(at, line.clone());
+                true
+            }
+        };
+        self.items += usize::from(added);
+        Ok(())
+    }
+
+    /// The hold a sale's SKUs get in a cart (`None`: none).
+    pub fn hold_ms(&self, sale: &str) -> Option<u64> {
+        self.hold_ms.get(sale).copied()
+    }
+
+    /// Sets a sale's `cart_hold_ms` (0: none).
+    pub fn set_hold_ms(&mut self, sale: &SaleId, hold_ms: u64) {
+        match hold_ms {
+            0 => self.hold_ms.remove(sale),
+            ms => self.hold_ms.insert(sale.clone(), ms),
+        };
+    }
+
+    /// Each sale's `cart_hold_ms`, by sale, for a snapshot.
+    pub fn export_holds(&self) -> Vec<(SaleId, u64)> {
+        let mut holds: Vec<(SaleId, u64)> = self.hold_ms.iter().map(|(s, ms)| (s.clone(), *ms)).collect();
+        holds.sort();
+        holds
     }
 
     /// The cart, created if new, touched at `at_ms`.
@@ -220,9 +274,12 @@ impl Carts {
         carts
     }
 
-    /// Carts holding a snapshot's.
-    pub fn restore(carts: &[Cart]) -> Result<Carts, CartsError> {
+    /// Carts holding a snapshot's carts and sales' holds.
+    pub fn restore(carts: &[Cart], holds: &[(SaleId, u64)]) -> Result<Carts, CartsError> {
         let mut book = Carts::default();
+        for (sale, ms) in holds {
+            book.set_hold_ms(sale, *ms);
+        }
         for cart in carts {
             let sorted = cart.items.windows(2).all(|w| w[0].sku < w[1].sku);
             if !sorted || cart.items.iter().any(|i| i.qty == 0) || book.carts.contains_key(&cart.id) {

@@ -8,5 +8,5 @@
 pub mod book;
 pub mod ops;
 
-pub use book::{Cart, CartItem, CartRecord, CartStep, Carts, Ending};
+pub use book::{Cart, CartItem, CartRecord, CartStep, Carts, Ending, Hold};
 pub use ops::{checkout_fingerprint, CartError, ItemEdit, Merge};

@@ -2,9 +2,17 @@
 //!
 //! Lock order: carts, then orders (a checkout places an order), then the engine's own locks. The
 //! plain reserve path takes none of the first two, so carts never slow it.
+//!
+//! Soft holds: in a sale with `cart_hold_ms`, a cart line's units are an engine reservation of the
+//! cart (its id as the user, so the sale's per-user limit counts them). An edit, a merge or a
+//! checkout ends the line's hold and takes the new one in one decision (`Engine::rehold`), logged in
+//! the cart's record: no other shopper can take the units in between.
 
-use super::book::{Cart, CartItem, CartRecord, CartStep, Carts, Ending};
-use crate::engine::{CartId, Engine, Record, RecordSink, SinkRefused, SkuId};
+use super::book::{Cart, CartItem, CartRecord, CartStep, Carts, Ending, Hold};
+use crate::engine::{
+    CartId, Engine, Item, NewHold, Record, RecordSink, ReservationId, ReservationState, ReserveError, SaleId,
+    SinkRefused, SkuId, UserId,
+};
 use crate::limits::{CART_ITEMS_MAX, QTY_PER_ITEM_MAX};
 use crate::orders::{Order, OrderError, OrderLine, OrderRequest};
 
@@ -31,6 +39,8 @@ pub enum CartError {
     Unpriced {
         sku: SkuId,
     },
+    /// A line's soft hold was refused, as a reserve would be (short of stock, over the limit).
+    Hold(ReserveError),
     /// The order was refused (its reserve, its key, its bounds).
     Order(OrderError),
     LogRefused,
@@ -53,10 +63,35 @@ pub struct ItemEdit {
     pub unit_price: Option<u64>,
 }
 
+fn refused(e: ReserveError) -> CartError {
+    match e {
+        ReserveError::LogRefused => CartError::LogRefused,
+        e => CartError::Hold(e),
+    }
+}
+
+/// A cart's id as the user its holds count against.
+fn holder(cart: &CartId) -> UserId {
+    UserId::new(cart.as_str()).expect("a cart id is a user id")
+}
+
 impl Engine {
     /// The most units of `sku` one shopper may have: its sale's per-user limit, if a sale covers it.
     fn cart_limit(&self, sku: &str) -> Option<u32> {
         self.sale_of_sku(sku).and_then(|sale| self.sale_limit(sale.as_str()))
+    }
+
+    /// The sale covering `sku` and its `cart_hold_ms`, when it gives carts a hold.
+    pub fn cart_hold(&self, carts: &Carts, sku: &str) -> Option<(SaleId, u64)> {
+        let sale = self.sale_of_sku(sku)?;
+        carts.hold_ms(sale.as_str()).map(|ms| (sale, ms))
+    }
+
+    /// The hold of a line, if its reservation is still active at `now_ms`.
+    pub fn live_hold(&self, line: &CartItem, now_ms: u64) -> Option<Hold> {
+        let hold = line.hold?;
+        let view = self.reservation(hold.id, now_ms)?;
+        (view.state == ReservationState::Active && view.expires_at_ms > now_ms).then_some(hold)
     }
 
     /// Sets a line (creating the cart), or removes it when `qty` is 0. Returns the cart as it is now
@@ -70,35 +105,141 @@ impl Engine {
     ) -> Result<Cart, CartError> {
         let mut carts = self.carts().lock();
         let existing = carts.get(cart.as_str());
-        let line = existing.and_then(|c| c.item(edit.sku.as_str()));
-        let step = if edit.qty == 0 {
-            if line.is_none() {
+        let line = existing.and_then(|c| c.item(edit.sku.as_str())).cloned();
+        if edit.qty == 0 {
+            let Some(line) = line else {
                 return Err(if existing.is_none() { CartError::NotFound } else { CartError::ItemNotFound });
+            };
+            let step = CartStep::ItemRemoved { sku: edit.sku.clone() };
+            self.end_holds(&mut carts, sink, cart, &line, step, now_ms)?;
+            return Ok(carts.get(cart.as_str()).expect("an edited cart exists").clone());
+        }
+        self.stock(edit.sku.as_str()).ok_or(CartError::UnknownSku)?;
+        if edit.qty > QTY_PER_ITEM_MAX {
+            return Err(CartError::LimitExceeded { limit: QTY_PER_ITEM_MAX });
+        }
+        if let Some(limit) = self.cart_limit(edit.sku.as_str()).filter(|l| edit.qty > *l) {
+            return Err(CartError::LimitExceeded { limit });
+        }
+        match existing {
+            None if carts.len() >= self.config().carts_max => return Err(CartError::CartsFull),
+            Some(c) if line.is_none() && c.items.len() >= CART_ITEMS_MAX => {
+                return Err(CartError::CartFull { max: CART_ITEMS_MAX })
             }
-            CartStep::ItemRemoved { sku: edit.sku.clone() }
-        } else {
-            self.stock(edit.sku.as_str()).ok_or(CartError::UnknownSku)?;
-            if edit.qty > QTY_PER_ITEM_MAX {
-                return Err(CartError::LimitExceeded { limit: QTY_PER_ITEM_MAX });
-            }
-            if let Some(limit) = self.cart_limit(edit.sku.as_str()).filter(|l| edit.qty > *l) {
-                return Err(CartError::LimitExceeded { limit });
-            }
-            match existing {
-                None if carts.len() >= self.config().carts_max => return Err(CartError::CartsFull),
-                Some(c) if line.is_none() && c.items.len() >= CART_ITEMS_MAX => {
-                    return Err(CartError::CartFull { max: CART_ITEMS_MAX })
-                }
-                _ => {}
-            }
-            let unit_price = edit.unit_price.or(line.and_then(|l| l.unit_price));
-            CartStep::ItemSet { sku: edit.sku.clone(), qty: edit.qty, unit_price }
-        };
-        log(&mut carts, sink, cart, step, None, now_ms)?;
+            _ => {}
+        }
+        let unit_price = edit.unit_price.or(line.as_ref().and_then(|l| l.unit_price));
+        let item = CartItem { sku: edit.sku.clone(), qty: edit.qty, unit_price, hold: None };
+        let olds: Vec<&CartItem> = line.iter().collect();
+        self.hold_line(&mut carts, sink, cart, None, item, &olds, now_ms)?;
         Ok(carts.get(cart.as_str()).expect("an edited cart exists").clone())
     }
 
-    /// Deletes a cart.
+    /// Logs `item` as the cart's line (`from`: moved from that cart), ending the holds of `olds`
+    /// and, in a sale with a cart hold, holding `item`'s units, all in one record.
+    #[allow(clippy::too_many_arguments)]
+    fn hold_line(
+        &self,
+        carts: &mut Carts,
+        sink: &mut impl RecordSink,
+        cart: &CartId,
+        from: Option<&CartId>,
+        mut item: CartItem,
+        olds: &[&CartItem],
+        now_ms: u64,
+    ) -> Result<(), CartError> {
+        let release: Vec<ReservationId> = olds.iter().filter_map(|l| l.hold.map(|h| h.id)).collect();
+        let live: Vec<Hold> = olds.iter().filter_map(|l| self.live_hold(l, now_ms)).collect();
+        let step = |item: CartItem| match from {
+            Some(from) => CartStep::ItemMoved { from: from.clone(), item },
+            None => CartStep::ItemSet(item),
+        };
+        let Some((_, hold_ms)) = self.cart_hold(carts, item.sku.as_str()) else {
+            // No hold in this sale (any more): the old holds end with the edit.
+            item.hold = None;
+            return self.log_rehold(carts, sink, cart, &release, None, step(item), now_ms);
+        };
+        // An edit renews the hold, never past `hold_ms_max` after the line was first held; a line
+        // whose holds all lapsed starts again.
+        let since = live.iter().map(|h| h.since_ms).min().unwrap_or(now_ms);
+        let kept = live.iter().map(|h| h.expires_at_ms).max().unwrap_or(0);
+        let expires_at_ms =
+            now_ms.saturating_add(hold_ms).min(since.saturating_add(self.config().hold_ms_max)).max(kept);
+        let user = holder(cart);
+        let items = [Item { sku: item.sku.clone(), qty: item.qty }];
+        let new = NewHold { items: &items, user: &user, sale: None, expires_at_ms };
+        let held = |records: &[Record]| {
+            let reserved = records.iter().find_map(|r| match r {
+                Record::Reserved(r) => {
+                    Some(Hold { id: r.id, expires_at_ms: r.expires_at_ms, since_ms: since })
+                }
+                _ => None,
+            });
+            step(CartItem { hold: reserved, ..item.clone() })
+        };
+        let mut wrap = StepSink { sink, cart, make: held, made: None };
+        self.rehold(&release, Some(&new), None, now_ms, &mut wrap).map_err(refused)?;
+        let made = wrap.made.take().expect("a hold was logged");
+        apply_live(carts, &made);
+        Ok(())
+    }
+
+    /// Ends `release` (holds) and logs `step` with the ends in one record (the step alone when none
+    /// was still active).
+    #[allow(clippy::too_many_arguments)]
+    fn log_rehold(
+        &self,
+        carts: &mut Carts,
+        sink: &mut impl RecordSink,
+        cart: &CartId,
+        release: &[ReservationId],
+        new: Option<&NewHold<'_>>,
+        step: CartStep,
+        now_ms: u64,
+    ) -> Result<(), CartError> {
+        let mut wrap = StepSink { sink, cart, make: |_: &[Record]| step.clone(), made: None };
+        self.rehold(release, new, None, now_ms, &mut wrap).map_err(refused)?;
+        match wrap.made.take() {
+            Some(made) => apply_live(carts, &made),
+            None => log(carts, wrap.sink, cart, step, Vec::new(), now_ms)?,
+        }
+        Ok(())
+    }
+
+    /// Logs `step` for a line, ending its hold in the same record.
+    fn end_holds(
+        &self,
+        carts: &mut Carts,
+        sink: &mut impl RecordSink,
+        cart: &CartId,
+        line: &CartItem,
+        step: CartStep,
+        now_ms: u64,
+    ) -> Result<(), CartError> {
+        let release: Vec<ReservationId> = line.hold.iter().map(|h| h.id).collect();
+        self.log_rehold(carts, sink, cart, &release, None, step, now_ms)
+    }
+
+    /// Ends a cart: each held line's hold in a record of its own (the line removed), then the cart.
+    fn end_cart(
+        &self,
+        carts: &mut Carts,
+        sink: &mut impl RecordSink,
+        cart: &CartId,
+        ending: Ending,
+        now_ms: u64,
+    ) -> Result<(), CartError> {
+        let held: Vec<CartItem> = (carts.get(cart.as_str()).into_iter())
+            .flat_map(|c| c.items.iter().filter(|i| i.hold.is_some()).cloned())
+            .collect();
+        for line in &held {
+            let step = CartStep::ItemRemoved { sku: line.sku.clone() };
+            self.end_holds(carts, sink, cart, line, step, now_ms)?;
+        }
+        log(carts, sink, cart, CartStep::Removed(ending), Vec::new(), now_ms)
+    }
+
+    /// Deletes a cart, returning its held units.
     pub fn delete_cart(
         &self,
         cart: &CartId,
@@ -107,12 +248,13 @@ impl Engine {
     ) -> Result<(), CartError> {
         let mut carts = self.carts().lock();
         carts.get(cart.as_str()).ok_or(CartError::NotFound)?;
-        log(&mut carts, sink, cart, CartStep::Removed(Ending::Deleted), None, now_ms)
+        self.end_cart(&mut carts, sink, cart, Ending::Deleted, now_ms)
     }
 
     /// Merges the guest cart `from` into `into` (created if it does not exist): quantities added,
     /// capped by the item limit and the sale's per-user limit; `from` removed. A repeat (`from` was
-    /// merged into `into` already and is gone) changes nothing.
+    /// merged into `into` already and is gone) changes nothing. Held lines move one record each,
+    /// their holds joined into one (as much as the stock allows: at least what they held).
     pub fn merge_carts(
         &self,
         into: &CartId,
@@ -124,35 +266,78 @@ impl Engine {
             return Err(CartError::MergeIntoItself);
         }
         let mut carts = self.carts().lock();
-        let Some(guest) = carts.get(from.as_str()) else {
+        let Some(guest) = carts.get(from.as_str()).cloned() else {
             if carts.was_merged(into.as_str(), from.as_str()) {
                 let cart = carts.get(into.as_str()).expect("it remembers the merge").clone();
                 return Ok((cart, Merge::Repeat));
             }
             return Err(CartError::NotFound);
         };
-        let mut items: Vec<CartItem> = carts.get(into.as_str()).map_or_else(Vec::new, |c| c.items.clone());
-        for g in &guest.items {
-            match items.binary_search_by(|i| i.sku.cmp(&g.sku)) {
-                Ok(at) => {
-                    let line = &mut items[at];
-                    let cap = self.cart_limit(g.sku.as_str()).unwrap_or(u32::MAX).min(QTY_PER_ITEM_MAX);
-                    line.qty = line.qty.saturating_add(g.qty).min(cap).max(line.qty);
-                    // The price the shopper saw last: the signed-in cart's, else the guest's.
-                    line.unit_price = line.unit_price.or(g.unit_price);
-                }
-                Err(at) => items.insert(at, g.clone()),
-            }
-        }
-        if items.len() > CART_ITEMS_MAX {
+        let target = carts.get(into.as_str()).map_or_else(Vec::new, |c| c.items.clone());
+        let added = guest.items.iter().filter(|g| !target.iter().any(|t| t.sku == g.sku)).count();
+        if target.len() + added > CART_ITEMS_MAX {
             return Err(CartError::CartFull { max: CART_ITEMS_MAX });
         }
+        // Quantities added, capped (a guest's own line too: the limit may have come after it).
+        let merged = |g: &CartItem, t: Option<&CartItem>| {
+            let cap = self.cart_limit(g.sku.as_str()).unwrap_or(u32::MAX).min(QTY_PER_ITEM_MAX);
+            let Some(t) = t else { return CartItem { qty: g.qty.min(cap).max(1), ..g.clone() } };
+            // The price the shopper saw last: the signed-in cart's, else the guest's.
+            let unit_price = t.unit_price.or(g.unit_price);
+            CartItem { qty: t.qty.saturating_add(g.qty).min(cap).max(t.qty), unit_price, ..t.clone() }
+        };
+        for g in &guest.items {
+            let t = target.iter().find(|t| t.sku == g.sku);
+            let held = g.hold.is_some() || t.is_some_and(|t| t.hold.is_some());
+            if !held && self.cart_hold(&carts, g.sku.as_str()).is_none() {
+                continue;
+            }
+            let olds: Vec<&CartItem> = [Some(g), t].into_iter().flatten().collect();
+            let item = merged(g, t);
+            let first = self.hold_line(&mut carts, sink, into, Some(from), item.clone(), &olds, now_ms);
+            let Err(CartError::Hold(_)) = first else {
+                first?;
+                continue;
+            };
+            // The stock or the limit does not allow the sum: the line keeps what its holds still
+            // held, or, when nothing can be held, moves without a hold (checkout reserves it then).
+            let kept: u32 = olds.iter().filter_map(|l| self.live_hold(l, now_ms).map(|_| l.qty)).sum();
+            if kept > 0 {
+                let second = self.hold_line(
+                    &mut carts,
+                    sink,
+                    into,
+                    Some(from),
+                    CartItem { qty: kept, ..item.clone() },
+                    &olds,
+                    now_ms,
+                );
+                let Err(CartError::Hold(_)) = second else {
+                    second?;
+                    continue;
+                };
+            }
+            let release: Vec<ReservationId> = olds.iter().filter_map(|l| l.hold.map(|h| h.id)).collect();
+            let step = CartStep::ItemMoved { from: from.clone(), item: CartItem { hold: None, ..item } };
+            self.log_rehold(&mut carts, sink, into, &release, None, step, now_ms)?;
+        }
+        // The rest in one record: the cart's lines after the merge, and the guest cart gone.
+        let target = carts.get(into.as_str()).map_or_else(Vec::new, |c| c.items.clone());
+        let rest = carts.get(from.as_str()).map_or_else(Vec::new, |c| c.items.clone());
+        let mut items = target.clone();
+        for g in &rest {
+            match items.binary_search_by(|i| i.sku.cmp(&g.sku)) {
+                Ok(at) => items[at] = merged(g, Some(&items[at])),
+                Err(at) => items.insert(at, merged(g, None)),
+            }
+        }
         let step = CartStep::Merged { from: from.clone(), items };
-        log(&mut carts, sink, into, step, None, now_ms)?;
+        log(&mut carts, sink, into, step, Vec::new(), now_ms)?;
         Ok((carts.get(into.as_str()).expect("merged into it").clone(), Merge::Merged))
     }
 
-    /// Expires carts idle past `cart_idle_ms` (at most `max` per call). Returns how many.
+    /// Expires carts idle past `cart_idle_ms` (at most `max` per call), returning their held units.
+    /// Returns how many.
     pub fn carts_tick(
         &self,
         now_ms: u64,
@@ -162,19 +347,39 @@ impl Engine {
         let mut carts = self.carts().lock();
         let idle = carts.idle(now_ms.saturating_sub(self.config().cart_idle_ms), max);
         for cart in &idle {
-            log(&mut carts, sink, cart, CartStep::Removed(Ending::Expired), None, now_ms)?;
+            self.end_cart(&mut carts, sink, cart, Ending::Expired, now_ms)?;
         }
         Ok(idle.len())
     }
 
+    /// Sets a sale's cart hold (`cart_hold_ms`; 0: none). Lines already held keep their holds until
+    /// they are edited or lapse.
+    pub fn set_cart_hold(
+        &self,
+        sale: &SaleId,
+        hold_ms: u64,
+        now_ms: u64,
+        sink: &mut impl RecordSink,
+    ) -> Result<(), CartError> {
+        let mut carts = self.carts().lock();
+        if carts.hold_ms(sale.as_str()).unwrap_or(0) == hold_ms {
+            return Ok(());
+        }
+        let record = Record::CartHold { sale: sale.clone(), hold_ms, at_ms: now_ms };
+        sink.append(&record).map_err(|_| CartError::LogRefused)?;
+        carts.set_hold_ms(sale, hold_ms);
+        Ok(())
+    }
+
     /// Checks a cart out: an order of its lines at their prices, placed under `template`'s user,
     /// currency, sale, payment window and key (its `lines` are ignored), and the cart removed in the
-    /// same record. A repeat of the key returns the order (`true`), whatever became of the cart.
+    /// same record. Held lines' units pass from their holds to the order's reservation in that record.
+    /// A repeat of the key returns the order (`true`), whatever became of the cart.
     pub fn checkout_cart(
         &self,
         cart: &CartId,
         template: &OrderRequest,
-        expected_sale: Option<Option<&crate::engine::SaleId>>,
+        expected_sale: Option<Option<&SaleId>>,
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<(Order, bool), CartError> {
@@ -196,9 +401,11 @@ impl Engine {
                 Ok(OrderLine { sku: i.sku.clone(), qty: i.qty, unit_price })
             })
             .collect::<Result<Vec<_>, CartError>>()?;
+        let holds: Vec<ReservationId> = found.items.iter().filter_map(|i| i.hold.map(|h| h.id)).collect();
         let req = OrderRequest { lines, ..template.clone() };
-        let mut wrap = CheckoutSink { sink, cart, made: None };
-        let placed = self.place_order_as(&req, fingerprint, expected_sale, now_ms, &mut wrap);
+        let mut wrap =
+            StepSink { sink, cart, make: |_: &[Record]| CartStep::Removed(Ending::CheckedOut), made: None };
+        let placed = self.place_order_as(&req, fingerprint, expected_sale, &holds, now_ms, &mut wrap);
         let made = wrap.made.take();
         let (order, _) = placed.map_err(|e| match e {
             OrderError::LogRefused => CartError::LogRefused,
@@ -220,21 +427,27 @@ pub fn checkout_fingerprint(cart: &CartId, template: &OrderRequest) -> u128 {
     h.digest128()
 }
 
-/// Wraps the order's record into the cart's `CheckedOut`: one record, so that neither the order nor
-/// the cart's removal happens without the other.
-struct CheckoutSink<'a, S: RecordSink> {
+/// Wraps what the engine decided (holds ended and taken, a checkout's order) into the cart's step:
+/// one record, so that neither happens without the other.
+struct StepSink<'a, S: RecordSink, F: Fn(&[Record]) -> CartStep> {
     sink: &'a mut S,
     cart: &'a CartId,
+    make: F,
     made: Option<CartRecord>,
 }
 
-impl<S: RecordSink> RecordSink for CheckoutSink<'_, S> {
+impl<S: RecordSink, F: Fn(&[Record]) -> CartStep> RecordSink for StepSink<'_, S, F> {
     fn append(&mut self, record: &Record) -> Result<(), SinkRefused> {
+        self.append_all(std::slice::from_ref(record))
+    }
+
+    fn append_all(&mut self, records: &[Record]) -> Result<(), SinkRefused> {
+        let at_ms = records.last().map_or(0, Record::at_ms);
         let made = CartRecord {
             cart: self.cart.clone(),
-            step: CartStep::Removed(Ending::CheckedOut),
-            inner: Some(record.clone()),
-            at_ms: record.at_ms(),
+            step: (self.make)(records),
+            inner: records.to_vec(),
+            at_ms,
         };
         self.sink.append(&Record::Cart(Box::new(made.clone())))?;
         self.made = Some(made);
@@ -247,7 +460,7 @@ fn log(
     sink: &mut impl RecordSink,
     cart: &CartId,
     step: CartStep,
-    inner: Option<Record>,
+    inner: Vec<Record>,
     at_ms: u64,
 ) -> Result<(), CartError> {
     let made = CartRecord { cart: cart.clone(), step, inner, at_ms };

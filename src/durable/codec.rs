@@ -50,6 +50,8 @@ enum LogRecord {
     Order(Box<orders::LogOrder>),
     // A cart's step, with the order a checkout placed (`carts.rs`).
     Cart(Box<carts::LogCart>),
+    // A sale's cart hold.
+    CartHold { sale: String, hold_ms: u64, at_ms: u64 },
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
@@ -184,6 +186,9 @@ fn to_log(record: &Record) -> LogRecord {
         }
         Record::Order(o) => LogRecord::Order(Box::new(orders::to_log_order(o))),
         Record::Cart(c) => LogRecord::Cart(Box::new(carts::to_log_cart(c))),
+        Record::CartHold { sale, hold_ms, at_ms } => {
+            LogRecord::CartHold { sale: s(sale), hold_ms: *hold_ms, at_ms: *at_ms }
+        }
     }
 }
 
@@ -224,7 +229,7 @@ fn tags(record: &Record) -> [u64; 2] {
     match record {
         Record::Order(o) => [o.reservation.as_ref().map_or(0, of), o.order.0.tag()],
         // A checkout's: its order's.
-        Record::Cart(c) => c.inner.as_ref().map_or([0, 0], tags),
+        Record::Cart(c) => c.inner.iter().find(|i| matches!(i, Record::Order(_))).map_or([0, 0], tags),
         other => [of(other), 0],
     }
 }
@@ -369,6 +374,11 @@ fn from_archived(r: &ArchivedLogRecord, tags: [u64; 2]) -> Result<Record, Invali
         },
         ArchivedLogRecord::Order(o) => Record::Order(Box::new(orders::from_archived_order(o, tags)?)),
         ArchivedLogRecord::Cart(c) => Record::Cart(Box::new(carts::from_archived_cart(c, tags)?)),
+        ArchivedLogRecord::CartHold { sale, hold_ms, at_ms } => Record::CartHold {
+            sale: SaleId::new(sale)?,
+            hold_ms: hold_ms.to_native(),
+            at_ms: at_ms.to_native(),
+        },
     })
 }
 
@@ -400,7 +410,7 @@ pub const STATE_FORMAT_VERSION: u32 = 6;
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapStateV6 {
     v5: SnapStateV5,
-    carts: Vec<carts::SnapCart>,
+    carts: carts::SnapCarts,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -545,7 +555,7 @@ fn state_code(state: crate::engine::ReservationState) -> u8 {
 pub fn encode_state(state: &crate::engine::EngineState) -> Vec<u8> {
     let mut out = Vec::new();
     prefix(&mut out, STATE_MAGIC, STATE_FORMAT_VERSION);
-    let snap = SnapStateV6 { v5: snap_v5(state), carts: carts::snap_carts(&state.carts) };
+    let snap = SnapStateV6 { v5: snap_v5(state), carts: carts::snap_carts(&state.carts, &state.cart_holds) };
     out.extend_from_slice(
         &rkyv::to_bytes::<rancor::Error>(&snap).expect("serialising plain data cannot fail"),
     );
@@ -816,7 +826,7 @@ pub fn decode_state(payload: &[u8]) -> Result<crate::engine::EngineState, Decode
         tag_ids(&mut state, tags)?;
     }
     if let Some(carts) = carts {
-        state.carts = carts::carts_from(carts)?;
+        (state.carts, state.cart_holds) = carts::carts_from(carts)?;
     }
     Ok(state)
 }

@@ -686,6 +686,15 @@ impl Durable {
         })
     }
 
+    pub fn set_cart_hold(
+        &self,
+        sale: &SaleId,
+        hold_ms: u64,
+        now_ms: u64,
+    ) -> Result<Logged<()>, Refused<CartError>> {
+        self.logged(CartError::LogRefused, |sink| self.engine.set_cart_hold(sale, hold_ms, now_ms, sink))
+    }
+
     /// Expires idle carts (see `Engine::carts_tick`): how many.
     pub fn carts_tick(&self, now_ms: u64) -> Result<Logged<usize>, Refused<CartError>> {
         self.logged(CartError::LogRefused, |sink| self.engine.carts_tick(now_ms, CARTS_PER_TICK, sink))

@@ -24,8 +24,13 @@ impl Counters {
 
     /// The lock over `user`'s counters (all sales). Taken after any shard lock, never before.
     pub(crate) fn lock(&self, user: &UserId) -> MutexGuard<'_, CounterShard> {
+        self.shards[self.index(user)].lock()
+    }
+
+    /// Which shard holds `user`'s counters.
+    pub(crate) fn index(&self, user: &UserId) -> usize {
         let hash = xxhash_rust::xxh3::xxh3_64(user.as_str().as_bytes());
-        self.shards[(hash % COUNTER_SHARDS as u64) as usize].lock()
+        (hash % COUNTER_SHARDS as u64) as usize
     }
 
     pub(crate) fn all(&self) -> Vec<(SaleId, UserId, u64)> {

@@ -253,6 +253,19 @@ impl Engine {
         to: ReservationState,
         at_ms: u64,
     ) {
+        self.apply_end_with(locked, id, to, at_ms, None)
+    }
+
+    /// [`Engine::apply_end`], giving units back through `held` (a counter shard the caller holds,
+    /// with its index) when the holder's counters are in it: locking it again would deadlock.
+    pub(super) fn apply_end_with(
+        &self,
+        locked: &mut Locked<'_>,
+        id: ReservationId,
+        to: ReservationState,
+        at_ms: u64,
+        held: Option<(usize, &mut super::holders::CounterShard)>,
+    ) {
         let shard = locked.shard(self.store_of(id));
         let r = shard.reservations.get_mut(&id).expect("the caller found it");
         assert_eq!(r.state, ReservationState::Active, "{id} ended twice");
@@ -261,7 +274,12 @@ impl Engine {
         let lines: SmallVec<[Line; 4]> = r.lines.iter().copied().collect();
         if to != ReservationState::Committed {
             if let Some(h) = &r.holder {
-                self.counters.lock(&h.user).give_back(&h.sale, &h.user, r.units());
+                match held {
+                    Some((index, shard)) if index == self.counters.index(&h.user) => {
+                        shard.give_back(&h.sale, &h.user, r.units())
+                    }
+                    _ => self.counters.lock(&h.user).give_back(&h.sale, &h.user, r.units()),
+                }
             }
         }
         shard.active -= 1;

@@ -14,6 +14,7 @@ mod lifecycle;
 pub(crate) use lifecycle::Late;
 mod queue;
 mod record;
+mod rehold;
 mod replay;
 mod reserve;
 mod sales;
@@ -31,6 +32,7 @@ pub use queue::{
     ADMIT_PER_S_MAX, SESSION_MS_MAX, SESSION_MS_MIN,
 };
 pub use record::{Record, RecordSink, ReservedRecord, SinkRefused};
+pub use rehold::NewHold;
 pub use replay::ReplayError;
 pub use state::{EngineState, RememberedAdjustKey, RememberedKey, RestoreError};
 pub use types::{

@@ -76,8 +76,14 @@ pub enum Record {
     },
     /// An order's transition, with the reservation record it made (see `orders::book`).
     Order(Box<crate::orders::OrderRecord>),
-    /// A cart's edit, merge or end, with the order a checkout placed (see `carts::book`).
+    /// A cart's edit, merge or end, with the holds and the order it made (see `carts::book`).
     Cart(Box<crate::carts::CartRecord>),
+    /// A sale's cart hold set: adding its SKUs to a cart reserves them for `hold_ms` (0: no hold).
+    CartHold {
+        sale: SaleId,
+        hold_ms: u64,
+        at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +113,8 @@ impl Record {
             | Record::Extended { at_ms, .. }
             | Record::Committed { at_ms, .. }
             | Record::Released { at_ms, .. }
-            | Record::Expired { at_ms, .. } => *at_ms,
+            | Record::Expired { at_ms, .. }
+            | Record::CartHold { at_ms, .. } => *at_ms,
             Record::Reserved(r) => r.created_at_ms,
             Record::Order(o) => o.at_ms,
             Record::Cart(c) => c.at_ms,
@@ -126,6 +133,13 @@ pub struct SinkRefused;
 /// engine; if it refuses, the engine changes nothing.
 pub trait RecordSink {
     fn append(&mut self, record: &Record) -> Result<(), SinkRefused>;
+
+    /// Several records of one decision, applied only once all are accepted. A sink that logs them as
+    /// one entry (a cart's step carrying them) makes them one in the log too; this default logs them
+    /// one by one.
+    fn append_all(&mut self, records: &[Record]) -> Result<(), SinkRefused> {
+        records.iter().try_for_each(|r| self.append(r))
+    }
 }
 
 /// No log: an engine used alone (benchmarks, demos).

@@ -70,7 +70,7 @@ impl Engine {
                 let mut book = self.orders.lock();
                 match &order.reservation {
                     None => {}
-                    Some(Record::Order(_) | Record::Cart(_)) => {
+                    Some(Record::Order(_) | Record::Cart(_) | Record::CartHold { .. }) => {
                         return fail(format!("{} nests an order or cart record", order.order))
                     }
                     Some(inner) => self.apply(inner)?,
@@ -78,14 +78,24 @@ impl Engine {
                 book.apply(order).map_err(|detail| ReplayError { detail })?;
             }
             Record::Cart(cart) => {
-                // The carts' lock first, as on the live path; a checkout's order inside it.
+                // The carts' lock first, as on the live path; the holds and order inside it, in order.
                 let mut carts = self.carts.lock();
-                match &cart.inner {
-                    None => {}
-                    Some(order @ Record::Order(_)) => self.apply(order)?,
-                    Some(_) => return fail(format!("cart {} nests a record other than an order", cart.cart)),
+                for inner in &cart.inner {
+                    match inner {
+                        Record::Reserved(_)
+                        | Record::Released { .. }
+                        | Record::Expired { .. }
+                        | Record::Order(_) => self.apply(inner)?,
+                        _ => return fail(format!("cart {} nests a {inner:?}", cart.cart)),
+                    }
                 }
                 carts.apply(cart).map_err(|detail| ReplayError { detail })?;
+            }
+            Record::CartHold { sale, hold_ms, .. } => {
+                if self.sale_limit(sale.as_str()).is_none() {
+                    return fail(format!("a cart hold for {sale}, which is not a sale"));
+                }
+                self.carts.lock().set_hold_ms(sale, *hold_ms);
             }
         }
         Ok(())

@@ -125,7 +125,7 @@ impl Engine {
         Ok(reserved)
     }
 
-    fn check_reserve(&self, req: &ReserveRequest) -> Result<(), RequestError> {
+    pub(super) fn check_reserve(&self, req: &ReserveRequest) -> Result<(), RequestError> {
         if req.items.is_empty() {
             return Err(RequestError::NoItems);
         }

@@ -32,6 +32,8 @@ pub struct EngineState {
     pub payment_events: Vec<(u128, u64)>,
     /// Carts, by id.
     pub carts: Vec<crate::carts::Cart>,
+    /// Each sale's `cart_hold_ms`, by sale.
+    pub cart_holds: Vec<(SaleId, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +109,9 @@ impl Engine {
         state.orders = orders.into_iter().filter(kept).collect();
         let live = |&(_, at): &(u128, u64)| at.saturating_add(c.payment_event_retention_ms) > now_ms;
         state.payment_events = events.into_iter().filter(live).collect();
-        state.carts = self.carts.lock().export();
+        let carts = self.carts.lock();
+        (state.carts, state.cart_holds) = (carts.export(), carts.export_holds());
+        drop(carts);
         state
     }
 
@@ -191,7 +195,7 @@ impl Engine {
                 )));
             }
         }
-        *engine.carts.lock() = crate::carts::Carts::restore(&state.carts).map_err(fail)?;
+        *engine.carts.lock() = crate::carts::Carts::restore(&state.carts, &state.cart_holds).map_err(fail)?;
         engine.check_consistency().map_err(fail)?;
         Ok(engine)
     }

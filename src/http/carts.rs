@@ -20,6 +20,9 @@ struct ItemIn {
     qty: u32,
     #[serde(default, deserialize_with = "crate::integral::opt")]
     unit_price: Option<u64>,
+    /// In a gated sale with a cart hold: the admission the waiting room gave the cart's id.
+    #[serde(default)]
+    admission: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +39,9 @@ struct ItemOut<'a> {
     unit_price: Option<u64>,
     /// Units of the SKU available to anyone now: "only 2 left".
     available: u64,
+    /// Until when the line's units are held for this cart (a sale's cart hold), if they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_until: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -56,7 +62,8 @@ pub(super) fn cart_id(text: &str) -> Result<CartId, Problem> {
     CartId::new(text).map_err(|e| Problem::invalid(format!("cart: {e}")))
 }
 
-pub(super) fn cart_error(e: &Refused<CartError>) -> Problem {
+/// The problem for a cart refusal; `sku`, the line's, names it in a refused hold.
+pub(super) fn cart_error(e: &Refused<CartError>, sku: Option<&str>) -> Problem {
     let e = match e {
         Refused::Log(e) => return error::log_error(e),
         Refused::Engine(e) => e,
@@ -97,6 +104,7 @@ pub(super) fn cart_error(e: &Refused<CartError>) -> Problem {
             format!("{sku} was added without a unit_price: set it with PUT /v1/carts/{{cart}}/items/{sku}"),
         ),
         CartError::Order(e) => super::orders::order_error(&Refused::Engine(e.clone()), &[]),
+        CartError::Hold(e) => error::reserve_error(&Refused::Engine(*e), &[sku.unwrap_or("")]),
         CartError::LogRefused => unreachable!("the durable layer reports log refusals as Refused::Log"),
     }
 }
@@ -117,6 +125,7 @@ impl Handler<'_> {
                 qty: i.qty,
                 unit_price: i.unit_price,
                 available: engine.stock(i.sku.as_str()).map_or(0, |s| s.available),
+                held_until: engine.live_hold(i, self.now_ms).map(|h| rfc3339(h.expires_at_ms)),
             })
             .collect();
         CartOut {
@@ -145,7 +154,7 @@ impl Handler<'_> {
     pub(super) async fn delete_cart(&self, cart: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
         let cart = cart_id(cart)?;
         unkeyed(&req, "deleting is idempotent by nature (a repeat gets 404 cart_not_found)")?;
-        let logged = self.d.delete_cart(&cart, self.now_ms).map_err(|e| cart_error(&e));
+        let logged = self.d.delete_cart(&cart, self.now_ms).map_err(|e| cart_error(&e, None));
         let logged = self.counted("delete_cart", logged)?;
         self.synced(logged.lsn).await?;
         let mut reply = json(StatusCode::NO_CONTENT, &());
@@ -168,9 +177,17 @@ impl Handler<'_> {
             if body.unit_price.is_some_and(|p| p > UNIT_PRICE_MAX) {
                 return Err(Problem::invalid(format!("unit_price: at most {UNIT_PRICE_MAX} (minor units)")));
             }
+            super::routes::admission_form(body.admission.as_deref())?;
+            // A hold in a gated sale is a reserve: it needs the admission given to the cart's id.
+            let engine = self.d.engine();
+            let hold = engine.cart_hold(&engine.carts().lock(), sku.as_str());
+            if let (Some((sale, _)), true) = (hold, body.qty > 0) {
+                self.check_admission(&sale, cart.as_str(), body.admission.as_deref())?;
+            }
             ItemEdit { sku, qty: body.qty, unit_price: body.unit_price }
         };
-        let logged = self.d.set_cart_item(&cart, &edit, self.now_ms).map_err(|e| cart_error(&e));
+        let sku = Some(edit.sku.as_str());
+        let logged = self.d.set_cart_item(&cart, &edit, self.now_ms).map_err(|e| cart_error(&e, sku));
         let logged = self.counted("set_cart_item", logged)?;
         self.synced(logged.lsn).await?;
         Ok(json(StatusCode::OK, &self.cart_out(&logged.value, None)))
@@ -181,7 +198,7 @@ impl Handler<'_> {
         unkeyed(&req, "a retried merge finds the guest cart merged already and changes nothing")?;
         let body: MergeIn = self.body(&req)?;
         let from = CartId::new(&body.from).map_err(|e| Problem::invalid(format!("from: {e}")))?;
-        let logged = self.d.merge_carts(&into, &from, self.now_ms).map_err(|e| cart_error(&e));
+        let logged = self.d.merge_carts(&into, &from, self.now_ms).map_err(|e| cart_error(&e, None));
         let logged = self.counted("merge_carts", logged)?;
         self.synced(logged.lsn).await?;
         let (cart, merge) = &logged.value;

@@ -117,6 +117,9 @@ pub struct SetSale {
     pub session_ms: Option<u64>,
     #[serde(default)]
     pub order: Option<String>,
+    /// Adding the sale's SKUs to a cart holds them this long (absent: no hold).
+    #[serde(default, deserialize_with = "integral::opt")]
+    pub cart_hold_ms: Option<u64>,
 }
 
 impl SetSale {
@@ -138,6 +141,8 @@ pub struct SaleOut<'a> {
     pub skus: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_room: Option<RoomOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cart_hold_ms: Option<u64>,
 }
 
 #[derive(Serialize)]

@@ -16,6 +16,11 @@ pub fn for_engine(config: &crate::engine::EngineConfig) -> Vec<u8> {
         ttl["minimum"] = config.ttl_ms_min.into();
         ttl["maximum"] = config.ttl_ms_max.into();
     }
+    // A sale's cart hold: 0 (none) or a TTL.
+    let hold = &mut doc["components"]["schemas"]["SetSale"]["properties"]["cart_hold_ms"]["anyOf"][1];
+    assert!(hold.is_object(), "SetSale.cart_hold_ms is described");
+    hold["minimum"] = config.ttl_ms_min.into();
+    hold["maximum"] = config.ttl_ms_max.into();
     serde_json::to_vec_pretty(&doc).expect("JSON serializes")
 }
 
@@ -53,6 +58,9 @@ mod tests {
             ("SetSale/properties/session_ms", "maximum", SESSION_MS_MAX as i64),
             ("OrderLine/properties/unit_price", "maximum", UNIT_PRICE_MAX as i64),
             ("Order/properties/amount", "maximum", AMOUNT_MAX as i64),
+            ("CartItemSet/properties/qty", "maximum", QTY_PER_ITEM_MAX.into()),
+            ("CartItemSet/properties/unit_price", "maximum", UNIT_PRICE_MAX as i64),
+            ("Cart/properties/items", "maxItems", CART_ITEMS_MAX as i64),
         ];
         for (path, keyword, value) in numbers {
             let node = path.split('/').fold(schemas, |node, key| &node[key]);

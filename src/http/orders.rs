@@ -249,18 +249,21 @@ impl Handler<'_> {
         };
         let names: Vec<&str> = skus.iter().map(|s| s.as_str()).collect();
         let known = engine.order_by_key(&template.key, self.now_ms).is_some();
+        // The sale and its admission are decided on the lines read here; the checkout, on the lines
+        // read under the carts' lock, is refused (sale_mismatch) unless they fall in the same sale.
         let logged = match engine.sale_for(skus.iter(), template.sale.as_ref()) {
-            Ok(sale) if !known => {
+            _ if known => self.d.checkout_cart(cart, template, None, self.now_ms),
+            Ok(sale) => {
                 if let Some(sale) = &sale {
                     self.check_admission(sale, &body.user_id, body.admission.as_deref())?;
                 }
                 self.d.checkout_cart(cart, template, Some(sale.as_ref()), self.now_ms)
             }
-            _ => self.d.checkout_cart(cart, template, None, self.now_ms),
+            Err(e) => return Err(error::reserve_error(&Refused::Engine(e), &names)),
         };
         let logged = logged.map_err(|e| match e {
             Refused::Engine(CartError::Order(e)) => order_error(&Refused::Engine(e), &names),
-            e => super::carts::cart_error(&e),
+            e => super::carts::cart_error(&e, None),
         });
         let logged = self.counted("checkout_cart", logged)?;
         self.synced(logged.lsn).await?;

@@ -150,7 +150,8 @@ impl Handler<'_> {
         let waiting_room = engine.room_view(sale.as_str()).map(|v| room_out(&v));
         let skus =
             engine.sale_skus(sale.as_str()).unwrap_or_default().iter().map(|s| s.to_string()).collect();
-        Ok(dto::SaleOut { sale: sale.as_str(), per_user_limit, skus, waiting_room })
+        let cart_hold_ms = engine.carts().lock().hold_ms(sale.as_str());
+        Ok(dto::SaleOut { sale: sale.as_str(), per_user_limit, skus, waiting_room, cart_hold_ms })
     }
 
     pub(super) async fn put_sale(&self, sale: &str, req: Request<Bytes>) -> Result<Reply, Problem> {
@@ -158,6 +159,14 @@ impl Handler<'_> {
         let sale = SaleId::new(sale)?;
         super::routes::unkeyed(&req, "it sets the sale's settings to the values sent")?;
         let body: dto::SetSale = self.body(&req)?;
+        let c = self.d.config();
+        let hold_ms = body.cart_hold_ms.unwrap_or(0);
+        if hold_ms != 0 && !(c.ttl_ms_min..=c.ttl_ms_max).contains(&hold_ms) {
+            return Err(Problem::invalid(format!(
+                "cart_hold_ms must be between {} and {} (a hold is a reservation's TTL)",
+                c.ttl_ms_min, c.ttl_ms_max
+            )));
+        }
         let lsn = if body.has_room() {
             let room = room_config(&body)?;
             let logged = self.d.configure_sale(&sale, body.per_user_limit, &room, self.now_ms);
@@ -167,6 +176,10 @@ impl Handler<'_> {
             let logged = self.d.set_sale(&sale, body.per_user_limit, &skus, self.now_ms);
             self.counted("set_sale", logged.map_err(|e| queue_error(&e)))?.lsn
         };
+        // Its own record, after the sale's: a PUT that dies between the two was not acknowledged,
+        // and its retry sets both.
+        let held = self.d.set_cart_hold(&sale, hold_ms, self.now_ms);
+        let lsn = held.map_err(|e| super::carts::cart_error(&e, None))?.lsn.max(lsn);
         self.synced(lsn).await?;
         Ok(json(StatusCode::OK, &self.sale_out(&sale)?))
     }

@@ -8,7 +8,7 @@
 use super::book::{Book, Cause, Order, OrderId, OrderLine, OrderRecord, OrderState, OrderStep, Placed};
 use crate::engine::{
     Engine, IdempotencyKey, Item, Late, Record, RecordSink, ReservationError, ReserveError, ReserveRequest,
-    SaleId, SinkRefused, UserId,
+    Reserved, SaleId, SinkRefused, UserId,
 };
 use crate::limits::{ITEMS_PER_RESERVATION_MAX, QTY_PER_ITEM_MAX};
 
@@ -201,16 +201,18 @@ impl Engine {
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<(Order, bool), OrderError> {
-        self.place_order_as(req, req.fingerprint(), expected_sale, now_ms, sink)
+        self.place_order_as(req, req.fingerprint(), expected_sale, &[], now_ms, sink)
     }
 
     /// `place_order` with the digest a repeat is compared by (a cart's checkout names the cart, not
-    /// its lines: see `carts::checkout_fingerprint`).
+    /// its lines: see `carts::checkout_fingerprint`), taking the units of the holds `releasing` (a
+    /// cart's) into the order's reservation in the same decision (`Engine::rehold`).
     pub(crate) fn place_order_as(
         &self,
         req: &OrderRequest,
         fingerprint: u128,
         expected_sale: Option<Option<&SaleId>>,
+        releasing: &[crate::engine::ReservationId],
         now_ms: u64,
         sink: &mut impl RecordSink,
     ) -> Result<(Order, bool), OrderError> {
@@ -244,7 +246,21 @@ impl Engine {
         };
         // The order's id is its reservation's, known only under the engine's locks: the sink fills it.
         let mut wrap = PlaceSink { sink, placed: Some(placed), made: None };
-        let result = self.reserve_in(&reserve, expected_sale, now_ms, &mut wrap);
+        let result = if releasing.is_empty() {
+            self.reserve_in(&reserve, expected_sale, now_ms, &mut wrap)
+        } else {
+            let new = crate::engine::NewHold {
+                items: &reserve.items,
+                user: &req.user,
+                sale: req.sale.as_ref(),
+                expires_at_ms: now_ms.saturating_add(req.pay_within_ms),
+            };
+            self.rehold(releasing, Some(&new), expected_sale, now_ms, &mut wrap).map(|id| Reserved {
+                id: id.expect("a rehold with a reservation issues one"),
+                expires_at_ms: new.expires_at_ms,
+                replayed: false,
+            })
+        };
         let made = wrap.made.take();
         result.map_err(|e| match e {
             ReserveError::LogRefused => OrderError::LogRefused,
@@ -567,20 +583,39 @@ struct PlaceSink<'a, S: RecordSink> {
 }
 
 impl<S: RecordSink> RecordSink for PlaceSink<'_, S> {
+    /// A placement that takes over holds: their ends, then the order's record carrying `Reserved`,
+    /// handed on together (see `Engine::rehold`).
+    fn append_all(&mut self, records: &[Record]) -> Result<(), SinkRefused> {
+        let Some((reserved, ends)) = records.split_last() else { return Ok(()) };
+        let order = self.placed_record(reserved);
+        let mut all = ends.to_vec();
+        all.push(Record::Order(Box::new(order.clone())));
+        self.sink.append_all(&all)?;
+        self.made = Some(order);
+        Ok(())
+    }
+
     fn append(&mut self, record: &Record) -> Result<(), SinkRefused> {
-        let Record::Reserved(reserved) = record else { unreachable!("a reserve logs `Reserved` only") };
+        let made = self.placed_record(record);
+        self.sink.append(&Record::Order(Box::new(made.clone())))?;
+        self.made = Some(made);
+        Ok(())
+    }
+}
+
+impl<S: RecordSink> PlaceSink<'_, S> {
+    /// The order's `Placed`, carrying the reservation's `Reserved` record.
+    fn placed_record(&self, record: &Record) -> OrderRecord {
+        let Record::Reserved(reserved) = record else { unreachable!("a placement reserves last") };
         let mut placed = self.placed.clone().expect("one record per reserve");
         placed.sale = reserved.sale.clone();
-        let made = OrderRecord {
+        OrderRecord {
             order: OrderId(reserved.id),
             step: OrderStep::Placed(Box::new(placed)),
             reservation: Some(record.clone()),
             event: None,
             at_ms: record.at_ms(),
-        };
-        self.sink.append(&Record::Order(Box::new(made.clone())))?;
-        self.made = Some(made);
-        Ok(())
+        }
     }
 }
 

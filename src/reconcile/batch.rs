@@ -41,6 +41,8 @@ struct Changes {
     ev_lsn: Vec<i64>,
     ev_ids: Vec<String>,
     ev_kind: Vec<&'static str>,
+    /// The event's place among its record's reservation records (a cart's step has several).
+    ev_seq: Vec<i16>,
     ev_at: Vec<SystemTime>,
     ev_expires: Vec<Option<SystemTime>>,
     /// The final change of each reservation changed after it was made.
@@ -402,6 +404,8 @@ impl Changes {
         let l = signed(lsn);
         self.last_lsn = l;
         let event = |s: &mut Self, id: String, kind: &'static str, at: u64, expires: Option<u64>| {
+            let seq = s.ev_lsn.iter().rev().take_while(|x| **x == l).count();
+            s.ev_seq.push(i16::try_from(seq).expect("a record carries a few reservation records"));
             s.ev_lsn.push(l);
             s.ev_ids.push(id);
             s.ev_kind.push(kind);
@@ -459,7 +463,7 @@ impl Changes {
             }
             // Carts are not mirrored; a checkout's order is, as any order.
             Record::Cart(c) => {
-                if let Some(inner) = &c.inner {
+                for inner in &c.inner {
                     self.add(lsn, inner);
                 }
             }
@@ -469,7 +473,8 @@ impl Changes {
             | Record::SaleConfigured { .. }
             | Record::QueueJoined { .. }
             | Record::QueueOpened { .. }
-            | Record::QueueAdmitted { .. } => {
+            | Record::QueueAdmitted { .. }
+            | Record::CartHold { .. } => {
                 unreachable!("stock and sale records are applied one by one, queue records not at all")
             }
         }
@@ -527,14 +532,15 @@ impl Changes {
         }
         w.as_mut().finish().await?;
         let mut w = copy(
-            "COPY holdfast_reservation_events (generation, lsn, reservation_id, kind, at, expires_at) FROM STDIN BINARY",
-            &[Type::INT4, Type::INT8, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
+            "COPY holdfast_reservation_events (generation, lsn, seq, reservation_id, kind, at, expires_at) FROM STDIN BINARY",
+            &[Type::INT4, Type::INT8, Type::INT2, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ],
         )
         .await?;
         for i in 0..self.ev_lsn.len() {
-            let row: [&(dyn ToSql + Sync); 6] = [
+            let row: [&(dyn ToSql + Sync); 7] = [
                 &generation,
                 &self.ev_lsn[i],
+                &self.ev_seq[i],
                 &self.ev_ids[i],
                 &self.ev_kind[i],
                 &self.ev_at[i],
@@ -677,6 +683,9 @@ pub async fn apply_batch(
             // Waiting rooms are not mirrored: positions matter only while a sale runs, and the log
             // holds them. (Their sale's limit is, through `SaleConfigured`.)
             Record::QueueJoined { .. } | Record::QueueOpened { .. } | Record::QueueAdmitted { .. } => {}
+            // A sale's cart hold is not mirrored (carts are not); the holds themselves are
+            // reservations, mirrored through the cart steps that make them.
+            Record::CartHold { .. } => {}
             _ => changes.add(*lsn, record),
         }
     }

@@ -50,7 +50,7 @@ impl LogDrift {
 }
 
 /// The history rows one record writes, by table: a reservation event and an order event.
-fn events_of(record: &Record) -> (Option<String>, Option<String>) {
+fn events_of(record: &Record) -> (Vec<String>, Option<String>) {
     let reservation = |r: &Record| match r {
         Record::Reserved(r) => Some(format!("reservation {} reserved", r.id)),
         Record::Extended { id, .. } => Some(format!("reservation {id} extended")),
@@ -60,12 +60,18 @@ fn events_of(record: &Record) -> (Option<String>, Option<String>) {
         _ => None,
     };
     match record {
-        Record::Cart(c) => c.inner.as_ref().map_or((None, None), events_of),
+        // A cart's step: the events of its holds' records and its order's, in order.
+        Record::Cart(c) => {
+            c.inner.iter().map(events_of).fold((Vec::new(), None), |(mut r, o), (more, order)| {
+                r.extend(more);
+                (r, o.or(order))
+            })
+        }
         Record::Order(o) => (
-            o.reservation.as_ref().and_then(reservation),
+            o.reservation.as_ref().and_then(reservation).into_iter().collect(),
             Some(format!("order {} {}", o.order, codec::step_name(&o.step))),
         ),
-        r => (reservation(r), None),
+        r => (reservation(r).into_iter().collect(), None),
     }
 }
 
@@ -106,8 +112,8 @@ pub(super) async fn check(
         holdfast_wal::read_range(storage, from + 1, applied, &mut |lsn, payload| {
             let record = codec::decode(payload).map_err(|e| e.to_string())?;
             let (r, o) = events_of(&record);
-            reservations.extend(r.map(|e| (lsn, e)));
-            orders.extend(o.map(|e| (lsn, e)));
+            reservations.extend(r.into_iter().enumerate().map(|(seq, e)| ((lsn, seq as i16), e)));
+            orders.extend(o.map(|e| ((lsn, 0), e)));
             if let Record::StockAdjusted { sku, delta, reason, .. } = &record {
                 if let Some(row) = adjustment_id(reason.as_str()) {
                     taken.entry(row).or_default().push((lsn, sku.as_str().to_owned(), *delta));
@@ -120,19 +126,20 @@ pub(super) async fn check(
     let rows = |table: &str, what: &str| {
         format!("SELECT lsn, {what} FROM {table} WHERE generation = $1 AND lsn > $2 AND lsn <= $3")
     };
-    let pg_reservations: BTreeMap<Lsn, String> = (tx
+    // Events by LSN and their place in the record (a cart's step has several reservation events).
+    let pg_reservations: BTreeMap<(Lsn, i16), String> = (tx
         .query(
-            &rows("holdfast_reservation_events", "'reservation ' || reservation_id || ' ' || kind"),
+            &rows("holdfast_reservation_events", "seq, 'reservation ' || reservation_id || ' ' || kind"),
             &range,
         )
         .await?)
         .iter()
-        .map(|r| (r.get::<_, i64>(0) as Lsn, r.get(1)))
+        .map(|r| ((r.get::<_, i64>(0) as Lsn, r.get(1)), r.get(2)))
         .collect();
-    let pg_orders: BTreeMap<Lsn, String> =
+    let pg_orders: BTreeMap<(Lsn, i16), String> =
         (tx.query(&rows("holdfast_order_events", "'order ' || order_id || ' ' || step"), &range).await?)
             .iter()
-            .map(|r| (r.get::<_, i64>(0) as Lsn, r.get(1)))
+            .map(|r| ((r.get::<_, i64>(0) as Lsn, 0), r.get(1)))
             .collect();
     for (engine, postgres) in [(&reservations, &pg_reservations), (&orders, &pg_orders)] {
         for lsn in engine.keys().chain(postgres.keys()).collect::<std::collections::BTreeSet<_>>() {
@@ -140,7 +147,7 @@ pub(super) async fn check(
             if e != p {
                 drift.events_differing += 1;
                 if drift.events.len() < LISTED_MAX {
-                    drift.events.push(EventDrift { lsn: *lsn, engine: e.cloned(), postgres: p.cloned() });
+                    drift.events.push(EventDrift { lsn: lsn.0, engine: e.cloned(), postgres: p.cloned() });
                 }
             }
         }

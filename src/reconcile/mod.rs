@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "adjustment_taken", include_str!("../../ops/migrations/0002_adjustment_taken.sql")),
     (3, "orders", include_str!("../../ops/migrations/0003_orders.sql")),
     (4, "history", include_str!("../../ops/migrations/0004_history.sql")),
+    (5, "cart_holds", include_str!("../../ops/migrations/0005_cart_holds.sql")),
 ];
 
 /// A small pool: the mirror holds one connection, the drift check and restock poller borrow another.

@@ -293,3 +293,61 @@ fn bad_cart_requests_get_a_clear_answer_and_change_nothing() {
     assert_eq!(state(&s), before, "carts and stock unchanged");
     assert_eq!(s.metric("holdfast_wal_appended_lsn"), lsn, "nothing was logged");
 }
+
+#[test]
+fn soft_holds_keep_a_carts_units_until_checkout_or_their_deadline() {
+    let dir = scratch();
+    let s = TestServer::start(options(dir.path()));
+    s.stock("tee", 3);
+    let sale = r#"{"per_user_limit": 2, "skus": ["tee"], "cart_hold_ms": 600000}"#;
+    let r = s.put("/v1/sales/drop", sale);
+    assert_eq!((r.status, &r.json()["cart_hold_ms"]), (200, &json!(600_000)), "{}", r.text());
+
+    // Adding to a cart holds the units: the shopper is not told "sold out" at checkout.
+    let a = put_item(&s, "ann", "tee", r#"{"qty": 2, "unit_price": 1500}"#);
+    assert_eq!(a["items"][0]["held_until"], holdfast::clock::rfc3339(T0_MS + 600_000));
+    assert_eq!(s.counts("tee"), (1, 2, 0));
+    // Someone else is told at once that only one is left.
+    let b = s.put("/v1/carts/bob/items/tee", r#"{"qty": 2, "unit_price": 1500}"#);
+    assert_eq!((b.status, b.code()), (409, "insufficient_stock".into()), "{}", b.text());
+    assert!(b.text().contains("tee has 1 available"), "{}", b.text());
+    assert!(s.get("/v1/carts/bob").status == 404, "a refused hold makes no cart");
+    // Ann lowers hers to one: the hold follows (one record: the old hold released, the new taken).
+    s.advance(60_000);
+    let a = put_item(&s, "ann", "tee", r#"{"qty": 1}"#);
+    assert_eq!(a["items"][0]["held_until"], holdfast::clock::rfc3339(T0_MS + 660_000));
+    assert_eq!(s.counts("tee"), (2, 1, 0));
+    put_item(&s, "bob", "tee", r#"{"qty": 2, "unit_price": 1500}"#);
+    assert_eq!(s.counts("tee"), (0, 3, 0));
+
+    // Bob checks out: his held units become the order's reservation without ever being free.
+    let r = s.post_keyed(
+        "/v1/orders",
+        "bob-1",
+        &json!({"user_id": "bob", "cart_id": "bob", "currency": "usd"}).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(s.counts("tee"), (0, 3, 0));
+    let order = r.json();
+    let reservation = s.get(&format!("/v1/reservations/{}", order["reservation_id"].as_str().expect("id")));
+    assert_eq!(reservation.json()["items"], json!([{"sku": "tee", "qty": 2}]));
+
+    // Ann abandons her cart: her hold lapses at its deadline and the unit returns.
+    s.advance(600_001);
+    assert_eq!(s.counts("tee"), (1, 2, 0));
+    let a = cart(&s, "ann");
+    assert!(a["items"][0].get("held_until").is_none(), "{a}");
+    // Editing it again holds afresh, while the unit is there.
+    put_item(&s, "ann", "tee", r#"{"qty": 1}"#);
+    assert_eq!(s.counts("tee"), (0, 3, 0));
+    // Deleting the cart returns the held unit at once.
+    assert_eq!(s.send(request("DELETE", "/v1/carts/ann", &[], None)).status, 204);
+    assert_eq!(s.counts("tee"), (1, 2, 0));
+    let lsn = s.metric("holdfast_wal_appended_lsn");
+    s.stop().expect("a clean stop");
+
+    let s = TestServer::start_at(options(dir.path()), T0_MS + 700_000);
+    assert_eq!(s.metric("holdfast_wal_appended_lsn"), lsn);
+    assert_eq!(s.counts("tee"), (1, 2, 0));
+    assert_eq!(s.get("/v1/sales/drop").json()["cart_hold_ms"], 600_000);
+}

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
+mod carts;
 mod history;
 pub(crate) mod orders;
 mod outage;

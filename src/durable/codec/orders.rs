@@ -43,9 +43,9 @@ struct LogLine {
     unit_price: u64,
 }
 
-/// The reservation record an order step carries: the kinds an order makes.
+/// The reservation record an order step carries: the kinds an order makes (and a cart's holds).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
-enum LogHold {
+pub(super) enum LogHold {
     Reserved(LogReserved),
     Extended { id: u64, expires_at_ms: u64, at_ms: u64 },
     Committed { id: u64, at_ms: u64 },
@@ -146,14 +146,7 @@ pub(super) fn to_log_order(r: &OrderRecord) -> LogOrder {
             8
         }
     };
-    let reservation = r.reservation.as_ref().map(|inner| match to_log(inner) {
-        LogRecord::Reserved(r) => LogHold::Reserved(r),
-        LogRecord::Extended { id, expires_at_ms, at_ms } => LogHold::Extended { id, expires_at_ms, at_ms },
-        LogRecord::Committed { id, at_ms } => LogHold::Committed { id, at_ms },
-        LogRecord::Released { id, at_ms } => LogHold::Released { id, at_ms },
-        LogRecord::Expired { id, at_ms } => LogHold::Expired { id, at_ms },
-        other => unreachable!("an order step never carries {other:?}"),
-    });
+    let reservation = r.reservation.as_ref().map(log_hold);
     LogOrder {
         order: r.order.0.raw(),
         step,
@@ -166,6 +159,39 @@ pub(super) fn to_log_order(r: &OrderRecord) -> LogOrder {
         at_ms: r.at_ms,
         currency,
     }
+}
+
+/// A reservation's record, as an order step or a cart step carries it.
+pub(super) fn log_hold(record: &Record) -> LogHold {
+    match to_log(record) {
+        LogRecord::Reserved(r) => LogHold::Reserved(r),
+        LogRecord::Extended { id, expires_at_ms, at_ms } => LogHold::Extended { id, expires_at_ms, at_ms },
+        LogRecord::Committed { id, at_ms } => LogHold::Committed { id, at_ms },
+        LogRecord::Released { id, at_ms } => LogHold::Released { id, at_ms },
+        LogRecord::Expired { id, at_ms } => LogHold::Expired { id, at_ms },
+        other => unreachable!("a reservation's record, not {other:?}"),
+    }
+}
+
+/// The reservation's record back, its id given `tag`.
+pub(super) fn hold_from(h: &ArchivedLogHold, tag: u64) -> Result<Record, Invalid> {
+    Ok(match h {
+        ArchivedLogHold::Reserved(r) => Record::Reserved(reserved_from(r, tag)?),
+        ArchivedLogHold::Extended { id: raw, expires_at_ms, at_ms } => Record::Extended {
+            id: id(raw, tag)?,
+            expires_at_ms: expires_at_ms.to_native(),
+            at_ms: at_ms.to_native(),
+        },
+        ArchivedLogHold::Committed { id: raw, at_ms } => {
+            Record::Committed { id: id(raw, tag)?, at_ms: at_ms.to_native() }
+        }
+        ArchivedLogHold::Released { id: raw, at_ms } => {
+            Record::Released { id: id(raw, tag)?, at_ms: at_ms.to_native() }
+        }
+        ArchivedLogHold::Expired { id: raw, at_ms } => {
+            Record::Expired { id: id(raw, tag)?, at_ms: at_ms.to_native() }
+        }
+    })
 }
 
 /// `tags`: the tag of the reservation the step carries, and the order's (see `tags` in the parent).
@@ -193,24 +219,7 @@ pub(super) fn from_archived_order(o: &ArchivedLogOrder, tags: [u64; 2]) -> Resul
         },
         other => return Err(Invalid::Code("order step", other)),
     };
-    let reservation = match o.reservation.as_ref() {
-        None => None,
-        Some(ArchivedLogHold::Reserved(r)) => Some(Record::Reserved(reserved_from(r, tags[0])?)),
-        Some(ArchivedLogHold::Extended { id: raw, expires_at_ms, at_ms }) => Some(Record::Extended {
-            id: id(raw, tags[0])?,
-            expires_at_ms: expires_at_ms.to_native(),
-            at_ms: at_ms.to_native(),
-        }),
-        Some(ArchivedLogHold::Committed { id: raw, at_ms }) => {
-            Some(Record::Committed { id: id(raw, tags[0])?, at_ms: at_ms.to_native() })
-        }
-        Some(ArchivedLogHold::Released { id: raw, at_ms }) => {
-            Some(Record::Released { id: id(raw, tags[0])?, at_ms: at_ms.to_native() })
-        }
-        Some(ArchivedLogHold::Expired { id: raw, at_ms }) => {
-            Some(Record::Expired { id: id(raw, tags[0])?, at_ms: at_ms.to_native() })
-        }
-    };
+    let reservation = o.reservation.as_ref().map(|h| hold_from(h, tags[0])).transpose()?;
     Ok(OrderRecord {
         order: OrderId(id(&o.order, tags[1])?),
         step,

@@ -109,6 +109,7 @@ fn a_state_with_adjustment_keys_sale_skus_orders_and_carts_round_trips_as_versio
     state.orders.push(sample_order());
     state.payment_events.push((u128::MAX - 1, 77));
     let item = |sku: &str, qty, unit_price| crate::carts::CartItem {
+        hold: None,
         sku: SkuId::new(sku).expect("valid"),
         qty,
         unit_price,
@@ -120,6 +121,9 @@ fn a_state_with_adjustment_keys_sale_skus_orders_and_carts_round_trips_as_versio
         touched_at_ms: 8,
         merged_from: vec![crate::engine::CartId::new("sess-1").expect("valid")],
     });
+    let hold = crate::carts::Hold { id: ReservationId::new(2, 77, 0xabc), expires_at_ms: 900, since_ms: 6 };
+    state.carts[0].items[1].hold = Some(hold);
+    state.cart_holds.push((SaleId::new("noon").expect("valid"), 600_000));
     let bytes = encode_state(&state);
     assert_eq!(bytes[4], 6);
     let words = aligned(&bytes);
@@ -133,8 +137,9 @@ fn a_state_with_adjustment_keys_sale_skus_orders_and_carts_round_trips_as_versio
     let words = aligned(&v5);
     let decoded = decode_state(&bytemuck::cast_slice::<u128, u8>(&words)[..v5.len()]).expect("decodes");
     let carts = std::mem::take(&mut state.carts);
+    let holds = std::mem::take(&mut state.cart_holds);
     assert_eq!(decoded, state);
-    assert_eq!(carts.len(), 1);
+    assert_eq!((carts.len(), holds.len()), (1, 1));
 
     // A version 3 snapshot (written before orders) still reads, with none.
     let mut v3 = Vec::new();
@@ -373,23 +378,39 @@ fn a_snapshot_keeps_every_ids_tag_and_a_version_4_one_reads_with_none() {
 }
 
 #[test]
-fn cart_records_round_trip_with_a_checkout_carrying_its_order_and_its_tags() {
-    use crate::carts::{CartItem, CartRecord, CartStep, Ending};
-    use crate::engine::CartId;
+fn cart_records_round_trip_with_their_holds_and_a_checkout_carrying_its_order_and_its_tags() {
+    use crate::carts::{CartItem, CartRecord, CartStep, Ending, Hold};
+    use crate::engine::{CartId, ReservedRecord};
     let cart = CartId::new("ann@example.com").expect("valid");
     let tee = SkuId::new("tee").expect("valid");
     let step =
         |step, inner| Record::Cart(Box::new(CartRecord { cart: cart.clone(), step, inner, at_ms: 42 }));
-    let line = CartItem { sku: tee.clone(), qty: 3, unit_price: Some(1_500) };
+    let (old, new) = (ReservationId::new(3, 9, 0xfeed_beef), ReservationId::new(1, 12, u64::MAX - 5));
+    let hold = Hold { id: new, expires_at_ms: 600_042, since_ms: 40 };
+    let held = CartItem { sku: tee.clone(), qty: 3, unit_price: Some(1_500), hold: Some(hold) };
+    let plain = CartItem { sku: tee.clone(), qty: 1, unit_price: None, hold: None };
+    let reserved = Record::Reserved(ReservedRecord {
+        id: new,
+        items: vec![Item { sku: tee.clone(), qty: 3 }],
+        created_at_ms: 42,
+        expires_at_ms: 600_042,
+        user: Some(UserId::new("ann@example.com").expect("valid")),
+        sale: Some(SaleId::new("drop").expect("valid")),
+        idempotency: None,
+    });
+    let renewed = vec![Record::Released { id: old, at_ms: 42 }, reserved.clone()];
     let placed = order_sample()[0].clone();
+    let guest = CartId::new("sess-1").expect("valid");
     let records = [
-        step(CartStep::ItemSet { sku: tee.clone(), qty: 3, unit_price: Some(1_500) }, None),
-        step(CartStep::ItemSet { sku: tee.clone(), qty: 1, unit_price: None }, None),
-        step(CartStep::ItemRemoved { sku: tee.clone() }, None),
-        step(CartStep::Merged { from: CartId::new("sess-1").expect("valid"), items: vec![line] }, None),
-        step(CartStep::Removed(Ending::Deleted), None),
-        step(CartStep::Removed(Ending::Expired), None),
-        step(CartStep::Removed(Ending::CheckedOut), Some(placed)),
+        step(CartStep::ItemSet(held.clone()), renewed.clone()),
+        step(CartStep::ItemSet(plain.clone()), Vec::new()),
+        step(CartStep::ItemRemoved { sku: tee.clone() }, vec![Record::Expired { id: old, at_ms: 42 }]),
+        step(CartStep::ItemMoved { from: guest.clone(), item: held.clone() }, renewed),
+        step(CartStep::Merged { from: guest, items: vec![held, plain] }, Vec::new()),
+        step(CartStep::Removed(Ending::Deleted), Vec::new()),
+        step(CartStep::Removed(Ending::Expired), Vec::new()),
+        step(CartStep::Removed(Ending::CheckedOut), vec![Record::Released { id: new, at_ms: 42 }, placed]),
+        Record::CartHold { sale: SaleId::new("drop").expect("valid"), hold_ms: 600_000, at_ms: 42 },
     ];
     for record in records {
         assert_eq!(round_trip(&record), Ok(record));
