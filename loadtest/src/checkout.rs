@@ -334,7 +334,13 @@ async fn run(args: &CheckoutArgs) -> anyhow::Result<bool> {
 }
 
 /// The server started here and its scratch directory, both gone when dropped.
-struct Scratch(Option<crate::servers::Server>, std::path::PathBuf);
+pub(crate) struct Scratch(Option<crate::servers::Server>, std::path::PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(server: crate::servers::Server, dir: std::path::PathBuf) -> Scratch {
+        Scratch(Some(server), dir)
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {

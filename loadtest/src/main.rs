@@ -3,6 +3,7 @@
 //! what the shoppers were told, and writes a report (JSON and HTML). Exit status: 0 when every check
 //! held, 1 when one did not (with the evidence), 2 when the drill could not run.
 
+mod carts;
 mod checkout;
 mod client;
 mod compare;
@@ -150,6 +151,10 @@ enum Command {
     /// fails, delays, duplicates, reorders and loses its signed webhooks at set rates (and answers the
     /// server's status fallback); every order's end is verified against what its payment did.
     Checkout(Box<checkout::CheckoutArgs>),
+    /// Carts with soft holds: shoppers add to a cart (the sale holds the units), some abandon, the
+    /// rest check out; verified: never more held than there are, every holder got their units,
+    /// abandoned holds returned by their deadline.
+    Carts(Box<carts::CartsArgs>),
     /// The same drill before and after a change: two report.json files side by side, each figure
     /// with its change (Markdown on standard output). Exit 1 when either verification failed.
     Diff(diff::DiffArgs),
@@ -215,6 +220,7 @@ fn main() {
     let outcome = match &args.command {
         Some(Command::Compare(c)) => compare::compare(c),
         Some(Command::Checkout(c)) => checkout::checkout(c),
+        Some(Command::Carts(c)) => carts::carts(c),
         Some(Command::Diff(d)) => diff::diff(d),
         None => run(&args),
     };

@@ -188,6 +188,9 @@ mod lying_proxy {
         WebhookSwallowed,
         /// Every commit held 1.5 s before it is forwarded: a server whose buyers wait in line.
         SlowCommits,
+        /// Every cart line set answered as the server answered it, then removed behind the
+        /// shopper's back: a server that drops acknowledged holds.
+        HoldDropped,
     }
 
     struct Proxy {
@@ -212,6 +215,14 @@ mod lying_proxy {
             let id = path.trim_start_matches("/v1/reservations/").split('/').next().unwrap_or("").to_owned();
             let mut forward_path = path.clone();
             match self.lie {
+                Lie::HoldDropped if req.method() == hyper::Method::PUT && path.starts_with("/v1/carts/") => {
+                    let answered = self.forward(req, &path).await;
+                    if answered.status() == 200 {
+                        let delete = Request::delete(&path).body(Full::new(Bytes::new())).expect("request");
+                        self.send(delete).await;
+                    }
+                    return answered;
+                }
                 Lie::WebhookSwallowed if path == "/v1/webhooks/payments" => {
                     return reply(200, r#"{"status":"applied","code":"paid","order_state":"paid"}"#.into())
                 }
@@ -250,16 +261,19 @@ mod lying_proxy {
         async fn forward(&self, req: Request<hyper::body::Incoming>, path: &str) -> Response<Full<Bytes>> {
             let (parts, body) = req.into_parts();
             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let stream = tokio::net::TcpStream::connect(&self.upstream).await.expect("upstream");
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-            tokio::spawn(conn);
             let mut out = Request::builder().method(parts.method).uri(path);
             for (name, value) in &parts.headers {
                 out = out.header(name, value);
             }
-            let response =
-                send.send_request(out.body(Full::new(body)).expect("request")).await.expect("upstream reply");
+            self.send(out.body(Full::new(body)).expect("request")).await
+        }
+
+        async fn send(&self, request: Request<Full<Bytes>>) -> Response<Full<Bytes>> {
+            let stream = tokio::net::TcpStream::connect(&self.upstream).await.expect("upstream");
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+            tokio::spawn(conn);
+            let response = send.send_request(request).await.expect("upstream reply");
             let (parts, body) = response.into_parts();
             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             Response::from_parts(parts, Full::new(body))
@@ -496,4 +510,36 @@ fn the_checkout_drill_fails_when_webhooks_are_acknowledged_but_not_delivered() {
     for must_fail in ["applied_webhooks_are_in_the_history", "each_order_ended_as_its_payment_says"] {
         assert!(failed.iter().any(|f| f == must_fail), "failed {failed:?}, not {must_fail}");
     }
+}
+
+/// A small carts drill with soft holds, straight or through a proxy that lies.
+fn carts_drill(target: Option<&str>) -> (bool, serde_json::Value) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let report = dir.path().join("report");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_holdfast-drill"));
+    command.args(["carts", "--users", "800", "--units", "200", "--hold-ms", "2000", "--arrival-secs", "1.5"]);
+    command.args(["--think-ms", "300"]);
+    if let Some(target) = target {
+        command.args(["--target", target]);
+    }
+    let status = command.arg("--report").arg(&report).status().expect("run holdfast-drill carts");
+    let text = std::fs::read_to_string(report.join("carts.json")).expect("a JSON report");
+    (status.success(), serde_json::from_str(&text).expect("valid JSON"))
+}
+
+#[test]
+fn the_carts_drill_verifies_holds_and_fails_against_a_server_that_drops_them() {
+    let (passed, r) = carts_drill(None);
+    assert!(passed, "the carts drill failed its verification: {}", r["verification"]);
+    let s = &r["shoppers"];
+    for what in ["held", "sold_out_at_cart", "abandoned", "checked_out", "checkout_repeats"] {
+        assert!(s[what].as_u64() > Some(0), "no shopper {what}: {s}");
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let (_server, addr) = start_server(dir.path());
+    let proxy = lying_proxy::start(&addr, lying_proxy::Lie::HoldDropped);
+    let (passed, r) = carts_drill(Some(&format!("http://{proxy}")));
+    assert!(!passed, "the drill passed against a server that drops holds: {}", r["verification"]);
+    let failed = failed_checks(&r);
+    assert!(failed.iter().any(|f| f == "every_holder_got_their_units"), "failed {failed:?}");
 }
