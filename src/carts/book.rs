@@ -114,6 +114,8 @@ pub struct Carts {
     carts: HashMap<CartId, Cart, foldhash::fast::RandomState>,
     /// Sale → `cart_hold_ms`: adding its SKUs to a cart reserves them for that long.
     hold_ms: HashMap<SaleId, u64, foldhash::fast::RandomState>,
+    /// Lines with a hold (one that lapsed counts until its line is edited or removed).
+    held: usize,
     /// Carts by the time they expire (`touched_at_ms + idle`), kept as `touched_at_ms`.
     by_touch: BTreeSet<(u64, CartId)>,
     items: usize,
@@ -135,6 +137,11 @@ impl Carts {
     /// Lines in all carts.
     pub fn items(&self) -> usize {
         self.items
+    }
+
+    /// Lines with a hold (see `held`).
+    pub fn held_lines(&self) -> usize {
+        self.held
     }
 
     /// Carts last touched at or before `touched_by_ms`, oldest first, at most `max`.
@@ -162,8 +169,9 @@ impl Carts {
                 let Ok(at) = guest.items.binary_search_by(|i| i.sku.cmp(&item.sku)) else {
                     return Err(format!("cart {from} has no {} to move", item.sku));
                 };
-                guest.items.remove(at);
+                let moved = guest.items.remove(at);
                 self.items -= 1;
+                self.held -= usize::from(moved.hold.is_some());
                 self.set_line(&r.cart, item, r.at_ms)?;
             }
             CartStep::ItemRemoved { sku } => {
@@ -174,8 +182,9 @@ impl Carts {
                     return Err(format!("cart {} has no {sku} to remove", r.cart));
                 };
                 let cart = self.touch(&r.cart, r.at_ms);
-                cart.items.remove(at);
+                let removed = cart.items.remove(at);
                 self.items -= 1;
+                self.held -= usize::from(removed.hold.is_some());
             }
             CartStep::Merged { from, items } => {
                 if *from == r.cart || !items.windows(2).all(|w| w[0].sku < w[1].sku) {
@@ -186,14 +195,15 @@ impl Carts {
                 }
                 self.remove(from).ok_or_else(|| format!("cart {from} merged but not known"))?;
                 let cart = self.touch(&r.cart, r.at_ms);
-                let before = cart.items.len();
+                let before = (cart.items.len(), held_in(&cart.items));
                 cart.items = items.clone();
                 cart.merged_from.retain(|m| m != from);
                 cart.merged_from.push(from.clone());
                 if cart.merged_from.len() > CART_MERGES_REMEMBERED {
                     cart.merged_from.remove(0);
                 }
-                self.items = self.items - before + items.len();
+                self.items = self.items - before.0 + items.len();
+                self.held = self.held - before.1 + held_in(items);
             }
             CartStep::Removed(ending) => {
                 if *ending == Ending::CheckedOut && !matches!(r.inner.last(), Some(Record::Order(_))) {
@@ -209,9 +219,11 @@ impl Carts {
         if line.qty == 0 {
             return Err(format!("cart {cart} sets {} to 0", line.sku));
         }
+        let mut held = self.held + usize::from(line.hold.is_some());
         let cart = self.touch(cart, at_ms);
         let added = match cart.items.binary_search_by(|i| i.sku.cmp(&line.sku)) {
             Ok(at) => {
+                held -= usize::from(cart.items[at].hold.is_some());
                 cart.items[at] = line.clone();
                 false
             }
@@ -221,6 +233,7 @@ impl Carts {
             }
         };
         self.items += usize::from(added);
+        self.held = held;
         Ok(())
     }
 
@@ -264,6 +277,7 @@ impl Carts {
         let cart = self.carts.remove(id)?;
         self.by_touch.remove(&(cart.touched_at_ms, cart.id.clone()));
         self.items -= cart.items.len();
+        self.held -= held_in(&cart.items);
         Some(cart)
     }
 
@@ -286,9 +300,14 @@ impl Carts {
                 return Err(format!("cart {} appears twice or has unsorted or empty lines", cart.id));
             }
             book.items += cart.items.len();
+            book.held += held_in(&cart.items);
             book.by_touch.insert((cart.touched_at_ms, cart.id.clone()));
             book.carts.insert(cart.id.clone(), cart.clone());
         }
         Ok(book)
     }
+}
+
+fn held_in(items: &[CartItem]) -> usize {
+    items.iter().filter(|i| i.hold.is_some()).count()
 }

@@ -109,7 +109,7 @@ impl Engine {
             let mine = |o: &&Old| o.holder.as_ref().is_some_and(|(s, u)| s == sale && u == n.user);
             let given_back: u64 =
                 olds.iter().filter(mine).map(|o| o.lines.iter().map(|l| u64::from(l.qty)).sum::<u64>()).sum();
-            let held = shard.held(sale, n.user) - given_back;
+            let held = shard.held(sale, n.user).saturating_sub(given_back);
             if held + super::reserve::units(n.items) > u64::from(limit) {
                 return Err(ReserveError::LimitExceeded { limit, held });
             }

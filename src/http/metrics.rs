@@ -125,6 +125,7 @@ pub struct Metrics {
     /// Carts and their lines, read when scraped; merges and idle expiries counted.
     carts: Gauge,
     cart_items: Gauge,
+    cart_held_lines: Gauge,
     pub cart_merges: Counter,
     pub carts_expired: Counter,
     room_waiting: Family<SaleLabels, Gauge>,
@@ -237,6 +238,7 @@ impl Metrics {
             open_orders: Gauge::default(),
             carts: Gauge::default(),
             cart_items: Gauge::default(),
+            cart_held_lines: Gauge::default(),
             cart_merges: Counter::default(),
             carts_expired: Counter::default(),
             room_waiting: Family::default(),
@@ -300,6 +302,11 @@ impl Metrics {
         r.register("orders_open", "Orders awaiting a payment's outcome", m.open_orders.clone());
         r.register("carts", "Carts held", m.carts.clone());
         r.register("cart_items", "Lines in all carts", m.cart_items.clone());
+        r.register(
+            "cart_held_lines",
+            "Cart lines with a soft hold (one that lapsed counts until its line is edited or removed)",
+            m.cart_held_lines.clone(),
+        );
         r.register(
             "cart_merges",
             "Guest carts merged into another (repeats not counted)",
@@ -470,12 +477,13 @@ impl Metrics {
             let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
             gauge(&self.live_reservations, d.engine().active_reservations() as u64);
             gauge(&self.open_orders, d.engine().orders().lock().open_count() as u64);
-            let (carts, items) = {
+            let (carts, items, held) = {
                 let carts = d.engine().carts().lock();
-                (carts.len(), carts.items())
+                (carts.len(), carts.items(), carts.held_lines())
             };
             gauge(&self.carts, carts as u64);
             gauge(&self.cart_items, items as u64);
+            gauge(&self.cart_held_lines, held as u64);
             gauge(&self.appended_lsn, d.wal().appended_lsn());
             gauge(&self.acked_lsn, d.wal().acked_lsn());
             let (lsn, at_ms) = d.last_snapshot();

@@ -96,6 +96,8 @@ fn compare(engine: &Engine, model: &BTreeMap<usize, MCart>, now: u64) -> Result<
     let carts = engine.carts().lock();
     prop_assert_eq!(carts.len(), model.len());
     prop_assert_eq!(carts.items(), model.values().map(|c| c.lines.len()).sum::<usize>());
+    let held = model.keys().flat_map(|i| carts.get(CARTS[*i]).into_iter().flat_map(|c| c.items.iter()));
+    prop_assert_eq!(carts.held_lines(), held.filter(|l| l.hold.is_some()).count());
     for (i, m) in model {
         let got = carts.get(CARTS[*i]);
         prop_assert!(got.is_some(), "cart {} missing", CARTS[*i]);

@@ -307,6 +307,7 @@ fn soft_holds_keep_a_carts_units_until_checkout_or_their_deadline() {
     let a = put_item(&s, "ann", "tee", r#"{"qty": 2, "unit_price": 1500}"#);
     assert_eq!(a["items"][0]["held_until"], holdfast::clock::rfc3339(T0_MS + 600_000));
     assert_eq!(s.counts("tee"), (1, 2, 0));
+    assert_eq!(s.metric("holdfast_cart_held_lines "), 1.0);
     // Someone else is told at once that only one is left.
     let b = s.put("/v1/carts/bob/items/tee", r#"{"qty": 2, "unit_price": 1500}"#);
     assert_eq!((b.status, b.code()), (409, "insufficient_stock".into()), "{}", b.text());

@@ -2,7 +2,9 @@
 //! concurrently, killed with SIGKILL at a varied moment and restarted on the same data directory,
 //! many times (snapshots taken often, so recoveries start from one). After every restart each cart
 //! reads exactly as its last acknowledged answer left it, or as the one request in flight at the kill
-//! would have (unacknowledged, it may or may not have happened; nothing else may differ).
+//! would have (unacknowledged, it may or may not have happened; nothing else may differ). One SKU is
+//! in a sale with a cart hold: after every restart its reserved units are exactly the carts' lines of
+//! it (every hold recovered with its line, none left without one).
 
 use crate::http::harness::{request, send};
 use crate::http::process::{runtime, start_with, wait_ready};
@@ -152,6 +154,9 @@ fn sigkill_mid_cart_edits_loses_no_acknowledged_edit() {
                 let put = request("PUT", &format!("/v1/skus/{sku}"), &[], Some(r#"{"on_hand": 50}"#));
                 assert_eq!(rt.block_on(send(p.addr, put)).expect("a reply").status, 200);
             }
+            let sale = r#"{"per_user_limit": 20, "skus": ["cap"], "cart_hold_ms": 600000}"#;
+            let put = request("PUT", "/v1/sales/drop", &[], Some(sale));
+            assert_eq!(rt.block_on(send(p.addr, put)).expect("a reply").status, 200);
         }
         // What recovery found: the last acknowledged state, or that with the request in flight.
         for (n, client) in clients.iter().enumerate() {
@@ -171,6 +176,18 @@ fn sigkill_mid_cart_edits_loses_no_acknowledged_edit() {
             c.carts = found;
             c.pending = None;
         }
+        let held: u64 = (clients.iter())
+            .flat_map(|c| c.lock().carts.clone())
+            .flatten()
+            .filter_map(|lines| lines.get("cap").copied())
+            .sum();
+        let cap =
+            rt.block_on(send(p.addr, request("GET", "/v1/skus/cap", &[], None))).expect("a reply").json();
+        assert_eq!(
+            cap["reserved"].as_u64(),
+            Some(held),
+            "cycle {cycle}: the holds of cap are its carts' lines: {cap}"
+        );
         if cycle == cycles {
             break;
         }
