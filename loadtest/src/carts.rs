@@ -58,7 +58,8 @@ pub struct CartsArgs {
 #[derive(Default, Clone)]
 struct Shopper {
     qty: u32,
-    /// When the cart's hold was answered (Unix ms).
+    /// When the add was sent and answered (Unix ms): a refusal was decided between the two.
+    sent_at: u64,
     added_at: u64,
     /// Held until (Unix ms), as the cart said.
     held_until: Option<u64>,
@@ -77,6 +78,9 @@ struct Drill {
     /// (available, reserved, sold) read while the sale ran, each checked against the units.
     reads: Mutex<Vec<(u64, u64, u64)>>,
 }
+
+/// How long after its deadline an abandoned hold's units may take to be available again.
+const RETURN_MS: u64 = 250;
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -147,9 +151,10 @@ async fn run(args: &CartsArgs) -> anyhow::Result<bool> {
     for t in tasks {
         shoppers.push(t.await?);
     }
-    // Past the last abandoned hold's deadline, with the expiry tick and its grace.
+    // Past the last abandoned hold's deadline, with the commit grace and one expiry tick (75 ms by
+    // default) and the time the read takes.
     let last = shoppers.iter().filter(|s| s.abandoned).filter_map(|s| s.held_until).max().unwrap_or(0);
-    let wait = last.saturating_sub(unix_ms()) + 500;
+    let wait = last.saturating_sub(unix_ms()) + RETURN_MS;
     tokio::time::sleep(Duration::from_millis(wait)).await;
     watcher.abort();
     let end = stock(&d).await.map_err(anyhow::Error::msg)?;
@@ -230,13 +235,14 @@ async fn shopper(d: &Drill, i: u64) -> Shopper {
     let qty = if draw(i, 1) < 0.3 { 2 } else { 1 };
     let mut s = Shopper { qty, ..Shopper::default() };
     let body = json!({"qty": qty, "unit_price": 1_999}).to_string();
+    s.sent_at = unix_ms();
     let sent = Instant::now();
     let r = d.client.put(format!("/v1/carts/{cart}/items/{}", a.sku), body).await;
     timed(&d.add_us, sent, &r);
     s.added_at = unix_ms();
     let held = match r {
         Ok(r) if r.status == 200 => serde_json::from_slice::<Value>(&r.body).ok(),
-        Ok(r) if r.status == 409 => {
+        Ok(r) if r.status == 409 && r.body.windows(18).any(|w| w == b"insufficient_stock") => {
             s.sold_out = true;
             return s;
         }
@@ -332,17 +338,47 @@ fn verify(d: &Drill, shoppers: &[Shopper], end: (u64, u64, u64)) -> Vec<Check> {
         "after the last abandoned hold's deadline: {} reserved (the orders hold {ordered_units}), {} available ({abandoned_units} units of abandoned carts returned)",
         end.1, end.0
     ));
-    // Units given to shoppers at once: each hold from its answer, until its deadline when abandoned
-    // (a checked-out hold became an order's and stays taken).
-    let held: Vec<&Shopper> = shoppers.iter().filter(|s| s.held_until.is_some()).collect();
-    let taken_at = |t: u64| -> u64 {
-        let live =
-            held.iter().filter(|s| s.added_at <= t && (!s.abandoned || s.held_until.is_some_and(|u| u > t)));
-        live.map(|s| u64::from(s.qty)).sum()
+    // Units given to shoppers at once, by the server's own times: each hold from when it was taken
+    // (its deadline less the hold) until, when abandoned, its deadline (at the earliest) or its
+    // deadline and the return time (at the latest); a checked-out hold became an order's and stays.
+    let hold_ms = d.args.hold_ms;
+    let held: Vec<(u64, Option<u64>, u64)> = (shoppers.iter())
+        .filter_map(|s| {
+            s.held_until.map(|u| (u.saturating_sub(hold_ms), s.abandoned.then_some(u), u64::from(s.qty)))
+        })
+        .collect();
+    let taken_at = |t: u64, slack: u64| -> u64 {
+        let live = held.iter().filter(|(from, until, _)| *from <= t && until.is_none_or(|u| u + slack > t));
+        live.map(|(_, _, qty)| *qty).sum()
     };
-    let most = held.iter().map(|s| taken_at(s.added_at)).max().unwrap_or(0);
-    check("never_more_held_than_there_are", most <= units, format!(
-        "at most {most} of {units} units were held in carts or ordered at once (by the holds' answers and deadlines)"
-    ));
+    let most = held.iter().map(|(from, _, _)| taken_at(*from, 0)).max().unwrap_or(0);
+    check(
+        "never_more_held_than_there_are",
+        most <= units,
+        format!(
+            "at most {most} of {units} units were held in carts or ordered at once (by the holds' deadlines)"
+        ),
+    );
+    // Everyone told sold out was told so while the units were taken: at some instant between their
+    // add's sending and its answer, the holds then left fewer units than they asked for.
+    let told = shoppers.iter().filter(|s| s.sold_out).count();
+    let lies: Vec<String> = (shoppers.iter().filter(|s| s.sold_out))
+        .filter(|s| {
+            let events = held.iter().flat_map(|(from, until, _)| [Some(*from), until.map(|u| u + RETURN_MS)]);
+            let within = events.flatten().filter(|t| (s.sent_at..=s.added_at).contains(t));
+            let instants = std::iter::once(s.sent_at).chain(within);
+            instants.map(|t| taken_at(t, RETURN_MS)).max().unwrap_or(0) + u64::from(s.qty) <= units
+        })
+        .map(|s| format!("{} unit(s) asked at {}", s.qty, s.sent_at))
+        .collect();
+    check(
+        "sold_out_only_when_it_was",
+        lies.is_empty(),
+        format!(
+            "{told} shoppers told sold out at the cart; {} of them while the holds left enough{}",
+            lies.len(),
+            lies.first().map(|l| format!(" (first: {l})")).unwrap_or_default()
+        ),
+    );
     checks
 }

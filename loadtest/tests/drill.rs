@@ -191,6 +191,9 @@ mod lying_proxy {
         /// Every cart line set answered as the server answered it, then removed behind the
         /// shopper's back: a server that drops acknowledged holds.
         HoldDropped,
+        /// Every other cart told "sold out" without asking the server: a server that turns
+        /// shoppers away while units are there.
+        SoldOutFaked,
     }
 
     struct Proxy {
@@ -222,6 +225,13 @@ mod lying_proxy {
                         self.send(delete).await;
                     }
                     return answered;
+                }
+                Lie::SoldOutFaked
+                    if path.starts_with("/v1/carts/") && self.dropped.fetch_add(1, Relaxed) % 2 == 1 =>
+                {
+                    let body =
+                        r#"{"type":"/problems/insufficient_stock","status":409,"code":"insufficient_stock"}"#;
+                    return reply(409, body.into());
                 }
                 Lie::WebhookSwallowed if path == "/v1/webhooks/payments" => {
                     return reply(200, r#"{"status":"applied","code":"paid","order_state":"paid"}"#.into())
@@ -542,4 +552,10 @@ fn the_carts_drill_verifies_holds_and_fails_against_a_server_that_drops_them() {
     assert!(!passed, "the drill passed against a server that drops holds: {}", r["verification"]);
     let failed = failed_checks(&r);
     assert!(failed.iter().any(|f| f == "every_holder_got_their_units"), "failed {failed:?}");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
+    let (_server, addr) = start_server(dir.path());
+    let proxy = lying_proxy::start(&addr, lying_proxy::Lie::SoldOutFaked);
+    let (passed, r) = carts_drill(Some(&format!("http://{proxy}")));
+    assert!(!passed, "the drill passed against a server that fakes sold out: {}", r["verification"]);
+    assert!(failed_checks(&r).iter().any(|f| f == "sold_out_only_when_it_was"), "{}", r["verification"]);
 }

@@ -377,9 +377,7 @@ pub fn order_json(o: &crate::orders::Order) -> Value {
 pub fn cart_json(c: &crate::carts::Cart) -> Value {
     json!({
         "id": c.id.as_str(),
-        "items": c.items.iter()
-            .map(|i| json!({"sku": i.sku.as_str(), "qty": i.qty, "unit_price": i.unit_price}))
-            .collect::<Vec<_>>(),
+        "items": c.items.iter().map(cart_line).collect::<Vec<_>>(),
         "created_at": time(c.created_at_ms),
         "updated_at": time(c.touched_at_ms),
         "merged_from": c.merged_from.iter().map(|m| m.as_str()).collect::<Vec<_>>(),

@@ -81,10 +81,12 @@ impl Engine {
         self.sale_of_sku(sku).and_then(|sale| self.sale_limit(sale.as_str()))
     }
 
-    /// The sale covering `sku` and its `cart_hold_ms`, when it gives carts a hold.
+    /// The sale covering `sku` and its `cart_hold_ms`, when it gives carts a hold (within the TTL
+    /// range this server runs with, which may have narrowed since the sale was set).
     pub fn cart_hold(&self, carts: &Carts, sku: &str) -> Option<(SaleId, u64)> {
         let sale = self.sale_of_sku(sku)?;
-        carts.hold_ms(sale.as_str()).map(|ms| (sale, ms))
+        let c = self.config();
+        carts.hold_ms(sale.as_str()).map(|ms| (sale, ms.clamp(c.ttl_ms_min, c.ttl_ms_max)))
     }
 
     /// The hold of a line, if its reservation is still active at `now_ms`.
@@ -289,11 +291,23 @@ impl Engine {
         for g in &guest.items {
             let t = target.iter().find(|t| t.sku == g.sku);
             let held = g.hold.is_some() || t.is_some_and(|t| t.hold.is_some());
-            if !held && self.cart_hold(&carts, g.sku.as_str()).is_none() {
+            let hold = self.cart_hold(&carts, g.sku.as_str());
+            if !held && hold.is_none() {
                 continue;
             }
             let olds: Vec<&CartItem> = [Some(g), t].into_iter().flatten().collect();
             let item = merged(g, t);
+            // Behind a waiting room a hold is taken only with the admission given to the cart's id,
+            // which a merge does not carry: the guest's hold is released, its line moves without a
+            // hold when the cart lacks one (held again by an admitted add, or reserved at checkout),
+            // and the cart's own line, held by its own admission, stays as it is.
+            if hold.is_some_and(|(sale, _)| self.is_gated(sale.as_str())) {
+                let release: Vec<ReservationId> = g.hold.iter().map(|h| h.id).collect();
+                let kept = t.cloned().unwrap_or(CartItem { hold: None, ..item });
+                let step = CartStep::ItemMoved { from: from.clone(), item: kept };
+                self.log_rehold(&mut carts, sink, into, &release, None, step, now_ms)?;
+                continue;
+            }
             let first = self.hold_line(&mut carts, sink, into, Some(from), item.clone(), &olds, now_ms);
             let Err(CartError::Hold(_)) = first else {
                 first?;

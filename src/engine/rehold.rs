@@ -25,6 +25,9 @@ struct Old {
     store: u16,
     lines: SmallVec<[Line; 4]>,
     holder: Option<(SaleId, UserId)>,
+    /// Past its deadline (not yet swept): it ends as expired, and its units are not its holder's
+    /// to take again — the new reservation must find its units as any reserve would.
+    due: bool,
 }
 
 impl Engine {
@@ -73,7 +76,8 @@ impl Engine {
             let Some(r) = locked.shard(store).reservations.get(&id) else { continue };
             if r.state == ReservationState::Active && !olds.iter().any(|o| o.id == id) {
                 let holder = r.holder.as_ref().map(|h| (h.sale.clone(), h.user.clone()));
-                olds.push(Old { id, store, lines: r.lines.iter().copied().collect(), holder });
+                let due = now_ms >= r.expires_at_ms;
+                olds.push(Old { id, store, lines: r.lines.iter().copied().collect(), holder, due });
             }
         }
         let cells = olds.iter().flat_map(|o| o.lines.iter().map(|l| self.catalog.cell(l.cell).shard));
@@ -86,7 +90,7 @@ impl Engine {
             r.is_some_and(|r| r.state == ReservationState::Active)
         });
         let freed = |cell: u32| -> u64 {
-            let lines = olds.iter().flat_map(|o| o.lines.iter());
+            let lines = olds.iter().filter(|o| !o.due).flat_map(|o| o.lines.iter());
             lines.filter(|l| l.cell == cell).map(|l| u64::from(l.qty)).sum()
         };
         let short = lines.iter().enumerate().find(|(_, l): &(usize, &Resolved<'_>)| {
@@ -106,6 +110,7 @@ impl Engine {
         if let (Some(sale), Some(n)) = (&sale, new) {
             let limit = self.sale_limit(sale.as_str()).ok_or(ReserveError::UnknownSale)?;
             let shard = self.counters.lock(n.user);
+            // Units of a due hold are given back too (it ends here): they count against nobody.
             let mine = |o: &&Old| o.holder.as_ref().is_some_and(|(s, u)| s == sale && u == n.user);
             let given_back: u64 =
                 olds.iter().filter(mine).map(|o| o.lines.iter().map(|l| u64::from(l.qty)).sum::<u64>()).sum();
@@ -116,15 +121,11 @@ impl Engine {
             counters = Some((self.counters.index(n.user), shard));
         }
 
-        let ended = |o: &Old, locked: &mut super::shard::Locked<'_>| {
-            let r = locked.shard(o.store).reservations.get(&o.id).expect("checked above");
-            if now_ms >= r.expires_at_ms {
-                Record::Expired { id: o.id, at_ms: now_ms }
-            } else {
-                Record::Released { id: o.id, at_ms: now_ms }
-            }
+        let ended = |o: &Old| match o.due {
+            true => Record::Expired { id: o.id, at_ms: now_ms },
+            false => Record::Released { id: o.id, at_ms: now_ms },
         };
-        let mut records: Vec<Record> = olds.iter().map(|o| ended(o, &mut locked)).collect();
+        let mut records: Vec<Record> = olds.iter().map(ended).collect();
         let reserved = new.zip(home).map(|(n, home)| ReservedRecord {
             id: self.issue_id(home, locked.shard(home).next_seq),
             items: n.items.to_vec(),

@@ -322,3 +322,27 @@ proptest! {
         run(&ops, shards, snapshot_at)?;
     }
 }
+
+/// A hold past its deadline that the expiry tick has not swept yet is not its cart's to take again:
+/// an edit then must find its units as any reserve would (here, none), and leaves the hold to the tick.
+#[test]
+fn an_edit_after_the_holds_deadline_does_not_retake_its_units() {
+    let engine = Engine::new(EngineConfig { commit_grace_ms: 50, ..config(2) }).expect("config");
+    let mut log = Vec::new();
+    let t0 = 1_000_000;
+    engine.set_stock(&sku(2), 2, t0, &mut log).expect("stock");
+    let sale = SaleId::new("drop").expect("valid");
+    engine.set_sale(&sale, LIMIT, &[sku(2)], t0, &mut log).expect("sale");
+    engine.set_cart_hold(&sale, HOLD_MS, t0, &mut log).expect("cart hold");
+    let edit = |qty| ItemEdit { sku: sku(2), qty, unit_price: Some(5) };
+    engine.set_cart_item(&cart_id(0), &edit(2), t0, &mut log).expect("held");
+    // Before the deadline, a renewal takes the same units back.
+    engine.set_cart_item(&cart_id(0), &edit(2), t0 + HOLD_MS - 1, &mut log).expect("renewed");
+    let due = t0 + 2 * HOLD_MS - 1 + 10;
+    let again = engine.set_cart_item(&cart_id(0), &edit(2), due, &mut log);
+    assert!(matches!(again, Err(CartError::Hold(ReserveError::InsufficientStock { .. }))), "{again:?}");
+    // The tick sweeps it; then anyone may take the units, the cart as well.
+    engine.expire_due(due + 50, &mut log);
+    assert_eq!(engine.stock(SKUS[2]).map(|s| s.available), Some(2));
+    engine.set_cart_item(&cart_id(1), &edit(1), due + 60, &mut log).expect("another cart holds one");
+}

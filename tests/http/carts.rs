@@ -352,3 +352,40 @@ fn soft_holds_keep_a_carts_units_until_checkout_or_their_deadline() {
     assert_eq!(s.counts("tee"), (1, 2, 0));
     assert_eq!(s.get("/v1/sales/drop").json()["cart_hold_ms"], 600_000);
 }
+
+#[test]
+fn behind_a_waiting_room_only_an_admitted_cart_holds_and_a_merge_moves_no_hold() {
+    let dir = scratch();
+    let s = TestServer::start(options(dir.path()));
+    s.stock("tee", 5);
+    let opens = holdfast::clock::rfc3339(T0_MS + 1_000);
+    let sale = format!(
+        r#"{{"per_user_limit": 1, "skus": ["tee"], "cart_hold_ms": 600000, "opens_at": "{opens}",
+            "admission_rate": 100, "max_active": 100, "session_ms": 60000}}"#
+    );
+    assert_eq!(s.put("/v1/sales/noon", &sale).status, 200);
+    let joined = s.post("/v1/sales/noon/queue", r#"{"user_id": "ann"}"#).json();
+    let ticket = joined["ticket"].as_str().expect("a ticket").to_owned();
+    s.advance(1_000);
+    s.advance(500);
+    let admitted = s.get(&format!("/v1/sales/noon/queue/{ticket}")).json();
+    let admission =
+        admitted["admission"].as_str().unwrap_or_else(|| panic!("admitted: {admitted}")).to_owned();
+
+    // Without an admission, or with another cart's, nothing is held.
+    let bare = s.put("/v1/carts/eve/items/tee", r#"{"qty": 1}"#);
+    assert_eq!((bare.status, bare.code()), (403, "not_admitted".into()), "{}", bare.text());
+    let borrowed = s.put("/v1/carts/eve/items/tee", &json!({"qty": 1, "admission": admission}).to_string());
+    assert_eq!((borrowed.status, borrowed.code()), (403, "not_admitted".into()), "{}", borrowed.text());
+    let held =
+        put_item(&s, "ann", "tee", &json!({"qty": 1, "unit_price": 10, "admission": admission}).to_string());
+    assert!(held["items"][0]["held_until"].is_string(), "{held}");
+    assert_eq!(s.counts("tee"), (4, 1, 0));
+
+    // A merge carries no admission: ann's line moves to eve's cart without its hold, and the unit returns.
+    let merged = s.post("/v1/carts/eve/merge", r#"{"from": "ann"}"#);
+    assert_eq!(merged.status, 200, "{}", merged.text());
+    assert_eq!(lines(&merged.json()), vec![("tee".into(), 1, Some(10))]);
+    assert!(merged.json()["items"][0].get("held_until").is_none(), "{}", merged.text());
+    assert_eq!(s.counts("tee"), (5, 0, 0));
+}
