@@ -27,9 +27,10 @@ pub struct CartsArgs {
     /// Units of the SKU on sale.
     #[arg(long, default_value_t = 500)]
     units: u64,
-    /// The SKU and the sale.
+    /// The SKU on sale.
     #[arg(long, default_value = "cart-drill-sku")]
     sku: String,
+    /// The sale covering it, with the cart hold.
     #[arg(long, default_value = "cart-drill-sale")]
     sale: String,
     /// The sale's cart hold, in milliseconds.
@@ -47,6 +48,7 @@ pub struct CartsArgs {
     /// Milliseconds between adding to the cart and checking out (at most half the hold).
     #[arg(long, default_value_t = 500)]
     think_ms: u64,
+    /// Keep-alive connections the shoppers share.
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Where the report goes: DIR/carts.json.
@@ -339,12 +341,13 @@ fn verify(d: &Drill, shoppers: &[Shopper], end: (u64, u64, u64)) -> Vec<Check> {
         end.1, end.0
     ));
     // Units given to shoppers at once, by the server's own times: each hold from when it was taken
-    // (its deadline less the hold) until, when abandoned, its deadline (at the earliest) or its
-    // deadline and the return time (at the latest); a checked-out hold became an order's and stays.
+    // (its deadline less the hold) until, unless it became an order's (which stays), its deadline (at
+    // the earliest) or its deadline and the return time (at the latest).
     let hold_ms = d.args.hold_ms;
     let held: Vec<(u64, Option<u64>, u64)> = (shoppers.iter())
         .filter_map(|s| {
-            s.held_until.map(|u| (u.saturating_sub(hold_ms), s.abandoned.then_some(u), u64::from(s.qty)))
+            s.held_until
+                .map(|u| (u.saturating_sub(hold_ms), s.order.is_none().then_some(u), u64::from(s.qty)))
         })
         .collect();
     let taken_at = |t: u64, slack: u64| -> u64 {

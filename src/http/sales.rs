@@ -150,7 +150,10 @@ impl Handler<'_> {
         let waiting_room = engine.room_view(sale.as_str()).map(|v| room_out(&v));
         let skus =
             engine.sale_skus(sale.as_str()).unwrap_or_default().iter().map(|s| s.to_string()).collect();
-        let cart_hold_ms = engine.carts().lock().hold_ms(sale.as_str());
+        // As it is applied: within the TTL range this server runs with.
+        let c = engine.config();
+        let cart_hold_ms =
+            engine.carts().lock().hold_ms(sale.as_str()).map(|ms| ms.clamp(c.ttl_ms_min, c.ttl_ms_max));
         Ok(dto::SaleOut { sale: sale.as_str(), per_user_limit, skus, waiting_room, cart_hold_ms })
     }
 
