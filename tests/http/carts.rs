@@ -248,6 +248,7 @@ fn cases() -> Vec<Case> {
             invalid,
         ),
         c("checkout naming a cart with a bad id", checkout("a b"), bad, invalid),
+        c("checkout naming the cart .", checkout("."), 404, "cart_not_found"),
         c(
             "checkout without Idempotency-Key",
             request(
