@@ -216,21 +216,25 @@ fn unprefix<'a>(
     Ok(&payload[PREFIX_BYTES..])
 }
 
-/// The tags of the ids a record names: its reservation's, and an order step's order's.
-fn tags(record: &Record) -> [u64; 2] {
-    let of = |r: &Record| match r {
+/// The tag of a reservation record's id (0 for another kind of record).
+fn reservation_tag(r: &Record) -> u64 {
+    match r {
         Record::Reserved(r) => r.id.tag(),
         Record::Extended { id, .. }
         | Record::Committed { id, .. }
         | Record::Released { id, .. }
         | Record::Expired { id, .. } => id.tag(),
         _ => 0,
-    };
+    }
+}
+
+/// The tags of the ids a record names: its reservation's, and an order step's order's.
+fn tags(record: &Record) -> [u64; 2] {
     match record {
-        Record::Order(o) => [o.reservation.as_ref().map_or(0, of), o.order.0.tag()],
+        Record::Order(o) => [o.reservation.as_ref().map_or(0, reservation_tag), o.order.0.tag()],
         // A checkout's: its order's.
         Record::Cart(c) => c.inner.iter().find(|i| matches!(i, Record::Order(_))).map_or([0, 0], tags),
-        other => [of(other), 0],
+        other => [reservation_tag(other), 0],
     }
 }
 

@@ -3,7 +3,7 @@
 use super::orders::{
     from_archived_order, hold_from, log_hold, to_log_order, ArchivedLogOrder, LogHold, LogOrder,
 };
-use super::{bad, id, DecodeError, Invalid};
+use super::{bad, id, reservation_tag, DecodeError, Invalid};
 use crate::carts::{Cart, CartItem, CartRecord, CartStep, Ending, Hold};
 use crate::engine::{CartId, Record, SaleId, SkuId};
 
@@ -95,18 +95,6 @@ fn item(i: &ArchivedLogCartItem) -> Result<CartItem, Invalid> {
     })
 }
 
-/// The tag of a reservation record's id.
-fn tag_of(r: &Record) -> u64 {
-    match r {
-        Record::Reserved(r) => r.id.tag(),
-        Record::Extended { id, .. }
-        | Record::Committed { id, .. }
-        | Record::Released { id, .. }
-        | Record::Expired { id, .. } => id.tag(),
-        _ => 0,
-    }
-}
-
 pub(super) fn to_log_cart(r: &CartRecord) -> LogCart {
     let holds: Vec<&Record> = r.inner.iter().filter(|i| !matches!(i, Record::Order(_))).collect();
     let mut log = LogCart {
@@ -117,7 +105,7 @@ pub(super) fn to_log_cart(r: &CartRecord) -> LogCart {
         from: None,
         items: Vec::new(),
         holds: holds.iter().map(|h| log_hold(h)).collect(),
-        hold_tags: holds.iter().map(|h| tag_of(h)).collect(),
+        hold_tags: holds.iter().map(|h| reservation_tag(h)).collect(),
         order: r.inner.iter().find_map(|i| match i {
             Record::Order(o) => Some(Box::new(to_log_order(o))),
             _ => None,
